@@ -1,0 +1,27 @@
+# The two commands of the README:
+#   make demo   set up, export a Mask R-CNN, serve it with a real Triton server, send images
+#   make test   set up, run the whole test suite (what .ci/run runs)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Photos to send; a folder, files, or empty for generated scenes (see client/demo.py).
+IMAGES ?=
+# A torchvision Mask R-CNN state dict; empty: seeded random weights.
+CHECKPOINT ?=
+
+.PHONY: setup demo test bench clean
+setup: $(STAMP)
+$(STAMP): requirements.txt envs/setup.sh
+	envs/setup.sh
+
+demo: $(STAMP)
+	$(PY) -m client.demo $(if $(IMAGES),--images $(IMAGES)) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.pipeline
+
+clean:
+	rm -rf build .triton

@@ -1,0 +1,135 @@
+"""The tensor contract, defined once.
+
+Export, repository assembly, pipeline_bls, the ensemble, the client and the tests all
+read tensor names, dtypes, shapes and order from here; nothing else spells them.
+
+Two contracts:
+
+* ``mask_rcnn`` (the exported TorchScript model) follows detectron2's traced Mask R-CNN:
+  one image in, Instances fields sorted by name out, then ``image_size``
+  (see detectron2/export/flatten.py). The ``__<index>`` suffixes are the libtorch
+  backend's naming rule: an output's index is its position in the returned tuple.
+* ``pipeline_bls`` / ``infer_pipeline`` (what clients call): encoded image bytes in,
+  detections in original-image pixels out.
+
+Shapes exclude the batch dimension; ``-1`` is variable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # Triton's dtype name: UINT8, INT64, FP32, BYTES
+    dims: tuple[int, ...]
+    doc: str
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(_NUMPY_DTYPES[self.dtype])
+
+    @property
+    def config_type(self) -> str:
+        """The model-config (config.pbtxt) spelling of the dtype."""
+        return "TYPE_STRING" if self.dtype == "BYTES" else f"TYPE_{self.dtype}"
+
+
+_NUMPY_DTYPES = {"UINT8": np.uint8, "INT64": np.int64, "FP32": np.float32, "BYTES": np.object_}
+
+# --------------------------------------------------------------------------- mask_rcnn
+MODEL_NAME = "mask_rcnn"
+
+MODEL_INPUT = TensorSpec(
+    "image__0", "UINT8", (3, -1, -1),
+    "one image, already resized by the pipeline, channel order as the export declares "
+    "(ModelMetadata.channel_order); the model normalises and pads internally",
+)
+
+
+def model_outputs(mask_resolution: int | None) -> tuple[TensorSpec, ...]:
+    """Outputs of the exported model, in tuple order.
+
+    ``mask_resolution`` is M of the mask head (28 for the standard heads), or None
+    for a model without masks (Faster R-CNN), whose ``masks`` output is absent:
+    detectron2 then flattens pred_boxes, pred_classes, scores, image_size.
+    """
+    fields = [
+        ("boxes", "FP32", (-1, 4), "x1,y1,x2,y2 in model-input pixels"),
+        ("classes", "INT64", (-1,), "class index into ModelMetadata.class_names"),
+    ]
+    if mask_resolution is not None:
+        fields.append(("masks", "FP32", (-1, 1, mask_resolution, mask_resolution),
+                       "mask-head probabilities in the box frame, not pasted"))
+    fields += [
+        ("scores", "FP32", (-1,), "detection confidence, sorted descending"),
+        ("image_size", "INT64", (2,), "height,width of the model input, unpadded"),
+    ]
+    return tuple(TensorSpec(f"{name}__{i}", dtype, dims, doc)
+                 for i, (name, dtype, dims, doc) in enumerate(fields))
+
+
+def model_output(outputs: tuple[TensorSpec, ...], field: str) -> TensorSpec | None:
+    """The output whose name (without its ``__<index>``) is ``field``, or None."""
+    for spec in outputs:
+        if spec.name.rsplit("__", 1)[0] == field:
+            return spec
+    return None
+
+
+# --------------------------------------------------------------------------- pipeline
+PIPELINE_NAME = "pipeline_bls"
+ENSEMBLE_NAME = "infer_pipeline"
+PREPROCESS_NAME = "preprocess"
+POSTPROCESS_NAME = "postprocess"
+
+PIPELINE_INPUT = TensorSpec("image", "BYTES", (1,), "one encoded image (JPEG, PNG, ...)")
+
+PIPELINE_OUTPUTS = (
+    TensorSpec("boxes", "FP32", (-1, 4), "x1,y1,x2,y2 in original-image pixels"),
+    TensorSpec("scores", "FP32", (-1,), "detection confidence, descending"),
+    TensorSpec("classes", "INT64", (-1,), "class index into the model's class names"),
+    TensorSpec("class_names", "BYTES", (-1,), "UTF-8 class name per detection"),
+    TensorSpec("masks_rle", "BYTES", (-1,),
+               "COCO compressed RLE counts per detection (size = image_size); "
+               "empty unless mask_format=rle"),
+    TensorSpec("masks", "UINT8", (-1, -1, -1),
+               "dense 0/1 masks [N,H,W]; N=0 unless mask_format=dense"),
+    TensorSpec("image_size", "INT64", (2,), "height,width of the original image"),
+)
+
+# The ensemble's internal tensor between preprocess and postprocess (the model's own
+# tensors are wired by name from model_outputs()).
+ORIGINAL_SIZE = TensorSpec("original_size", "INT64", (2,), "height,width of the decoded image")
+
+
+class MaskFormat(str, Enum):
+    RLE = "rle"
+    DENSE = "dense"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class RequestParameter:
+    name: str
+    kind: type
+    doc: str
+
+
+REQUEST_PARAMETERS = (
+    RequestParameter("score_threshold", float,
+                     "keep detections with score >= this, in [0, 1]; default from the export"),
+    RequestParameter("max_detections", int,
+                     "keep at most this many (highest scores first); default: all"),
+    RequestParameter("mask_format", str, "rle (default) | dense | none"),
+)
+
+# Upper bound on max_detections: the models emit at most 100 per image
+# (detectron2's TEST.DETECTIONS_PER_IMAGE, torchvision's box_detections_per_img);
+# a larger request is a client bug worth reporting, not a quiet clamp.
+MAX_DETECTIONS_LIMIT = 1000

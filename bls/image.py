@@ -1,0 +1,117 @@
+"""Decode and resize, matching what detectron2's DefaultPredictor feeds its model.
+
+Decoding uses OpenCV; the conversions (EXIF orientation, grayscale, alpha, 16-bit) give
+the pixels detectron2's ``read_image`` (PIL ``convert``) gives. Resizing reproduces
+``ResizeShortestEdge`` + ``ResizeTransform``, which resize uint8 images with PIL's
+bilinear filter; OpenCV's INTER_LINEAR differs (no antialiasing on downscale), which
+would shift every pixel the model sees.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from bls.contract import PIPELINE_INPUT
+from bls.errors import InvalidInput
+
+# Applies EXIF orientation (OpenCV does, unless IMREAD_UNCHANGED), keeps 16-bit depth
+# so it can be reduced the way PIL does, drops alpha like PIL's convert("RGB").
+_DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Bounds on one encoded image; a request beyond them is refused before decoding."""
+
+    max_encoded_bytes: int = 64 * 1024 * 1024
+    max_pixels: int = 64_000_000  # 8000x8000; a 3-channel copy is ~190 MB
+
+
+def _header_size(data: bytes, name: str) -> tuple[int, int] | None:
+    """(width, height) read from the header alone (PIL decodes nothing on open), or
+    None if PIL does not know the format."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Image.DecompressionBombError as e:  # PIL's own, far larger, bound
+        raise InvalidInput(name, f"declares too many pixels ({e})") from None
+    except Exception:  # not a format PIL reads: OpenCV gets its own try below
+        return None
+
+
+def decode_image(data: bytes, channel_order: str, limits: DecodeLimits = DecodeLimits(),
+                 name: str = PIPELINE_INPUT.name) -> np.ndarray:
+    """Encoded bytes -> uint8 [H, W, 3] in ``channel_order`` ("BGR" or "RGB").
+
+    Raises InvalidInput naming ``name`` for empty, oversized or undecodable data.
+    """
+    if len(data) == 0:
+        raise InvalidInput(name, "is empty (0 bytes); expected an encoded image")
+    if len(data) > limits.max_encoded_bytes:
+        raise InvalidInput(name, f"is {len(data)} bytes, over the limit of "
+                                 f"{limits.max_encoded_bytes} bytes")
+    size = _header_size(data, name)
+    if size is not None and size[0] * size[1] > limits.max_pixels:
+        raise InvalidInput(name, f"declares {size[0]}x{size[1]} pixels, over the limit of "
+                                 f"{limits.max_pixels} pixels")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS)
+    if image is None or image.size == 0:
+        raise InvalidInput(name, f"cannot be decoded as an image ({len(data)} bytes, "
+                                 f"starting {data[:8]!r}); send JPEG, PNG, BMP, TIFF or WebP")
+    if image.shape[0] * image.shape[1] > limits.max_pixels:
+        raise InvalidInput(name, f"has {image.shape[1]}x{image.shape[0]} pixels, over the "
+                                 f"limit of {limits.max_pixels} pixels")
+    image = _to_uint8(image, name)
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if channel_order == "RGB":
+        image = image[:, :, ::-1]
+    elif channel_order != "BGR":
+        raise ValueError(f"channel_order must be BGR or RGB, got {channel_order!r}")
+    return np.ascontiguousarray(image)
+
+
+def _to_uint8(image: np.ndarray, name: str) -> np.ndarray:
+    """Reduce to 8 bits as PIL's convert("RGB") does: 16-bit grayscale is clipped at
+    255, 16-bit colour keeps its high byte."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        if image.ndim == 2:
+            return np.minimum(image, 255).astype(np.uint8)
+        return (image >> 8).astype(np.uint8)
+    if image.dtype in (np.float32, np.float64):
+        return np.clip(image, 0, 255).astype(np.uint8)
+    raise InvalidInput(name, f"decodes to unsupported pixel type {image.dtype}")
+
+
+def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """Output (height, width) of detectron2's ResizeShortestEdge.get_output_shape, except
+    that no side becomes 0 (detectron2 would fail on a 1 x 5000 image; we keep 1 px)."""
+    scale = min_size / min(height, width)
+    if height < width:
+        new_h, new_w = float(min_size), scale * width
+    else:
+        new_h, new_w = scale * height, float(min_size)
+    if max(new_h, new_w) > max_size:
+        scale = max_size / max(new_h, new_w)
+        new_h, new_w = new_h * scale, new_w * scale
+    return max(int(new_h + 0.5), 1), max(int(new_w + 0.5), 1)
+
+
+def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [height, width, 3] with PIL bilinear, as detectron2's
+    ResizeTransform.apply_image does for uint8 images."""
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+def to_model_input(image: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] -> contiguous uint8 [3, H, W] (the model input layout)."""
+    return np.ascontiguousarray(image.transpose(2, 0, 1))

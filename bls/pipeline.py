@@ -1,0 +1,68 @@
+"""The pipeline's two halves around the model call, and an in-process pipeline.
+
+pipeline_bls runs ``prepare`` -> BLS call to mask_rcnn -> ``finish``; the ensemble runs
+them in its preprocess and postprocess models; ``Pipeline`` runs them around any
+callable (the TorchScript module in tests, benchmarks and the client's reference), so
+every path shares one implementation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+
+from bls import image as image_ops
+from bls import postprocess
+from bls.metadata import ModelMetadata
+from bls.request import RequestOptions
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """model_input: uint8 [3, h, w], resized, in the model's channel order.
+    original_size: (height, width) of the decoded image (after EXIF orientation)."""
+
+    model_input: np.ndarray
+    original_size: tuple[int, int]
+
+
+def prepare(data: bytes, meta: ModelMetadata,
+            limits: image_ops.DecodeLimits = image_ops.DecodeLimits()) -> PreparedImage:
+    """Encoded bytes -> the model input (what DefaultPredictor feeds detectron2)."""
+    decoded = image_ops.decode_image(data, meta.channel_order, limits)
+    height, width = decoded.shape[:2]
+    new_h, new_w = image_ops.resized_shape(height, width, meta.min_size, meta.max_size)
+    resized = image_ops.resize_image(decoded, new_h, new_w)
+    return PreparedImage(image_ops.to_model_input(resized), (height, width))
+
+
+def finish(model_outputs: Mapping[str, np.ndarray], original_size: tuple[int, int],
+           meta: ModelMetadata, options: RequestOptions) -> dict[str, np.ndarray]:
+    """Model outputs (by contract name) -> the pipeline's output tensors (no batch dim)."""
+    det, input_size = postprocess.from_model_outputs(model_outputs, meta)
+    det = postprocess.select(det, options.score_threshold, options.max_detections)
+    det = postprocess.rescale(det, input_size, original_size)
+    return postprocess.answer(det, original_size, meta, options.mask_format)
+
+
+ModelCall = Callable[[np.ndarray], Mapping[str, np.ndarray]]
+
+
+class Pipeline:
+    """The whole pipeline in process: ``Pipeline(meta, model)(image_bytes, options)``.
+
+    ``model`` maps the model input (uint8 [3, h, w]) to output arrays by contract name.
+    """
+
+    def __init__(self, meta: ModelMetadata, model: ModelCall):
+        self.meta = meta
+        self.model = model
+
+    def __call__(self, data: bytes, options: RequestOptions | None = None
+                 ) -> dict[str, np.ndarray]:
+        options = options or RequestOptions(self.meta.score_threshold)
+        prepared = prepare(data, self.meta)
+        outputs = self.model(prepared.model_input)
+        return finish(outputs, prepared.original_size, self.meta, options)

@@ -1,0 +1,120 @@
+"""From the model's outputs (model-input pixels) to the pipeline's answer (original pixels).
+
+``rescale`` is detectron2's ``detector_postprocess``: scale boxes to the original size,
+clip them to it, drop empty ones. ``select`` applies the request's score threshold and
+detection cap. ``answer`` pastes and encodes masks into the pipeline's output tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from bls import masks as mask_ops
+from bls.contract import PIPELINE_OUTPUTS, MaskFormat, model_output
+from bls.metadata import ModelMetadata
+
+
+@dataclass(frozen=True)
+class Detections:
+    """boxes float32 [N, 4] (x1, y1, x2, y2), scores float32 [N], classes int64 [N],
+    masks float32 [N, M, M] mask-head probabilities or None for a model without masks."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+    masks: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def take(self, keep: np.ndarray) -> "Detections":
+        return Detections(self.boxes[keep], self.scores[keep], self.classes[keep],
+                          None if self.masks is None else self.masks[keep])
+
+
+def from_model_outputs(outputs: Mapping[str, np.ndarray], meta: ModelMetadata
+                       ) -> tuple[Detections, tuple[int, int]]:
+    """Model output tensors by contract name -> (Detections, model-input (height, width))."""
+    specs = meta.outputs
+
+    def get(field: str) -> np.ndarray:
+        spec = model_output(specs, field)
+        value = np.asarray(outputs[spec.name])
+        return value.astype(spec.numpy_dtype, copy=False)
+
+    boxes = get("boxes").reshape(-1, 4)
+    scores = get("scores").reshape(-1)
+    classes = get("classes").reshape(-1)
+    masks = None
+    if meta.has_masks:
+        m = meta.mask_resolution
+        masks = get("masks").reshape(-1, m, m)
+    n = len(scores)
+    if not (len(boxes) == len(classes) == n and (masks is None or len(masks) == n)):
+        raise ValueError(f"model outputs disagree on the detection count: boxes {len(boxes)}, "
+                         f"classes {len(classes)}, scores {n}, "
+                         f"masks {None if masks is None else len(masks)}")
+    height, width = (int(v) for v in get("image_size").reshape(2))
+    return Detections(boxes, scores, classes, masks), (height, width)
+
+
+def select(det: Detections, score_threshold: float, max_detections: int | None) -> Detections:
+    """Keep scores >= score_threshold, then the max_detections highest (stable order)."""
+    keep = np.flatnonzero(det.scores >= score_threshold)
+    keep = keep[np.argsort(-det.scores[keep], kind="stable")]
+    if max_detections is not None:
+        keep = keep[:max_detections]
+    return det.take(keep)
+
+
+def rescale(det: Detections, input_size: tuple[int, int], output_size: tuple[int, int]
+            ) -> Detections:
+    """detectron2's detector_postprocess for boxes: scale (in float32, as torch does),
+    clip to the output image, drop boxes with zero width or height."""
+    in_h, in_w = input_size
+    out_h, out_w = output_size
+    boxes = det.boxes.astype(np.float32, copy=True)
+    boxes[:, 0::2] *= np.float32(out_w / in_w)
+    boxes[:, 1::2] *= np.float32(out_h / in_h)
+    np.clip(boxes[:, 0::2], 0, out_w, out=boxes[:, 0::2])
+    np.clip(boxes[:, 1::2], 0, out_h, out=boxes[:, 1::2])
+    rescaled = Detections(boxes, det.scores, det.classes, det.masks)
+    nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return rescaled if nonempty.all() else rescaled.take(nonempty)
+
+
+def answer(det: Detections, original_size: tuple[int, int], meta: ModelMetadata,
+           mask_format: MaskFormat) -> dict[str, np.ndarray]:
+    """Detections in original pixels -> the pipeline's output tensors (no batch dim),
+    named and typed as contract.PIPELINE_OUTPUTS."""
+    height, width = original_size
+    n = len(det)
+    rle: list[bytes] = []
+    dense = np.zeros((0, height, width), np.uint8)
+    if det.masks is not None and n and mask_format is not MaskFormat.NONE:
+        windows = mask_ops.paste_windows(det.masks, det.boxes, height, width)
+        if mask_format is MaskFormat.RLE:
+            rle = mask_ops.encode_rle(windows, height, width)
+        else:
+            dense = mask_ops.dense_masks(windows, height, width)
+    values = {
+        "boxes": det.boxes.reshape(n, 4),
+        "scores": det.scores,
+        "classes": det.classes,
+        "class_names": [meta.class_name(int(c)).encode() for c in det.classes],
+        "masks_rle": rle,
+        "masks": dense,
+        "image_size": [height, width],
+    }
+    return {spec.name: _as_array(values[spec.name], spec.numpy_dtype) for spec in PIPELINE_OUTPUTS}
+
+
+def _as_array(value, dtype: np.dtype) -> np.ndarray:
+    if dtype == np.object_:
+        out = np.empty(len(value), dtype=np.object_)
+        out[:] = value
+        return out
+    return np.ascontiguousarray(value, dtype=dtype)

@@ -1,0 +1,102 @@
+"""Request parsing: the image bytes and the request parameters, validated.
+
+Every problem raises InvalidInput naming the input or parameter, so a bad request is
+answered alone with a message the client can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from bls.contract import MAX_DETECTIONS_LIMIT, PIPELINE_INPUT, REQUEST_PARAMETERS, MaskFormat
+from bls.errors import InvalidInput
+
+_KNOWN = {p.name for p in REQUEST_PARAMETERS}
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    score_threshold: float
+    max_detections: int | None = None
+    mask_format: MaskFormat = MaskFormat.RLE
+
+
+def image_bytes(tensor: np.ndarray | None, name: str = PIPELINE_INPUT.name) -> bytes:
+    """The one encoded image in a BYTES tensor of shape [1] or [1, 1]."""
+    if tensor is None:
+        raise InvalidInput(name, "is missing")
+    if tensor.dtype != np.object_:
+        raise InvalidInput(name, f"must be BYTES (TYPE_STRING), got {tensor.dtype}")
+    if tensor.size != 1:
+        raise InvalidInput(name, f"must hold exactly one encoded image, got shape "
+                                 f"{list(tensor.shape)}")
+    value = tensor.reshape(-1)[0]
+    if isinstance(value, str):  # some clients send text; keep its bytes
+        value = value.encode()
+    if not isinstance(value, (bytes, bytearray)):
+        raise InvalidInput(name, f"element must be bytes, got {type(value).__name__}")
+    return bytes(value)
+
+
+def parse_options(parameters: str | Mapping[str, Any] | None,
+                  default_score_threshold: float) -> RequestOptions:
+    """Request parameters (Triton hands them as a JSON object string) -> RequestOptions.
+
+    Unknown names are refused rather than ignored: a misspelt ``score_treshold``
+    silently answered with the default would be a lost instruction.
+    """
+    if parameters is None or parameters == "":
+        parameters = {}
+    elif isinstance(parameters, (str, bytes)):
+        parameters = json.loads(parameters)
+    unknown = sorted(set(parameters) - _KNOWN)
+    if unknown:
+        raise InvalidInput(unknown[0], f"is not a known request parameter; known: "
+                                       f"{sorted(_KNOWN)}", "parameter")
+    threshold = default_score_threshold
+    if "score_threshold" in parameters:
+        threshold = _number("score_threshold", parameters["score_threshold"], float)
+        if not 0.0 <= threshold <= 1.0:
+            raise InvalidInput("score_threshold", f"must be in [0, 1], got {threshold}",
+                               "parameter")
+    max_detections = None
+    if "max_detections" in parameters:
+        max_detections = _number("max_detections", parameters["max_detections"], int)
+        if not 0 <= max_detections <= MAX_DETECTIONS_LIMIT:
+            raise InvalidInput("max_detections",
+                               f"must be in [0, {MAX_DETECTIONS_LIMIT}], got {max_detections}",
+                               "parameter")
+    mask_format = MaskFormat.RLE
+    if "mask_format" in parameters:
+        value = parameters["mask_format"]
+        try:
+            mask_format = MaskFormat(str(value).lower())
+        except ValueError:
+            raise InvalidInput("mask_format",
+                               f"must be one of {[f.value for f in MaskFormat]}, got {value!r}",
+                               "parameter") from None
+    return RequestOptions(threshold, max_detections, mask_format)
+
+
+def _number(name: str, value: Any, kind: type) -> float | int:
+    """Accept a number of the right kind, or its decimal text (gRPC clients often send
+    parameters as strings); refuse booleans, NaN and fractions for integers."""
+    if isinstance(value, str):
+        try:
+            value = float(value) if kind is float else int(value)
+        except ValueError:
+            raise InvalidInput(name, f"must be a number, got {value!r}", "parameter") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInput(name, f"must be a number, got {value!r}", "parameter")
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise InvalidInput(name, f"must be a whole number, got {value}", "parameter")
+        return int(value)
+    if math.isnan(value):
+        raise InvalidInput(name, "must be a number, got NaN", "parameter")
+    return float(value)

@@ -1,0 +1,133 @@
+"""Start run_triton.sh on free loopback ports and stop it by its process group.
+
+Used by the demo, the tests and the benchmark, so every server a script starts binds
+127.0.0.1, is found by its own process id, and never outlives its owner.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from contextlib import ExitStack, closing
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_TRITON = ROOT / "run_triton.sh"
+READY_LINE = "run_triton.sh: ready"
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel hands out on 127.0.0.1, all held open together so they differ."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(closing(socket.socket())) for _ in range(count)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+class ServerFailed(RuntimeError):
+    pass
+
+
+class TritonServer:
+    """``with TritonServer(repository) as server: server.http_url ...``
+
+    mode: run_triton.sh's --mode (embedded here; container where a GPU and Docker are).
+    log: where the server's output goes (a temporary file by default; ``log_text()``).
+    """
+
+    def __init__(self, repository: Path, mode: str = "embedded", log: Path | None = None,
+                 ready_timeout: float = 600, extra_args: tuple[str, ...] = ()):
+        self.repository = Path(repository)
+        self.mode = mode
+        self.ready_timeout = ready_timeout
+        self.extra_args = tuple(extra_args)
+        self._own_log = log is None
+        self.log_path = Path(log) if log else Path(tempfile.mkstemp(prefix="triton-", suffix=".log")[1])
+        self.process: subprocess.Popen | None = None
+        self.http_port = self.grpc_port = self.metrics_port = 0
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def start(self, attempts: int = 3) -> "TritonServer":
+        for attempt in range(attempts):
+            self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
+            try:
+                self._start_once()
+                return self
+            except ServerFailed as e:
+                # Another process may have taken a port between our check and the
+                # server's bind; anything else is a real failure.
+                if "address already in use" not in str(e).lower() or attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> None:
+        command = [str(RUN_TRITON), "--mode", self.mode, "--repository", str(self.repository),
+                   "--address", "127.0.0.1", "--http-port", str(self.http_port),
+                   "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port),
+                   "--ready-timeout", str(int(self.ready_timeout)), *self.extra_args]
+        with open(self.log_path, "wb") as log:
+            # Its own session: stop() signals the whole group (script, server, stubs).
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + self.ready_timeout + 30
+        while time.monotonic() < deadline:
+            if READY_LINE in self.log_text():
+                return
+            rc = self.process.poll()
+            if rc is not None:
+                self.process = None
+                raise ServerFailed(f"run_triton.sh exited with status {rc}; log "
+                                   f"{self.log_path}:\n{self.log_text()[-4000:]}")
+            time.sleep(0.5)
+        self.stop()
+        raise ServerFailed(f"server not ready after {self.ready_timeout}s; log {self.log_path}")
+
+    def stop(self, timeout: float = 60) -> None:
+        """SIGTERM to the server's process group (run_triton.sh forwards it and waits for
+        tritonserver's clean exit); SIGKILL if it has not ended within ``timeout``."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        pgid = os.getpgid(process.pid)
+        os.killpg(pgid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(pgid, signal.SIGKILL)
+            process.wait()
+        # Python stubs left behind by a killed server would hold shared memory.
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        if self._own_log and exc[0] is None:
+            self.log_path.unlink(missing_ok=True)

@@ -1,0 +1,115 @@
+"""python -m export: write a TorchScript Mask R-CNN into a Triton model repository.
+
+  python -m export torchvision --repository build/repository            # seeded random weights
+  python -m export torchvision --checkpoint my_maskrcnn.pth --repository build/repository
+  python -m export torchvision --pretrained --repository ...             # downloads COCO weights
+  python -m export assemble --model model.pt --repository build/repository
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bls.contract import MODEL_NAME
+from bls.metadata import ModelMetadata
+
+
+def _overrides(values: list[str]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        name, sep, text = value.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects MODEL=PBTXT, got {value!r}")
+        out[name] = (out.get(name, "") + "\n" + text).strip()
+    return out
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repository", type=Path, required=True,
+                   help="model repository to (re)build, e.g. build/repository")
+    p.add_argument("--set", action="append", default=[], metavar="MODEL=PBTXT",
+                   help="replace top-level config fields of a model, e.g. "
+                        "'pipeline_bls=dynamic_batching { max_queue_delay_microseconds: 5000 }'")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tv = sub.add_parser("torchvision", help="torchvision maskrcnn_resnet50_fpn")
+    _common(tv)
+    weights = tv.add_mutually_exclusive_group()
+    weights.add_argument("--checkpoint", type=Path,
+                         help="torchvision Mask R-CNN state dict (.pth); default: random weights")
+    weights.add_argument("--pretrained", action="store_true",
+                         help="download torchvision's COCO weights (network access)")
+    tv.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
+    tv.add_argument("--min-size", type=int, default=800, help="resize: shortest edge")
+    tv.add_argument("--max-size", type=int, default=1333, help="resize: longest edge at most")
+    tv.add_argument("--score-threshold", type=float, default=0.5,
+                    help="pipeline's default score threshold (requests may override)")
+    tv.add_argument("--box-score-thresh", type=float, default=0.05,
+                    help="model-internal score threshold before NMS (torchvision's)")
+    tv.add_argument("--detections", type=int, default=100, help="detections per image, at most")
+    tv.add_argument("--proposals", type=int, default=1000,
+                    help="RPN proposals per image at test time (fewer is faster, less accurate)")
+    tv.add_argument("--class-names", type=Path, help="file with one class name per line")
+    tv.add_argument("--sample-image", type=Path, action="append", default=[],
+                    help="image(s) to check the export on; default: a generated scene")
+    tv.add_argument("--method", choices=("script", "trace"), default="script")
+    tv.add_argument("--output", type=Path, help="also keep a copy of the model file here")
+
+    asm = sub.add_parser("assemble", help="rebuild a repository around an exported model file")
+    _common(asm)
+    asm.add_argument("--model", type=Path, required=True, help="model file written by an export")
+
+    args = parser.parse_args(argv)
+    from export.repository import assemble  # noqa: after argparse, so --help is instant
+
+    overrides = _overrides(args.set)
+    if args.command == "assemble":
+        repo = assemble(args.model, args.repository, overrides)
+        print(f"repository ready: {repo}")
+        return 0
+
+    import torch
+
+    from export import exporter, torchvision_maskrcnn as tvm
+
+    model, weights_desc = tvm.build(args.checkpoint, args.pretrained, args.seed,
+                                    args.box_score_thresh, args.detections, args.proposals)
+    num_classes = model.roi_heads.box_predictor.cls_score.out_features
+    names = tvm.class_names(num_classes, args.class_names)
+    meta = ModelMetadata(
+        source="torchvision:maskrcnn_resnet50_fpn", channel_order=tvm.CHANNEL_ORDER,
+        min_size=args.min_size, max_size=args.max_size, mask_resolution=tvm.MASK_RESOLUTION,
+        class_names=names, category_ids=tuple(range(num_classes)),
+        score_threshold=args.score_threshold, weights=weights_desc,
+        torch_version=torch.__version__.split("+")[0], device="cpu",
+        extra={"box_score_thresh": args.box_score_thresh, "proposals": args.proposals,
+               "detections": args.detections, "method": args.method})
+    print(f"weights: {weights_desc}")
+    print(f"input: uint8 [3, H, W] {meta.channel_order}, shortest edge {meta.min_size}, "
+          f"longest at most {meta.max_size}; {num_classes} classes")
+    images = [p.read_bytes() for p in args.sample_image]
+    staging = args.repository.parent / f".{args.repository.name}.model.pt"
+    try:
+        exporter.export_module(tvm.TorchvisionMaskRCNN(model), meta, staging, args.method, images)
+        if args.output:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_bytes(staging.read_bytes())
+        repo = assemble(staging, args.repository, overrides)
+    finally:
+        staging.unlink(missing_ok=True)
+    print(f"wrote {repo / MODEL_NAME / '1' / 'model.pt'} (torch {meta.torch_version})")
+    print(f"repository ready: {repo}")
+    print(f"note: NVIDIA's Triton container loads this file with its own libtorch, which must "
+          f"be torch {meta.torch_version} or newer (see README, 'Container mode').")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

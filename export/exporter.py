@@ -1,0 +1,71 @@
+"""Script or trace an eager model, check it against the eager model, write it.
+
+Source-independent: the torchvision and detectron2 exports build an eager module that
+already follows the contract, then call ``export_module``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from bls.metadata import ModelMetadata
+from bls.pipeline import prepare
+from export import samples
+from export.torchscript import save
+from export.verify import ExportMismatch, check_outputs, compare
+
+METHODS = ("script", "trace")
+
+
+def sample_inputs(meta: ModelMetadata, images: Sequence[bytes] = ()) -> list[torch.Tensor]:
+    """Model inputs made exactly as the pipeline makes them (decode, resize, layout);
+    a generated scene when no image is given."""
+    images = list(images) or [samples.encode(samples.scene(480, 640, seed=0))]
+    return [torch.from_numpy(prepare(data, meta).model_input) for data in images]
+
+
+def export_module(eager: torch.nn.Module, meta: ModelMetadata, output: Path,
+                  method: str = "script", images: Sequence[bytes] = (), log=print) -> Path:
+    """Export ``eager`` (forward(image uint8 [3, H, W]) -> contract outputs) to ``output``.
+
+    The exported module is saved, loaded back and run on every sample; any output
+    that differs from the eager model beyond verify.TOLERANCES aborts the export and
+    nothing is written.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    eager = eager.eval()
+    inputs = sample_inputs(meta, images)
+    with torch.no_grad():
+        if method == "script":
+            exported = torch.jit.script(eager)
+        else:
+            exported = torch.jit.trace(eager, (inputs[0],), check_trace=False)
+    specs = meta.outputs
+    with tempfile.TemporaryDirectory() as tmp:
+        candidate = Path(tmp) / "model.pt"
+        save(exported, meta, candidate)
+        reloaded = torch.jit.load(str(candidate), map_location="cpu")
+        failed = False
+        for i, image in enumerate(inputs):
+            with torch.inference_mode():
+                reference = eager(image)
+                result = reloaded(image)
+            check_outputs(result, specs)
+            diffs = compare(reference, result, specs)
+            log(f"sample {i} {list(image.shape)}: {method}ed vs eager "
+                f"({len(result[0])} detections)")
+            for d in diffs:
+                log(str(d))
+            failed |= not all(d.ok for d in diffs)
+        if failed:
+            raise ExportMismatch(f"the {method}ed model disagrees with the eager model "
+                                 "(see the differences above); nothing was written")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(candidate, output)
+    return output

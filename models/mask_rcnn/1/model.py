@@ -1,0 +1,51 @@
+"""Run the TorchScript model.pt beside this file, as the libtorch backend would.
+
+Used where the server has no libtorch backend (the embedded tritonserver of
+run_triton.sh, selected by configs/embedded.pbtxt). Same name, inputs and outputs as the
+libtorch config: input and output names come from this model's config, outputs in the
+module's tuple order, so pipeline_bls cannot tell the two apart.
+"""
+
+import json
+import os
+
+import torch
+import torchvision  # noqa: F401  registers torchvision::nms and roi_align, which the models call
+import triton_python_backend_utils as pb_utils
+from torch.utils.dlpack import from_dlpack, to_dlpack
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        threads = int(params.get("intra_op_threads") or 0)
+        if threads > 0:
+            torch.set_num_threads(threads)
+        if args["model_instance_kind"] == "GPU":
+            self.device = torch.device("cuda", int(args["model_instance_device_id"]))
+        else:
+            self.device = torch.device("cpu")
+        # The libtorch backend's default file name (default_model_filename is this
+        # backend's own model.py here).
+        path = os.path.join(args["model_repository"], args["model_version"],
+                            params.get("model_file") or "model.pt")
+        self.model = torch.jit.load(path, map_location=self.device).eval()
+        self.input_name = config["input"][0]["name"]
+        self.output_names = [o["name"] for o in config["output"]]
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                image = pb_utils.get_input_tensor_by_name(request, self.input_name)
+                # DLPack: the input is read where Triton put it, without a copy.
+                with torch.inference_mode():
+                    outputs = self.model(from_dlpack(image.to_dlpack()).to(self.device))
+                responses.append(pb_utils.InferenceResponse([
+                    pb_utils.Tensor.from_dlpack(name, to_dlpack(t.contiguous()))
+                    for name, t in zip(self.output_names, outputs)]))
+            except Exception as e:  # this request fails alone; the next ones still run
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(f"mask_rcnn: {type(e).__name__}: {e}")))
+        return responses

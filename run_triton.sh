@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Start Triton on a model repository built by `python -m export`, wait until it is
+# ready, and stop it cleanly on Ctrl-C / SIGTERM.
+#
+#   ./run_triton.sh                                  # build/repository, ports 8000/8001/8002
+#   ./run_triton.sh --repository DIR --http-port 18000 --grpc-port 18001 --metrics-port 18002
+#   ./run_triton.sh --mode container --gpus 0        # NVIDIA's container, mask_rcnn on libtorch
+#   ./run_triton.sh --mode container --dry-run       # print the docker command only
+#
+# Modes
+#   embedded   the tritonserver binary and Python backend inside the PyPI wheel
+#              nvidia-pytriton (server 2.51), run from the project's venv so the Python
+#              models see its packages; configs/embedded.pbtxt is selected, so mask_rcnn
+#              runs through its Python runner. Works on a CPU-only machine, no Docker.
+#   container  nvcr.io/nvidia/tritonserver with the same repository; mask_rcnn on the
+#              PyTorch (libtorch) backend, KIND_GPU. Needs a Docker engine and a GPU.
+#   auto       (default) container if a Docker engine answers and a GPU is visible, else embedded.
+#
+# Servers bind 127.0.0.1 unless --address says otherwise (see README, "Ports").
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+MODE=auto
+REPOSITORY="$ROOT/build/repository"
+ADDRESS=127.0.0.1
+HTTP_PORT=8000
+GRPC_PORT=8001
+METRICS_PORT=8002
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+READY_TIMEOUT=600
+LOG_VERBOSE=0
+MODEL_CONTROL=none
+CONTAINER_IMAGE="${TRITON_IMAGE:-nvcr.io/nvidia/tritonserver:24.12-py3}"
+GPUS=all
+SHM_SIZE=2g
+DRY_RUN=0
+# Python backend shared memory per model instance: start at 16 MiB and grow by 16 MiB
+# (a dense-mask answer for 100 detections at 1080p is ~200 MB; RLE answers are tiny).
+SHM_DEFAULT=$((16 * 1024 * 1024))
+SHM_GROWTH=$((16 * 1024 * 1024))
+
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+die() { echo "run_triton.sh: $*" >&2; exit 2; }
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --mode) MODE="$2"; shift 2 ;;
+    --repository) REPOSITORY="$2"; shift 2 ;;
+    --address) ADDRESS="$2"; shift 2 ;;
+    --http-port) HTTP_PORT="$2"; shift 2 ;;
+    --grpc-port) GRPC_PORT="$2"; shift 2 ;;
+    --metrics-port) METRICS_PORT="$2"; shift 2 ;;
+    --python) PYTHON="$2"; shift 2 ;;
+    --ready-timeout) READY_TIMEOUT="$2"; shift 2 ;;
+    --log-verbose) LOG_VERBOSE="$2"; shift 2 ;;
+    --model-control-mode) MODEL_CONTROL="$2"; shift 2 ;;
+    --image) CONTAINER_IMAGE="$2"; shift 2 ;;
+    --gpus) GPUS="$2"; shift 2 ;;
+    --shm-size) SHM_SIZE="$2"; shift 2 ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    -h|--help) usage 0 ;;
+    *) echo "run_triton.sh: unknown option $1" >&2; usage 2 ;;
+  esac
+done
+
+[[ -d "$REPOSITORY" ]] || die "no model repository at $REPOSITORY; build one with: python -m export torchvision --repository $REPOSITORY"
+REPOSITORY="$(cd "$REPOSITORY" && pwd)"
+for port in "$HTTP_PORT" "$GRPC_PORT" "$METRICS_PORT"; do
+  [[ "$port" =~ ^[0-9]+$ ]] || die "port '$port' is not a number"
+done
+
+if [[ "$MODE" == auto ]]; then
+  if command -v docker >/dev/null && docker info >/dev/null 2>&1 \
+     && command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+    MODE=container
+  else
+    MODE=embedded
+  fi
+fi
+
+SERVER_ARGS=(
+  --model-control-mode="$MODEL_CONTROL"
+  --exit-timeout-secs=30
+  --log-verbose="$LOG_VERBOSE"
+  --backend-config="python,shm-default-byte-size=$SHM_DEFAULT"
+  --backend-config="python,shm-growth-byte-size=$SHM_GROWTH"
+)
+
+SERVER_PID=""
+CONTAINER_NAME=""
+stop() {
+  trap - INT TERM EXIT
+  if [[ -n "$CONTAINER_NAME" ]]; then
+    docker stop -t 30 "$CONTAINER_NAME" >/dev/null 2>&1 || true
+  fi
+  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    echo "run_triton.sh: stopping tritonserver (pid $SERVER_PID)" >&2
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+}
+
+wait_ready() {
+  local url="http://$1:$HTTP_PORT/v2/health/ready" deadline=$((SECONDS + READY_TIMEOUT))
+  while (( SECONDS < deadline )); do
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+      wait "$SERVER_PID" && rc=0 || rc=$?
+      die "tritonserver exited with status $rc before it was ready (its log is above)"
+    fi
+    if "$PYTHON" - "$url" 2>/dev/null <<'EOF'
+import sys, urllib.request
+sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=2).status == 200 else 1)
+EOF
+    then
+      echo "run_triton.sh: ready ($MODE) http=$1:$HTTP_PORT grpc=$1:$GRPC_PORT metrics=$1:$METRICS_PORT pid=$SERVER_PID"
+      return 0
+    fi
+    sleep 1
+  done
+  die "tritonserver not ready after ${READY_TIMEOUT}s"
+}
+
+if [[ "$MODE" == embedded ]]; then
+  [[ -x "$PYTHON" ]] || die "no Python at $PYTHON; run 'make setup' (or pass --python)"
+  # Where the wheel keeps the server, its libraries, and the stub for this Python.
+  read -r DIST LIBS STUB LIBPYTHON VERSION < <("$PYTHON" - <<'EOF'
+import sys, sysconfig
+from pathlib import Path
+import pytriton
+from importlib.metadata import version
+root = Path(pytriton.__file__).parent
+py = f"{sys.version_info[0]}.{sys.version_info[1]}"
+print(root / "tritonserver", root.parent / "nvidia_pytriton.libs",
+      root / "tritonserver" / "python_backend_stubs" / py / "triton_python_backend_stub",
+      sysconfig.get_config_var("LIBDIR"), f"{version('nvidia-pytriton')}-py{py}")
+EOF
+  ) || die "$PYTHON cannot import pytriton; run 'make setup'"
+  [[ -x "$STUB" ]] || die "nvidia-pytriton has no Python backend stub for this Python ($STUB)"
+  # The Python backend looks for its stub in its own folder: assemble a server folder
+  # (bin, backends, stub) once per wheel version, beside the repo, never inside the wheel.
+  SERVER_HOME="${TRITON_HOME:-$ROOT/.triton}/$VERSION"
+  if [[ ! -x "$SERVER_HOME/backends/python/triton_python_backend_stub" ]]; then
+    rm -rf "$SERVER_HOME.tmp.$$" && mkdir -p "$SERVER_HOME.tmp.$$"
+    cp -r "$DIST/bin" "$DIST/backends" "$SERVER_HOME.tmp.$$/"
+    cp "$STUB" "$SERVER_HOME.tmp.$$/backends/python/"
+    rm -rf "$SERVER_HOME" && mv "$SERVER_HOME.tmp.$$" "$SERVER_HOME"
+  fi
+  VENV_BIN="$(dirname "$PYTHON")"
+  # The stub embeds libpython and finds the interpreter as `python3` on PATH: putting the
+  # venv first makes the models import the venv's packages (numpy<2: see requirements.txt).
+  export LD_LIBRARY_PATH="$LIBS:$LIBPYTHON${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export PATH="$VENV_BIN:$PATH"
+  CMD=("$SERVER_HOME/bin/tritonserver"
+       --model-repository="$REPOSITORY"
+       --backend-directory="$SERVER_HOME/backends"
+       --model-config-name=embedded
+       --http-address="$ADDRESS" --http-port="$HTTP_PORT"
+       --grpc-address="$ADDRESS" --grpc-port="$GRPC_PORT"
+       --metrics-address="$ADDRESS" --metrics-port="$METRICS_PORT"
+       --backend-config="python,shm-region-prefix-name=triton_bls_$$_"
+       "${SERVER_ARGS[@]}")
+  if (( DRY_RUN )); then printf '%q ' "${CMD[@]}"; echo; exit 0; fi
+  trap stop INT TERM EXIT
+  "${CMD[@]}" &
+  SERVER_PID=$!
+  wait_ready "$ADDRESS"
+elif [[ "$MODE" == container ]]; then
+  CONTAINER_NAME="triton-bls-$$"
+  # pipeline_bls and the ensemble's Python steps need OpenCV, pycocotools and Pillow in
+  # the container's Python; installed at start from envs/requirements-serving.txt.
+  CMD=(docker run --rm --name "$CONTAINER_NAME" --gpus "$GPUS" --shm-size "$SHM_SIZE"
+       -p "$ADDRESS:$HTTP_PORT:8000" -p "$ADDRESS:$GRPC_PORT:8001" -p "$ADDRESS:$METRICS_PORT:8002"
+       -v "$REPOSITORY:/models:ro"
+       -v "$ROOT/envs/requirements-serving.txt:/opt/requirements-serving.txt:ro"
+       "$CONTAINER_IMAGE"
+       bash -c "pip install -q -r /opt/requirements-serving.txt && exec tritonserver --model-repository=/models ${SERVER_ARGS[*]}")
+  if (( DRY_RUN )); then printf '%q ' "${CMD[@]}"; echo; exit 0; fi
+  command -v docker >/dev/null && docker info >/dev/null 2>&1 || die "container mode needs a running Docker engine"
+  trap stop INT TERM EXIT
+  "${CMD[@]}" &
+  SERVER_PID=$!
+  wait_ready "$ADDRESS"
+else
+  die "--mode must be auto, embedded or container, got '$MODE'"
+fi
+
+wait "$SERVER_PID"
