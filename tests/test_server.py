@@ -1,0 +1,181 @@
+"""Against the real tritonserver (embedded, started by run_triton.sh on free loopback
+ports), over HTTP and gRPC: the served answer equals the in-process reference built
+from the same TorchScript file and the same bls functions."""
+
+import json
+import queue
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from pycocotools import mask as mask_utils
+from tritonclient.utils import InferenceServerException
+
+from bls.contract import ENSEMBLE_NAME, PIPELINE_INPUT, PIPELINE_NAME, PIPELINE_OUTPUTS, MaskFormat
+from bls.metadata import ModelMetadata
+from bls.request import RequestOptions
+
+pytestmark = pytest.mark.server
+PROTOCOLS = {"http": httpclient, "grpc": grpcclient}
+
+
+def connect(server, protocol):
+    module = PROTOCOLS[protocol]
+    url = server.http_url if protocol == "http" else server.grpc_url
+    return module, module.InferenceServerClient(url)
+
+
+def image_input(module, data: bytes, batched: bool):
+    shape = [1, 1] if batched else [1]
+    tensor = module.InferInput(PIPELINE_INPUT.name, shape, PIPELINE_INPUT.dtype)
+    tensor.set_data_from_numpy(np.array([data], dtype=object).reshape(shape))
+    return tensor
+
+
+def answer_of(result, batched: bool) -> dict:
+    values = {s.name: result.as_numpy(s.name) for s in PIPELINE_OUTPUTS}
+    return {k: v[0] for k, v in values.items()} if batched else values
+
+
+def infer(server, protocol, data, parameters=None, model=PIPELINE_NAME):
+    module, client = connect(server, protocol)
+    batched = model == PIPELINE_NAME
+    result = client.infer(model, [image_input(module, data, batched)], parameters=parameters)
+    return answer_of(result, batched)
+
+
+def masks_of(answer) -> np.ndarray:
+    h, w = answer["image_size"].tolist()
+    if len(answer["masks_rle"]) == 0:
+        return np.asarray(answer["masks"], bool)
+    rles = [{"size": [h, w], "counts": c} for c in answer["masks_rle"]]
+    return mask_utils.decode(rles).transpose(2, 0, 1).astype(bool)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    inter = (a & b).sum(axis=(1, 2))
+    union = (a | b).sum(axis=(1, 2))
+    return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+
+
+def assert_matches(served, expected):
+    """Classes equal, boxes within 1e-3 px, every mask IoU >= 0.99."""
+    assert served["classes"].tolist() == expected["classes"].tolist()
+    assert [n.decode() for n in served["class_names"]] == [n.decode() for n in expected["class_names"]]
+    np.testing.assert_allclose(served["boxes"], expected["boxes"], atol=1e-3, rtol=0)
+    np.testing.assert_allclose(served["scores"], expected["scores"], atol=1e-5, rtol=0)
+    assert served["image_size"].tolist() == expected["image_size"].tolist()
+    a, b = masks_of(served), masks_of(expected)
+    assert a.shape == b.shape
+    if len(a):
+        assert mask_iou(a, b).min() >= 0.99
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("name", ["scene.jpg", "tall.png", "gray.png"])
+def test_served_answer_equals_in_process_reference(server, reference, images, protocol, name):
+    served = infer(server, protocol, images[name], {"score_threshold": 0.0})
+    expected = reference(images[name], RequestOptions(0.0))
+    assert len(expected["scores"]) > 0, "precondition: the seeded model detects something"
+    assert_matches(served, expected)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_dense_masks_and_request_parameters(server, reference, images, protocol):
+    options = RequestOptions(0.3, 5, MaskFormat.DENSE)
+    served = infer(server, protocol, images["scene.jpg"],
+                   {"score_threshold": 0.3, "max_detections": 5, "mask_format": "dense"})
+    expected = reference(images["scene.jpg"], options)
+    assert 0 < len(served["scores"]) <= 5 and served["scores"].min() >= 0.3
+    assert served["masks"].shape == (len(served["scores"]), 240, 320)
+    assert served["masks_rle"].shape == (0,)
+    assert_matches(served, expected)
+    bare = infer(server, protocol, images["scene.jpg"], {"mask_format": "none"})
+    assert bare["masks_rle"].shape == (0,) and bare["masks"].shape == (0, 240, 320)
+    assert len(bare["scores"]) > 0
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_zero_detections_answer_empty_outputs(server, reference, empty_image, protocol):
+    assert len(reference(empty_image, RequestOptions(0.0))["scores"]) == 0, \
+        "precondition: the model itself returns no detections for this image"
+    served = infer(server, protocol, empty_image, {"score_threshold": 0.0})
+    assert served["boxes"].shape == (0, 4) and served["scores"].shape == (0,)
+    assert served["masks_rle"].shape == (0,) and served["masks"].shape == (0, 120, 160)
+    assert served["image_size"].tolist() == [120, 160]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("data,parameters,message", [
+    (b"definitely not an image", None, "pipeline_bls: input 'image': cannot be decoded"),
+    (b"", None, "pipeline_bls: input 'image': is empty"),
+    (None, {"mask_format": "polygon"}, "pipeline_bls: parameter 'mask_format': must be one of"),
+    (None, {"score_threshold": -1}, "pipeline_bls: parameter 'score_threshold': must be in [0, 1]"),
+    (None, {"max_detection": 3}, "pipeline_bls: parameter 'max_detection': is not a known"),
+])
+def test_bad_requests_get_invalid_arg_naming_the_problem(server, images, protocol, data,
+                                                         parameters, message):
+    with pytest.raises(InferenceServerException) as info:
+        infer(server, protocol, images["gray.png"] if data is None else data, parameters)
+    assert message in info.value.message()
+    assert info.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
+    _, client = connect(server, protocol)
+    assert client.is_server_ready() and client.is_model_ready(PIPELINE_NAME)
+
+
+def _stats(client, model):
+    """(executions, requests handled). Triton 2.51 counts a Python model's per-request
+    error response as a success, so handled = success + fail."""
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    handled = sum(int(stats["inference_stats"][k].get("count", 0)) for k in ("success", "fail"))
+    return int(stats.get("execution_count", 0)), handled
+
+
+def test_batch_with_one_bad_image_answers_the_neighbours(server, reference, images):
+    """Four requests sent together meet in one pipeline_bls execute (the test repository
+    waits up to 200 ms to form a batch); the bad one fails alone."""
+    _, client = connect(server, "grpc")
+    payloads = [images["scene.jpg"], b"GIF89a truncated", images["tall.png"], images["gray.png"]]
+    before = _stats(client, PIPELINE_NAME)
+    answers: queue.Queue = queue.Queue()
+    for i, data in enumerate(payloads):
+        client.async_infer(PIPELINE_NAME, [image_input(grpcclient, data, True)],
+                           callback=lambda result, error, i=i: answers.put((i, result, error)),
+                           parameters={"score_threshold": 0.0})
+    results = dict((i, (r, e)) for i, r, e in (answers.get(timeout=300) for _ in payloads))
+    after = _stats(client, PIPELINE_NAME)
+    result, error = results[1]
+    assert result is None and "input 'image': cannot be decoded" in error.message()
+    for i in (0, 2, 3):
+        result, error = results[i]
+        assert error is None, error
+        assert_matches(answer_of(result, True), reference(payloads[i], RequestOptions(0.0)))
+    executions, handled = after[0] - before[0], after[1] - before[1]
+    assert handled == len(payloads)
+    assert executions < len(payloads), f"{executions} executions for {len(payloads)} requests: not batched"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_ensemble_answers_the_same_as_pipeline_bls(server, images, protocol):
+    for name in ("scene.jpg", "gray.png"):
+        parameters = {"score_threshold": 0.1, "max_detections": 8}
+        bls = infer(server, protocol, images[name], parameters)
+        ensemble = infer(server, protocol, images[name], parameters, model=ENSEMBLE_NAME)
+        assert len(bls["scores"]) > 0
+        assert_matches(ensemble, bls)
+        assert ensemble["masks_rle"].tolist() == bls["masks_rle"].tolist()
+
+
+def test_model_config_tells_clients_the_metadata(server, exported):
+    _, client = connect(server, "http")
+    config = client.get_model_config(PIPELINE_NAME)
+    assert ModelMetadata.from_model_config(config) == exported.meta
+    assert config["max_batch_size"] == 8
+    metadata = client.get_model_metadata(PIPELINE_NAME)
+    assert [o["name"] for o in metadata["outputs"]] == [s.name for s in PIPELINE_OUTPUTS]
+    # mask_rcnn is the embedded runner here, with the contract's tensors
+    runner = client.get_model_config("mask_rcnn")
+    assert runner["backend"] == "python"
+    assert [o["name"] for o in runner["output"]] == [s.name for s in exported.meta.outputs]
+    json.dumps(config)  # plain JSON, as any client would read it
