@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.pipeline
+	$(PY) -m benchmarks.pipeline $(BENCH_ARGS)
 
 clean:
 	rm -rf build .triton

@@ -94,11 +94,11 @@ def answer(det: Detections, original_size: tuple[int, int], meta: ModelMetadata,
     n = len(det)
     rle: list[bytes] = []
     dense = np.zeros((0, height, width), np.uint8)
-    if det.masks is not None and n and mask_format is not MaskFormat.NONE:
-        windows = mask_ops.paste_windows(det.masks, det.boxes, height, width)
+    if det.masks is not None and n:
         if mask_format is MaskFormat.RLE:
-            rle = mask_ops.encode_rle(windows, height, width)
-        else:
+            rle = mask_ops.encode_rle(det.masks, det.boxes, height, width)
+        elif mask_format is MaskFormat.DENSE:
+            windows = mask_ops.paste_windows(det.masks, det.boxes, height, width)
             dense = mask_ops.dense_masks(windows, height, width)
     values = {
         "boxes": det.boxes.reshape(n, 4),

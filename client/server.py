@@ -29,6 +29,20 @@ def free_ports(count: int) -> list[int]:
         return [s.getsockname()[1] for s in socks]
 
 
+def live_members(pgid: int) -> list[int]:
+    """Pids of process group ``pgid`` that are not zombies (from /proc)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after ')'
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
 class ServerFailed(RuntimeError):
     pass
 
@@ -71,6 +85,13 @@ class TritonServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def start(self, attempts: int = 3) -> "TritonServer":
+        try:
+            return self._start(attempts)
+        except BaseException:  # Ctrl-C or a failure while waiting: leave nothing running
+            self.stop()
+            raise
+
+    def _start(self, attempts: int) -> "TritonServer":
         for attempt in range(attempts):
             self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
             try:
@@ -106,23 +127,29 @@ class TritonServer:
         raise ServerFailed(f"server not ready after {self.ready_timeout}s; log {self.log_path}")
 
     def stop(self, timeout: float = 60) -> None:
-        """SIGTERM to the server's process group (run_triton.sh forwards it and waits for
-        tritonserver's clean exit); SIGKILL if it has not ended within ``timeout``."""
+        """SIGTERM to run_triton.sh alone: it forwards it to tritonserver, which unloads
+        the models (their finalize runs) and ends its Python stubs itself. Signalling the
+        whole group would kill the stubs under the server. Whatever is left of the
+        group after ``timeout`` (or after a clean exit) gets SIGKILL."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        pgid = os.getpgid(process.pid)
-        os.killpg(pgid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
-            process.wait()
-        # Python stubs left behind by a killed server would hold shared memory.
+        pgid = os.getpgid(process.pid) if process.poll() is None else process.pid
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
         try:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        process.wait()
+        # A stub may still be dying when the server has exited; return when none lives.
+        deadline = time.monotonic() + 10
+        while live_members(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def __enter__(self) -> "TritonServer":
         return self.start()

@@ -1,0 +1,398 @@
+"""python -m client infer PATH...: send images to the served pipeline, print what it
+found, write COCO results and overlays.
+
+  python -m client infer photos/ --protocol grpc --concurrency 4 --out build/client
+  python -m client infer a.jpg b.png --url 127.0.0.1:8000 --score-threshold 0.3
+
+Requests go out through tritonclient's asyncio clients (http.aio / grpc.aio), at most
+--concurrency at a time. A failed image is reported with the server's message and
+counted; the run goes on, and the exit status is 1 if any image failed (2: no images or
+no server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from bls.contract import ENSEMBLE_NAME, PIPELINE_INPUT, PIPELINE_NAME, MaskFormat
+from bls.metadata import ModelMetadata
+from client import overlay as overlay_ops
+from client.results import (Detections, coco_results, decode_masks, latency_summary,
+                            throughput, top_labels)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}
+RESULTS_FILE = "results.json"
+IMAGES_FILE = "images.json"
+
+
+class ServerUnavailable(RuntimeError):
+    """The server or the model cannot be reached: nothing can be sent."""
+
+
+# --------------------------------------------------------------------------- inputs
+def collect_images(paths: list[Path]) -> list[Path]:
+    """Files as given, folders expanded to their images (IMAGE_EXTENSIONS, any case,
+    sorted by name, not recursive). Raises FileNotFoundError for a missing path."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir()
+                            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {path}")
+    return found
+
+
+def overlay_names(paths: list[Path]) -> list[str]:
+    """'<stem>.overlay.png' per image; stems that occur twice (a.jpg, a.png, or the same
+    name in two folders) get the image's index too, so no overlay replaces another."""
+    counts = Counter(p.stem for p in paths)
+    return [f"{p.stem}.overlay.png" if counts[p.stem] == 1 else f"{p.stem}.{i}.overlay.png"
+            for i, p in enumerate(paths)]
+
+
+def request_parameters(score_threshold: float | None = None, max_detections: int | None = None,
+                       mask_format: str | None = None) -> dict:
+    """The request parameters that were set; the rest take the server's defaults."""
+    params = {"score_threshold": score_threshold, "max_detections": max_detections,
+              "mask_format": mask_format}
+    return {k: v for k, v in params.items() if v is not None}
+
+
+# --------------------------------------------------------------------------- server
+def client_module(protocol: str):
+    """tritonclient.http.aio or tritonclient.grpc.aio (imported on demand: each pulls in
+    its own stack, aiohttp or grpcio)."""
+    if protocol == "http":
+        import tritonclient.http.aio as module
+    elif protocol == "grpc":
+        import tritonclient.grpc.aio as module
+    else:
+        raise ValueError(f"protocol must be http or grpc, got {protocol!r}")
+    return module
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """name; batched: max_batch_size > 0, so inputs and outputs carry a batch dim of 1;
+    meta: the export's metadata (None when the server's config has none)."""
+
+    name: str
+    batched: bool
+    max_batch_size: int
+    meta: ModelMetadata | None
+
+
+async def _config(client, protocol: str, model: str) -> dict:
+    if protocol == "grpc":
+        return (await client.get_model_config(model, as_json=True))["config"]
+    return await client.get_model_config(model)
+
+
+async def served_model(client, protocol: str, model: str) -> ServedModel:
+    """Read batching and metadata from the server's config of ``model``. An ensemble
+    has no metadata of its own: it is read from the first step model that has it."""
+    try:
+        config = await _config(client, protocol, model)
+    except Exception as e:
+        raise ServerUnavailable(f"cannot read the config of model '{model}': {e}") from e
+    # proto3 JSON leaves out zero values: no max_batch_size means 0
+    max_batch = int(config.get("max_batch_size", 0))
+    meta = _metadata(config)
+    for step in config.get("ensemble_scheduling", {}).get("step", []):
+        if meta is not None:
+            break
+        meta = _metadata(await _config(client, protocol, step["model_name"]))
+    return ServedModel(model, max_batch > 0, max_batch, meta)
+
+
+def _metadata(config: dict) -> ModelMetadata | None:
+    try:
+        return ModelMetadata.from_model_config(config)
+    except ValueError:
+        return None
+
+
+def make_input(module, data: bytes, batched: bool):
+    """The pipeline's one input: the encoded image as a BYTES tensor [1] (or [1, 1]
+    with the batch dim)."""
+    shape = ([1] if batched else []) + list(PIPELINE_INPUT.dims)
+    tensor = module.InferInput(PIPELINE_INPUT.name, shape, PIPELINE_INPUT.dtype)
+    tensor.set_data_from_numpy(np.array([data], dtype=np.object_).reshape(shape))
+    return tensor
+
+
+async def infer_one(client, module, model: ServedModel, data: bytes,
+                    parameters: dict | None = None) -> Detections:
+    result = await client.infer(model.name, [make_input(module, data, model.batched)],
+                                parameters=parameters or None)
+    return Detections.from_result(result, model.batched)
+
+
+async def fetch_model(url: str, protocol: str, model: str) -> ServedModel:
+    """served_model() with its own client."""
+    client = client_module(protocol).InferenceServerClient(url)
+    try:
+        return await served_model(client, protocol, model)
+    finally:
+        await client.close()
+
+
+async def infer_bytes(url: str, protocol: str, model: str, data: bytes,
+                      parameters: dict | None = None) -> Detections:
+    """One image, one request, own client: for checks, not for throughput."""
+    module = client_module(protocol)
+    client = module.InferenceServerClient(url)
+    try:
+        served = await served_model(client, protocol, model)
+        return await infer_one(client, module, served, data, parameters)
+    finally:
+        await client.close()
+
+
+# --------------------------------------------------------------------------- a run
+@dataclass
+class ImageResult:
+    """One image's outcome: detections, or the error that stopped it. latency_s is the
+    request alone (queueing at the server included, file reading excluded)."""
+
+    index: int
+    path: Path
+    detections: Detections | None = None
+    error: str | None = None
+    latency_s: float = 0.0
+    overlay: Path | None = None
+    note: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.detections is not None
+
+
+@dataclass
+class Run:
+    model: ServedModel
+    url: str
+    protocol: str
+    results: list[ImageResult]
+    wall_s: float
+    out: Path | None = None
+
+    @property
+    def ok(self) -> list[ImageResult]:
+        return [r for r in self.results if r.ok]
+
+    @property
+    def failed(self) -> list[ImageResult]:
+        return [r for r in self.results if not r.ok]
+
+
+def _error_text(error: Exception) -> str:
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(error, InferenceServerException):
+        return str(error)  # "[status] pipeline_bls: input 'image': ..."
+    return f"{type(error).__name__}: {error}"
+
+
+async def infer_images(paths: list[Path], url: str, protocol: str, model: str,
+                       concurrency: int, parameters: dict | None = None,
+                       after: Callable[[ImageResult, bytes], None] | None = None,
+                       on_result: Callable[[ImageResult], None] | None = None,
+                       on_model: Callable[[ServedModel], None] | None = None) -> Run:
+    """Send every image, at most ``concurrency`` requests in flight.
+
+    after(result, image_bytes): runs in a worker thread once an image succeeded (the
+    overlay), outside the concurrency bound so it overlaps the next requests.
+    on_result(result): runs in the event loop as each image finishes, in any order.
+    on_model(model): runs once the model's config has been read, before any request.
+    Results come back in the order of ``paths``.
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    module = client_module(protocol)
+    client = module.InferenceServerClient(url)
+    try:
+        served = await served_model(client, protocol, model)
+        if on_model is not None:
+            on_model(served)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(index: int, path: Path) -> ImageResult:
+            result = ImageResult(index, path)
+            try:
+                async with gate:
+                    data = path.read_bytes()  # read here, so a long list is not all in memory
+                    start = time.perf_counter()
+                    result.detections = await infer_one(client, module, served, data, parameters)
+                    result.latency_s = time.perf_counter() - start
+            except Exception as e:  # one image's failure never stops the run
+                result.error = _error_text(e)
+            if result.ok and after is not None:
+                try:
+                    await asyncio.to_thread(after, result, data)
+                except Exception as e:  # the answer stands; only its drawing failed
+                    result.note = f"no overlay: {type(e).__name__}: {e}"
+            if on_result is not None:
+                on_result(result)
+            return result
+
+        start = time.perf_counter()
+        results = await asyncio.gather(*(one(i, p) for i, p in enumerate(paths)))
+        wall = time.perf_counter() - start
+    finally:
+        await client.close()
+    return Run(served, url, protocol, list(results), wall)
+
+
+# --------------------------------------------------------------------------- outputs
+def overlay_writer(out: Path, names: list[str]) -> Callable[[ImageResult, bytes], None]:
+    """after() for infer_images: draw the detections and write OUT/<name>."""
+    def write(result: ImageResult, data: bytes) -> None:
+        det = result.detections
+        masks = decode_masks(det) if det.has_masks else None
+        image = overlay_ops.draw_overlay(overlay_ops.decode_image(data), det, masks)
+        result.overlay = overlay_ops.write_png(out / names[result.index], image)
+    return write
+
+
+def write_results(run: Run, out: Path) -> list[Path]:
+    """OUT/results.json (COCO results; image_id = the image's index) and OUT/images.json
+    (id, file_name, height, width per image; error instead of the size for a failure)."""
+    meta = run.model.meta
+    category_ids = meta.category_ids if meta else None
+    entries, images = [], []
+    for r in run.results:
+        if r.ok:
+            det = r.detections
+            ids = category_ids or range(max(det.classes.tolist(), default=-1) + 1)
+            entries += coco_results(det, r.index, ids)
+            images.append({"id": r.index, "file_name": str(r.path),
+                           "height": det.image_size[0], "width": det.image_size[1]})
+        else:
+            images.append({"id": r.index, "file_name": str(r.path), "error": r.error})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RESULTS_FILE).write_text(json.dumps(entries))
+    (out / IMAGES_FILE).write_text(json.dumps(images, indent=1))
+    return [out / RESULTS_FILE, out / IMAGES_FILE]
+
+
+def image_line(result: ImageResult, top: int = 3) -> str:
+    """'scene.jpg: 4 detections (412 ms) person 0.91, dog 0.80, ...' or 'FAILED ...'."""
+    if not result.ok:
+        return f"FAILED {result.path}: {result.error}"
+    det = result.detections
+    line = (f"{result.path}: {len(det)} detection{'s' * (len(det) != 1)} "
+            f"({result.latency_s * 1000:.0f} ms)")
+    if len(det):
+        line += " " + top_labels(det, top) + (", ..." if len(det) > top else "")
+    if result.note:
+        line += f" [{result.note}]"
+    return line
+
+
+def summary_lines(run: Run) -> list[str]:
+    ok, failed = run.ok, run.failed
+    detections = sum(len(r.detections) for r in ok)
+    latency = latency_summary([r.latency_s for r in ok])
+    lines = [f"images: {len(ok)} ok, {len(failed)} failed; detections: {detections}",
+             f"{latency.line()}; throughput {throughput(len(ok), run.wall_s):.2f} img/s; "
+             f"wall time {run.wall_s:.2f} s"]
+    if run.out is not None:
+        overlays = sum(r.overlay is not None for r in ok)
+        lines.append(f"wrote {run.out / RESULTS_FILE}, {run.out / IMAGES_FILE}"
+                     + (f" and {overlays} overlay(s) in {run.out}" if overlays else ""))
+    return lines
+
+
+# --------------------------------------------------------------------------- command
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m client", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("infer", help="send images, print detections, write results")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
+    p.add_argument("--url", help="HOST:PORT; default 127.0.0.1:8000 (http) or :8001 (grpc)")
+    p.add_argument("--protocol", choices=("http", "grpc"), default="grpc")
+    p.add_argument("--model", choices=(PIPELINE_NAME, ENSEMBLE_NAME), default=PIPELINE_NAME)
+    p.add_argument("--concurrency", type=_positive_int, default=2,
+                   help="requests in flight at once (default 2)")
+    p.add_argument("--score-threshold", type=float, help="default: the export's")
+    p.add_argument("--max-detections", type=int, help="default: all")
+    p.add_argument("--mask-format", choices=[f.value for f in MaskFormat],
+                   help="rle (default): compact, decoded here; dense: full masks on the "
+                        "wire; none: boxes only")
+    p.add_argument("--out", type=Path, default=Path("build/client"),
+                   help="folder for results.json, images.json, overlays (default build/client)")
+    p.add_argument("--no-overlay", action="store_true", help="write no overlay PNGs")
+    args = parser.parse_args(argv)
+    args.url = (args.url or DEFAULT_URLS[args.protocol]).split("://", 1)[-1]
+    return args
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def run_infer(args: argparse.Namespace, paths: list[Path] | None = None) -> Run:
+    """`client infer` without the exit status: send, print, write; returns the Run.
+    Raises FileNotFoundError / ValueError for bad paths, ServerUnavailable."""
+    paths = paths if paths is not None else collect_images(args.paths)
+    if not paths:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in "
+                         f"{' '.join(map(str, args.paths))}")
+    parameters = request_parameters(args.score_threshold, args.max_detections, args.mask_format)
+    after = None if args.no_overlay else overlay_writer(args.out, overlay_names(paths))
+    print(f"sending {len(paths)} image(s) to {args.model} at {args.url} ({args.protocol}), "
+          f"{args.concurrency} at a time" + (f", parameters {parameters}" if parameters else ""))
+    # The bar goes to stderr and only to a terminal (disable=None); lines go to stdout.
+    with tqdm(total=len(paths), unit="img", file=sys.stderr, disable=None) as bar:
+        def on_result(result: ImageResult) -> None:
+            tqdm.write(image_line(result), file=sys.stdout)
+            bar.update()
+        run = asyncio.run(infer_images(paths, args.url, args.protocol, args.model,
+                                       args.concurrency, parameters, after, on_result,
+                                       lambda model: tqdm.write(describe_model(model),
+                                                                file=sys.stdout)))
+    run.out = args.out
+    write_results(run, args.out)
+    for line in summary_lines(run):
+        print(line)
+    return run
+
+
+def describe_model(model: ServedModel) -> str:
+    meta = model.meta
+    batching = (f"batched, max_batch_size {model.max_batch_size}" if model.batched
+                else "not batched")
+    if meta is None:
+        return f"{model.name}: {batching}; no model_metadata in its config"
+    return (f"{model.name}: {batching}; {meta.source}, {len(meta.class_names)} classes, "
+            f"default score threshold {meta.score_threshold}; weights: {meta.weights}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run = run_infer(args)
+    except (FileNotFoundError, ValueError, ServerUnavailable) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 1 if run.failed else 0

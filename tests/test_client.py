@@ -1,0 +1,330 @@
+"""The client: answers parsed, masks decoded, COCO results and overlays from synthetic
+arrays (no server); then `python -m client infer` against the real server, checked
+against the in-process pipeline over the same TorchScript file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import fields
+
+import cv2
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from bls.contract import ENSEMBLE_NAME, PIPELINE_INPUT, PIPELINE_NAME, PIPELINE_OUTPUTS, MaskFormat
+from bls.request import RequestOptions
+from client import cli
+from client.overlay import class_color, decode_image, draw_overlay, write_png
+from client.results import (AnswerError, Detections, coco_results, decode_masks, differences,
+                            latency_summary, rle_strings, throughput)
+
+H, W = 23, 31
+
+
+# --------------------------------------------------------------------------- helpers
+def answer(**values) -> dict[str, np.ndarray]:
+    """Output arrays by contract name (no batch dim); keywords are the output names."""
+    assert set(values) == {s.name for s in PIPELINE_OUTPUTS}
+    return {s.name: np.asarray(values[s.name], dtype=s.numpy_dtype) for s in PIPELINE_OUTPUTS}
+
+
+def blobs(n: int = 3, height: int = H, width: int = W, seed: int = 0) -> np.ndarray:
+    """uint8 [n, height, width]: a filled rectangle per mask, plus a hole in the first."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, height, width), np.uint8)
+    for m in masks:
+        y0, x0 = rng.integers(0, height // 2), rng.integers(0, width // 2)
+        m[y0:y0 + rng.integers(3, height // 2), x0:x0 + rng.integers(3, width // 2)] = 1
+    if n:
+        masks[0, 0, :] = 1
+        masks[0, 1, 1] = 0
+    return masks
+
+
+def synthetic(mask_format: MaskFormat = MaskFormat.RLE, n: int = 3) -> Detections:
+    masks = blobs(n)
+    boxes = np.array([[2, 3, 12, 9], [0.5, 1.25, 30, 22], [5, 5, 6, 7]][:n], np.float32).reshape(n, 4)
+    rle = [r["counts"] for r in mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))] \
+        if mask_format is MaskFormat.RLE and n else []
+    dense = masks if mask_format is MaskFormat.DENSE else np.zeros((0, H, W), np.uint8)
+    return Detections.from_arrays(answer(
+        boxes=boxes, scores=np.array([0.9, 0.6, 0.55][:n]), classes=np.array([1, 2, 1][:n]),
+        class_names=np.array([b"cat", b"dog", b"cat"][:n], dtype=object).reshape(n),
+        masks_rle=np.array(rle, dtype=object).reshape(len(rle)), masks=dense,
+        image_size=[H, W]))
+
+
+class FakeResult:
+    """What Detections.from_result uses of a tritonclient InferResult."""
+
+    def __init__(self, arrays):
+        self.arrays = arrays
+
+    def as_numpy(self, name):
+        return self.arrays.get(name)
+
+
+# --------------------------------------------------------------------------- results
+def test_detections_fields_are_the_contract_outputs():
+    assert [f.name for f in fields(Detections)] == [s.name for s in PIPELINE_OUTPUTS]
+
+
+def test_batch_dim_is_stripped_and_types_normalised():
+    det = synthetic()
+    arrays = answer(boxes=det.boxes, scores=det.scores, classes=det.classes,
+                    class_names=np.array([n.encode() for n in det.class_names], dtype=object),
+                    masks_rle=np.array(det.masks_rle, dtype=object), masks=det.masks,
+                    image_size=list(det.image_size))
+    batched = Detections.from_result(FakeResult({k: v[np.newaxis] for k, v in arrays.items()}),
+                                     batched=True)
+    plain = Detections.from_result(FakeResult(arrays), batched=False)
+    for got in (batched, plain):
+        assert differences(got, det) == []
+        assert got.boxes.shape == (3, 4) and got.boxes.dtype == np.float32
+        assert got.classes.dtype == np.int64
+        assert got.class_names == ("cat", "dog", "cat")
+        assert got.image_size == (H, W)
+        assert all(isinstance(c, bytes) for c in got.masks_rle)
+
+
+def test_answers_off_contract_are_refused():
+    arrays = {s.name: np.zeros((0,)) for s in PIPELINE_OUTPUTS}
+    del arrays[PIPELINE_OUTPUTS[0].name]
+    with pytest.raises(AnswerError, match=f"no output '{PIPELINE_OUTPUTS[0].name}'"):
+        Detections.from_result(FakeResult(arrays), batched=False)
+    good = answer(boxes=np.zeros((0, 4)), scores=[], classes=[], class_names=[], masks_rle=[],
+                  masks=np.zeros((0, H, W)), image_size=[H, W])
+    with pytest.raises(AnswerError, match="batch dimension of 1"):
+        Detections.from_arrays(good, batched=True)
+
+
+def test_decode_masks_from_rle_and_dense_agree_with_pycocotools():
+    expected = blobs(3)
+    for fmt in (MaskFormat.RLE, MaskFormat.DENSE):
+        det = synthetic(fmt)
+        got = decode_masks(det)
+        assert got.dtype == np.uint8 and got.shape == (3, H, W)
+        np.testing.assert_array_equal(got, expected)
+    with pytest.raises(ValueError, match="no masks"):
+        decode_masks(synthetic(MaskFormat.NONE))
+    assert decode_masks(synthetic(MaskFormat.NONE, n=0)).shape == (0, H, W)
+
+
+def test_coco_results_convert_boxes_and_map_categories():
+    det = synthetic()
+    entries = coco_results(det, image_id=7, category_ids=[0, 17, 42])
+    json.dumps(entries)  # JSON-ready: plain floats, ints and str
+    assert [e["image_id"] for e in entries] == [7, 7, 7]
+    assert [e["category_id"] for e in entries] == [17, 42, 17]
+    assert entries[1]["bbox"] == [0.5, 1.25, 29.5, 20.75]  # x, y, w, h
+    assert entries[0]["score"] == pytest.approx(0.9)
+    for entry, mask in zip(entries, blobs(3)):
+        seg = entry["segmentation"]
+        assert seg["size"] == [H, W] and isinstance(seg["counts"], str)
+        np.testing.assert_array_equal(mask_utils.decode(seg), mask)
+    # a dense answer gives the same segmentations; no masks, no segmentation
+    assert coco_results(synthetic(MaskFormat.DENSE), 7, [0, 17, 42]) == entries
+    assert rle_strings(synthetic(MaskFormat.DENSE)) == rle_strings(det)
+    assert all("segmentation" not in e for e in coco_results(synthetic(MaskFormat.NONE), 7, [0, 1, 2]))
+    with pytest.raises(ValueError, match="class index 2 has no category id"):
+        coco_results(det, 0, [0, 1])
+
+
+def test_latency_summary_and_throughput():
+    summary = latency_summary([i / 1000 for i in range(1, 101)])  # 1..100 ms
+    assert summary.count == 100
+    assert (summary.p50_ms, summary.p90_ms, summary.p99_ms) == pytest.approx((50.5, 90.1, 99.01))
+    assert "p99 99.0 ms" in summary.line()
+    empty = latency_summary([])
+    assert empty.count == 0 and np.isnan(empty.p50_ms)
+    assert throughput(10, 2.0) == 5.0 and throughput(0, 0.0) == 0.0
+
+
+def test_differences_respect_tolerances():
+    a = synthetic()
+    b = Detections.from_arrays(answer(
+        boxes=a.boxes + np.float32(1e-4), scores=a.scores, classes=a.classes,
+        class_names=np.array([n.encode() for n in a.class_names], dtype=object),
+        masks_rle=np.array(a.masks_rle, dtype=object), masks=a.masks, image_size=a.image_size))
+    assert differences(a, b, box_atol=1e-3) == []
+    assert differences(a, b) == ["boxes differ by up to 0.0001 (tolerance 0)"]
+    assert differences(a, synthetic(n=2)) == ["3 detections != 2"]
+
+
+# --------------------------------------------------------------------------- overlay
+def test_overlay_draws_masks_boxes_labels_deterministically(tmp_path):
+    det = synthetic(MaskFormat.DENSE, n=1)
+    image = np.full((H, W, 3), 100, np.uint8)
+    masks = np.zeros((1, H, W), np.uint8)
+    masks[0, 14:20, 18:28] = 1
+    out = draw_overlay(image, det, masks)
+    assert out.shape == (H, W, 3) and out.dtype == np.uint8
+    assert (image == 100).all(), "the input image is left alone"
+    np.testing.assert_array_equal(out, draw_overlay(image, det, masks))
+    # inside the mask: blended toward the class colour; far from everything: untouched
+    color = np.array(class_color(int(det.classes[0])))
+    inside = out[17, 23].astype(int)
+    assert np.abs(inside - color).sum() < np.abs(100 - color).sum()
+    np.testing.assert_array_equal(out[H - 1, 0], [100, 100, 100])
+    # boxes only, and grayscale input
+    assert draw_overlay(image[:, :, 0], det, None).shape == (H, W, 3)
+    with pytest.raises(ValueError, match="image is 10x31"):
+        draw_overlay(image[:10], det, masks)
+    path = write_png(tmp_path / "sub" / "x.overlay.png", out)
+    np.testing.assert_array_equal(cv2.imread(str(path)), out)
+    np.testing.assert_array_equal(decode_image(path.read_bytes()), out)
+
+
+def test_class_colours_are_stable_and_distinct():
+    colors = [class_color(i) for i in range(20)]
+    assert colors == [class_color(i) for i in range(20)]
+    assert len(set(colors)) == 20
+
+
+# --------------------------------------------------------------------------- cli pieces
+def test_collect_images_expands_folders_sorted(tmp_path):
+    for name in ["b.png", "a.JPG", "c.webp", "notes.txt"]:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub.jpg").mkdir()
+    (tmp_path / "extra").mkdir()
+    other = tmp_path / "extra" / "other.bmp"
+    other.write_bytes(b"x")
+    assert [p.name for p in cli.collect_images([tmp_path, other])] == \
+        ["a.JPG", "b.png", "c.webp", "other.bmp"]
+    with pytest.raises(FileNotFoundError, match="missing"):
+        cli.collect_images([tmp_path / "missing"])
+    assert cli.main(["infer", str(tmp_path / "missing")]) == 2
+
+
+def test_overlay_names_never_collide(tmp_path):
+    paths = [tmp_path / "a.jpg", tmp_path / "a.png", tmp_path / "b.jpg"]
+    assert cli.overlay_names(paths) == ["a.0.overlay.png", "a.1.overlay.png", "b.overlay.png"]
+
+
+def test_arguments_defaults():
+    assert cli.parse_args(["infer", "x"]).url == "127.0.0.1:8001"
+    args = cli.parse_args(["infer", "x", "--protocol", "http"])
+    assert (args.url, args.model, args.concurrency) == ("127.0.0.1:8000", PIPELINE_NAME, 2)
+    assert cli.parse_args(["infer", "x", "--url", "http://h:1"]).url == "h:1"
+    assert cli.request_parameters(None, 3, "none") == {"max_detections": 3, "mask_format": "none"}
+    with pytest.raises(SystemExit):
+        cli.parse_args(["infer", "x", "--concurrency", "0"])
+
+
+# --------------------------------------------------------------------------- server
+@pytest.fixture(scope="module")
+def expected(reference, images) -> dict[str, Detections]:
+    """The in-process pipeline's answer per test image (default options)."""
+    return {name: Detections.from_arrays(reference(data)) for name, data in images.items()}
+
+
+def write_images(folder, images, names=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names or images:
+        (folder / name).write_bytes(images[name])
+    return folder
+
+
+def load_run(out):
+    entries = json.loads((out / cli.RESULTS_FILE).read_text())
+    listed = json.loads((out / cli.IMAGES_FILE).read_text())
+    by_id = {image["id"]: image for image in listed}
+    per_image = {}
+    for entry in entries:
+        per_image.setdefault(by_id[entry["image_id"]]["file_name"], []).append(entry)
+    return listed, per_image
+
+
+def check_entries(entries, det: Detections, meta):
+    """COCO entries of one image against the reference's Detections."""
+    height, width = det.image_size
+    assert len(entries) == len(det)
+    assert [e["category_id"] for e in entries] == [meta.category_ids[c] for c in det.classes]
+    assert all(e["category_id"] in meta.category_ids for e in entries)
+    boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (e["bbox"] for e in entries)])
+    np.testing.assert_allclose(boxes.reshape(-1, 4), det.boxes, atol=1e-3)
+    np.testing.assert_allclose([e["score"] for e in entries], det.scores, atol=1e-4)
+    for entry, want in zip(entries, decode_masks(det)):
+        if "segmentation" not in entry:
+            continue
+        got = mask_utils.decode(entry["segmentation"])
+        assert got.shape == (height, width)
+        union = np.logical_or(got, want).sum()
+        assert union == 0 or np.logical_and(got, want).sum() / union >= 0.95
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_cli_over_a_folder_matches_the_reference(protocol, server, exported, images, expected,
+                                                 tmp_path, capsys):
+    folder = write_images(tmp_path / "images", images)
+    out = tmp_path / "out"
+    url = server.http_url if protocol == "http" else server.grpc_url
+    rc = cli.main(["infer", str(folder), "--url", url, "--protocol", protocol,
+                   "--concurrency", "2", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert f"images: {len(images)} ok, 0 failed" in printed
+    assert "latency p50" in printed and "img/s" in printed
+    listed, per_image = load_run(out)
+    assert [image["file_name"] for image in listed] == [str(folder / n) for n in sorted(images)]
+    assert sum(len(d) for d in expected.values()) > 0, "no detections: the test checks nothing"
+    for image in listed:
+        name = image["file_name"].rsplit("/", 1)[-1]
+        det = expected[name]
+        assert (image["height"], image["width"]) == det.image_size
+        check_entries(per_image.get(image["file_name"], []), det, exported.meta)
+        overlay = cv2.imread(str(out / f"{name.rsplit('.', 1)[0]}.overlay.png"))
+        assert overlay is not None and overlay.shape == (*det.image_size, 3)
+
+
+@pytest.mark.server
+def test_ensemble_with_dense_masks_matches_the_reference(server, exported, images, expected,
+                                                         tmp_path):
+    """infer_pipeline has no batch dim; dense masks are re-encoded for results.json."""
+    name = "scene.jpg"
+    folder = write_images(tmp_path / "images", images, [name])
+    out = tmp_path / "out"
+    rc = cli.main(["infer", str(folder / name), "--url", server.grpc_url, "--model",
+                   ENSEMBLE_NAME, "--mask-format", "dense", "--no-overlay", "--out", str(out)])
+    assert rc == 0
+    _, per_image = load_run(out)
+    check_entries(per_image[str(folder / name)], expected[name], exported.meta)
+    assert all("segmentation" in e for e in per_image[str(folder / name)])
+    assert not list(out.glob("*.png"))
+
+
+@pytest.mark.server
+def test_request_parameters_reach_the_server(server, reference, images):
+    data = images["scene.jpg"]
+    params = {"score_threshold": 0.6, "max_detections": 2, "mask_format": "none"}
+    got = asyncio.run(cli.infer_bytes(server.http_url, "http", PIPELINE_NAME, data, params))
+    want = Detections.from_arrays(reference(data, RequestOptions(0.6, 2, MaskFormat.NONE)))
+    assert differences(got, want, box_atol=1e-3, score_atol=1e-4) == []
+    assert len(got) <= 2 and not got.masks_rle and len(got.masks) == 0
+
+
+@pytest.mark.server
+def test_a_corrupt_image_fails_alone(server, images, expected, tmp_path, capsys):
+    good = ["gray.png", "scene.jpg"]
+    folder = write_images(tmp_path / "images", images, good)
+    (folder / "broken.jpg").write_bytes(b"this is not an image")
+    out = tmp_path / "out"
+    rc = cli.main(["infer", str(folder), "--url", server.grpc_url, "--concurrency", "2",
+                   "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 1
+    failed = [line for line in printed.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1
+    assert "broken.jpg" in failed[0] and f"input '{PIPELINE_INPUT.name}'" in failed[0]
+    assert "images: 2 ok, 1 failed" in printed
+    listed, per_image = load_run(out)
+    errors = {image["file_name"]: image.get("error") for image in listed}
+    assert f"input '{PIPELINE_INPUT.name}'" in errors[str(folder / "broken.jpg")]
+    for name in good:
+        assert errors[str(folder / name)] is None
+        assert len(per_image.get(str(folder / name), [])) == len(expected[name])
+        assert (out / f"{name.rsplit('.', 1)[0]}.overlay.png").is_file()
+    assert not (out / "broken.overlay.png").exists()

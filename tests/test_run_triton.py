@@ -1,0 +1,78 @@
+"""run_triton.sh: the commands it builds in both modes, its errors, and a real start and
+clean stop (model control off, nothing left running in its process group)."""
+
+import os
+import subprocess
+
+import pytest
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from client.server import RUN_TRITON, TritonServer
+
+
+def run(*args, timeout=120):
+    return subprocess.run([str(RUN_TRITON), *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_help_and_errors(tmp_path):
+    assert "Modes" in run("--help").stdout
+    missing = run("--repository", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "no model repository at" in missing.stderr
+    assert "python -m export torchvision" in missing.stderr
+    bad_port = run("--repository", str(tmp_path), "--http-port", "80a")
+    assert bad_port.returncode == 2 and "port '80a' is not a number" in bad_port.stderr
+    bad_mode = run("--repository", str(tmp_path), "--mode", "k8s", "--dry-run")
+    assert bad_mode.returncode == 2 and "--mode must be auto, embedded or container" in bad_mode.stderr
+
+
+def test_embedded_command(exported):
+    result = run("--mode", "embedded", "--repository", str(exported.repository),
+                 "--http-port", "18100", "--grpc-port", "18101", "--metrics-port", "18102", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    command = result.stdout
+    for expected in ["--model-config-name=embedded", "--http-address=127.0.0.1",
+                     "--http-port=18100", "--grpc-port=18101", "--metrics-port=18102",
+                     "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
+                     "--model-control-mode=none", f"--model-repository={exported.repository}",
+                     "shm-default-byte-size=16777216"]:
+        assert expected in command, expected
+    assert "/backends " in command.replace("--backend-directory=", " ") or "--backend-directory=" in command
+
+
+def test_container_command(exported):
+    result = run("--mode", "container", "--repository", str(exported.repository), "--gpus", "device=1",
+                 "--http-port", "18100", "--shm-size", "4g", "--image", "example/tritonserver:tag",
+                 "--dry-run")
+    assert result.returncode == 0, result.stderr
+    command = result.stdout
+    for expected in ["docker run", "--gpus device=1", "--shm-size 4g", "127.0.0.1:18100:8000",
+                     f"{exported.repository}:/models:ro", "example/tritonserver:tag",
+                     "--model-repository=/models", "--model-control-mode=none",
+                     "requirements-serving.txt"]:
+        assert expected in command, expected
+    # In the container mask_rcnn uses config.pbtxt: libtorch on the GPU.
+    assert "model-config-name" not in command
+
+
+def test_start_refuses_model_control_and_stops_cleanly(exported, tmp_path):
+    server = TritonServer(exported.repository, log=tmp_path / "server.log").start()
+    try:
+        pgid = os.getpgid(server.pid)
+        client = httpclient.InferenceServerClient(server.http_url)
+        assert client.is_server_ready()
+        with pytest.raises(InferenceServerException, match="explicit model load / unload is not allowed"):
+            client.unload_model("pipeline_bls")
+        assert client.is_model_ready("pipeline_bls")
+    finally:
+        server.stop()
+    table = subprocess.run(["ps", "-eo", "pid=,pgid=,stat=,args="], capture_output=True, text=True).stdout
+    # Exited stubs may linger as zombies until PID 1 reaps them (lazily in some
+    # sandboxes); they hold nothing. A live process would be a leak.
+    leftover = [line for line in table.splitlines()
+                if line.split()[1] == str(pgid) and not line.split()[2].startswith("Z")]
+    assert leftover == [], f"processes left in group {pgid}: {leftover}\n{server.log_text()[-3000:]}"
+    log = (tmp_path / "server.log").read_text()
+    assert "stopping tritonserver" in log
+    assert "Stopping HTTPService" in log or "Waiting for in-flight" in log or "successfully unloaded" in log
