@@ -41,7 +41,9 @@ def answer_of(result, batched: bool) -> dict:
 def infer(server, protocol, data, parameters=None, model=PIPELINE_NAME):
     module, client = connect(server, protocol)
     batched = model == PIPELINE_NAME
-    result = client.infer(model, [image_input(module, data, batched)], parameters=parameters)
+    # Closed here: an open keep-alive connection makes the server wait 30 s at stop.
+    with client:
+        result = client.infer(model, [image_input(module, data, batched)], parameters=parameters)
     return answer_of(result, batched)
 
 
@@ -121,7 +123,8 @@ def test_bad_requests_get_invalid_arg_naming_the_problem(server, images, protoco
     assert message in info.value.message()
     assert info.value.status() in ("400", "StatusCode.INVALID_ARGUMENT")
     _, client = connect(server, protocol)
-    assert client.is_server_ready() and client.is_model_ready(PIPELINE_NAME)
+    with client:
+        assert client.is_server_ready() and client.is_model_ready(PIPELINE_NAME)
 
 
 def _stats(client, model):
@@ -136,24 +139,27 @@ def test_batch_with_one_bad_image_answers_the_neighbours(server, reference, imag
     """Four requests sent together meet in one pipeline_bls execute (the test repository
     waits up to 200 ms to form a batch); the bad one fails alone."""
     _, client = connect(server, "grpc")
-    payloads = [images["scene.jpg"], b"GIF89a truncated", images["tall.png"], images["gray.png"]]
-    before = _stats(client, PIPELINE_NAME)
-    answers: queue.Queue = queue.Queue()
-    for i, data in enumerate(payloads):
-        client.async_infer(PIPELINE_NAME, [image_input(grpcclient, data, True)],
-                           callback=lambda result, error, i=i: answers.put((i, result, error)),
-                           parameters={"score_threshold": 0.0})
-    results = dict((i, (r, e)) for i, r, e in (answers.get(timeout=300) for _ in payloads))
-    after = _stats(client, PIPELINE_NAME)
-    result, error = results[1]
-    assert result is None and "input 'image': cannot be decoded" in error.message()
-    for i in (0, 2, 3):
-        result, error = results[i]
-        assert error is None, error
-        assert_matches(answer_of(result, True), reference(payloads[i], RequestOptions(0.0)))
-    executions, handled = after[0] - before[0], after[1] - before[1]
-    assert handled == len(payloads)
-    assert executions < len(payloads), f"{executions} executions for {len(payloads)} requests: not batched"
+    with client:
+        payloads = [images["scene.jpg"], b"GIF89a truncated", images["tall.png"],
+                    images["gray.png"]]
+        before = _stats(client, PIPELINE_NAME)
+        answers: queue.Queue = queue.Queue()
+        for i, data in enumerate(payloads):
+            client.async_infer(PIPELINE_NAME, [image_input(grpcclient, data, True)],
+                               callback=lambda result, error, i=i: answers.put((i, result, error)),
+                               parameters={"score_threshold": 0.0})
+        results = dict((i, (r, e)) for i, r, e in (answers.get(timeout=300) for _ in payloads))
+        after = _stats(client, PIPELINE_NAME)
+        result, error = results[1]
+        assert result is None and "input 'image': cannot be decoded" in error.message()
+        for i in (0, 2, 3):
+            result, error = results[i]
+            assert error is None, error
+            assert_matches(answer_of(result, True), reference(payloads[i], RequestOptions(0.0)))
+        executions, handled = after[0] - before[0], after[1] - before[1]
+        assert handled == len(payloads)
+        assert executions < len(payloads), \
+            f"{executions} executions for {len(payloads)} requests: not batched"
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -169,13 +175,14 @@ def test_ensemble_answers_the_same_as_pipeline_bls(server, images, protocol):
 
 def test_model_config_tells_clients_the_metadata(server, exported):
     _, client = connect(server, "http")
-    config = client.get_model_config(PIPELINE_NAME)
-    assert ModelMetadata.from_model_config(config) == exported.meta
-    assert config["max_batch_size"] == 8
-    metadata = client.get_model_metadata(PIPELINE_NAME)
-    assert [o["name"] for o in metadata["outputs"]] == [s.name for s in PIPELINE_OUTPUTS]
-    # mask_rcnn is the embedded runner here, with the contract's tensors
-    runner = client.get_model_config("mask_rcnn")
-    assert runner["backend"] == "python"
-    assert [o["name"] for o in runner["output"]] == [s.name for s in exported.meta.outputs]
-    json.dumps(config)  # plain JSON, as any client would read it
+    with client:
+        config = client.get_model_config(PIPELINE_NAME)
+        assert ModelMetadata.from_model_config(config) == exported.meta
+        assert config["max_batch_size"] == 8
+        metadata = client.get_model_metadata(PIPELINE_NAME)
+        assert [o["name"] for o in metadata["outputs"]] == [s.name for s in PIPELINE_OUTPUTS]
+        # mask_rcnn is the embedded runner here, with the contract's tensors
+        runner = client.get_model_config("mask_rcnn")
+        assert runner["backend"] == "python"
+        assert [o["name"] for o in runner["output"]] == [s.name for s in exported.meta.outputs]
+        json.dumps(config)  # plain JSON, as any client would read it
