@@ -133,3 +133,31 @@ REQUEST_PARAMETERS = (
 # (detectron2's TEST.DETECTIONS_PER_IMAGE, torchvision's box_detections_per_img);
 # a larger request is a client bug worth reporting, not a quiet clamp.
 MAX_DETECTIONS_LIMIT = 1000
+
+
+# --------------------------------------------------------------------------- monitoring
+MONITORING_NAME = "monitoring"
+
+# What pipeline_bls sends about one answered request (an "event"), and what a watcher
+# sends instead (a "command"). Every input is optional in the config: an event leaves
+# out ``command``, a command sends only ``command``.
+MONITORING_INPUTS = (
+    TensorSpec("reasons", "BYTES", (-1,),
+               "why the policy sent this request: sampled, low_score, no_detections, "
+               "watched_class, slow"),
+    TensorSpec("scores", "FP32", (-1,), "the answer's scores, descending"),
+    TensorSpec("classes", "INT64", (-1,), "the answer's class indices"),
+    TensorSpec("latency_ms", "FP32", (1,), "pipeline_bls time for the request"),
+    TensorSpec("image", "BYTES", (-1,),
+               "[1] the encoded image when the policy captures samples, else [0]"),
+    TensorSpec("predictions", "BYTES", (-1,),
+               "[1] the answer as JSON (boxes, scores, classes, class_names, masks_rle, "
+               "image_size) when captured, else [0]"),
+    TensorSpec("command", "BYTES", (1,),
+               "a watcher's command instead of an event: 'stats' (one answer), "
+               "'subscribe' (alerts as they happen) or 'reset_reference' (start a new "
+               "drift reference window)"),
+)
+
+MONITORING_OUTPUT = TensorSpec("message", "BYTES", (1,),
+                               "JSON: {'type': 'stats' | 'alert' | 'end', ...}")

@@ -1,4 +1,4 @@
-"""python -m client infer PATH... (see client/cli.py)."""
+"""python -m client infer PATH... | watch (see client/cli.py, client/watch.py)."""
 
 import sys
 

@@ -1,5 +1,5 @@
 """python -m client infer PATH...: send images to the served pipeline, print what it
-found, write COCO results and overlays.
+found, write COCO results and overlays. (python -m client watch: see client/watch.py.)
 
   python -m client infer photos/ --protocol grpc --concurrency 4 --out build/client
   python -m client infer a.jpg b.png --url 127.0.0.1:8000 --score-threshold 0.3
@@ -339,7 +339,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("build/client"),
                    help="folder for results.json, images.json, overlays (default build/client)")
     p.add_argument("--no-overlay", action="store_true", help="write no overlay PNGs")
+    w = sub.add_parser("watch", help="live statistics and alerts from the monitoring model "
+                                     "(gRPC stream)")
+    w.add_argument("--url", default=DEFAULT_URLS["grpc"], help="gRPC HOST:PORT (default "
+                   f"{DEFAULT_URLS['grpc']})")
+    w.add_argument("--duration", type=float, default=600.0,
+                   help="stop after this many seconds (default 600)")
+    w.add_argument("--interval", type=float, default=10.0,
+                   help="seconds between statistics (default 10)")
+    w.add_argument("--max-alerts", type=_positive_int, default=1000,
+                   help="end the subscription after this many alerts")
     args = parser.parse_args(argv)
+    if args.command == "watch":
+        if not 0 < args.duration <= 24 * 3600 or args.interval <= 0:
+            parser.error("need 0 < --duration <= 86400 and --interval > 0")
+        args.url = args.url.split("://", 1)[-1]
+        return args
     args.url = (args.url or DEFAULT_URLS[args.protocol]).split("://", 1)[-1]
     return args
 
@@ -390,6 +405,18 @@ def describe_model(model: ServedModel) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.command == "watch":
+        from client.watch import watch
+
+        try:
+            alerts = watch(args.url, args.duration, args.interval, args.max_alerts)
+        except ConnectionError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
+        print(f"{alerts} alert(s) in {args.duration:.0f} s")
+        return 0
     try:
         run = run_infer(args)
     except (FileNotFoundError, ValueError, ServerUnavailable) as e:

@@ -22,9 +22,10 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from bls.contract import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, ORIGINAL_SIZE,
-                          PIPELINE_INPUT, PIPELINE_NAME, PIPELINE_OUTPUTS, POSTPROCESS_NAME,
-                          PREPROCESS_NAME, TensorSpec)
+from bls.contract import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, MONITORING_INPUTS,
+                          MONITORING_NAME, MONITORING_OUTPUT, ORIGINAL_SIZE, PIPELINE_INPUT,
+                          PIPELINE_NAME, PIPELINE_OUTPUTS, POSTPROCESS_NAME, PREPROCESS_NAME,
+                          TensorSpec)
 from bls.metadata import METADATA_PARAMETER, ModelMetadata
 from export.torchscript import MODEL_FILENAME, read_metadata
 
@@ -35,7 +36,12 @@ EMBEDDED_CONFIG = "embedded"
 VERSION = "1"
 
 # Python models that import bls (mask_rcnn's runner reads its names from its config).
-USES_BLS = (PIPELINE_NAME, PREPROCESS_NAME, POSTPROCESS_NAME)
+USES_BLS = (PIPELINE_NAME, PREPROCESS_NAME, POSTPROCESS_NAME, MONITORING_NAME)
+# Models whose inputs are all optional (monitoring takes an event or a command).
+OPTIONAL_INPUTS = (MONITORING_NAME,)
+# Parameters that name a place on the serving machine, set by the operator at assembly
+# (`--set`), so they may be absolute paths.
+DEPLOYMENT_PATH_PARAMETERS = ("capture_dir",)
 
 
 def model_io(meta: ModelMetadata) -> dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]]:
@@ -47,6 +53,7 @@ def model_io(meta: ModelMetadata) -> dict[str, tuple[tuple[TensorSpec, ...], tup
         PREPROCESS_NAME: ((PIPELINE_INPUT,), (MODEL_INPUT, ORIGINAL_SIZE)),
         POSTPROCESS_NAME: (model_outputs + (ORIGINAL_SIZE,), PIPELINE_OUTPUTS),
         ENSEMBLE_NAME: ((PIPELINE_INPUT,), PIPELINE_OUTPUTS),
+        MONITORING_NAME: (MONITORING_INPUTS, (MONITORING_OUTPUT,)),
     }
 
 
@@ -79,7 +86,8 @@ def render_config(template: str, name: str, meta: ModelMetadata,
     """A template's text -> the complete ModelConfig of model ``name``.
 
     ``override`` (pbtxt) replaces whole top-level fields of the result, e.g.
-    ``dynamic_batching { max_queue_delay_microseconds: 100000 }``.
+    ``dynamic_batching { max_queue_delay_microseconds: 100000 }``, except ``parameters``,
+    which is merged key by key (the generated model_metadata stays unless replaced).
     """
     config = text_format.Parse(template, mc.ModelConfig())
     if config.name != name:
@@ -87,6 +95,9 @@ def render_config(template: str, name: str, meta: ModelMetadata,
     inputs, outputs = model_io(meta)[name]
     del config.input[:], config.output[:]
     config.input.extend(_tensor(s, mc.ModelInput) for s in inputs)
+    if name in OPTIONAL_INPUTS:
+        for tensor in config.input:
+            tensor.optional = True
     config.output.extend(_tensor(s, mc.ModelOutput) for s in outputs)
     if name in USES_BLS:
         config.parameters[METADATA_PARAMETER].string_value = meta.to_json()
@@ -95,7 +106,8 @@ def render_config(template: str, name: str, meta: ModelMetadata,
     if override:
         replacement = text_format.Parse(override, mc.ModelConfig())
         for field, _ in replacement.ListFields():
-            config.ClearField(field.name)
+            if field.name != "parameters":
+                config.ClearField(field.name)
         config.MergeFrom(replacement)
     return config
 
@@ -175,5 +187,7 @@ def check_self_contained(repository: Path) -> None:
                              f"{model_dir / VERSION / 'model.py'} is missing")
         for key, value in config.parameters.items():
             text = value.string_value
+            if key in DEPLOYMENT_PATH_PARAMETERS:
+                continue
             if text.startswith("/") or str(ROOT) in text:
                 raise ValueError(f"{config_path}: parameter {key} holds a machine path {text!r}")

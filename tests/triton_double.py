@@ -2,8 +2,8 @@
 
 It provides the parts of the Python backend API the models use (Tensor, InferenceRequest
 with exec/async_exec, InferenceResponse, TritonError with codes, PreferredMemory,
-response senders for decoupled models, Logger) and routes BLS calls to in-process
-callables. It is for logic; the integration tests run the real server.
+response senders for decoupled models, MetricFamily with counters, gauges and
+histograms, Logger) and routes BLS calls to in-process callables. It is for logic; the integration tests run the real server.
 
     double = TritonDouble(models={"mask_rcnn": lambda inputs, params: {...}})
     with double.installed():
@@ -166,6 +166,66 @@ class InferenceRequest:
         return self.exec(decoupled)
 
 
+class Metric:
+    """A metric of a MetricFamily: ``value()`` for counters and gauges; a histogram
+    keeps its observations (``observations``) and ``value()`` is their count."""
+
+    def __init__(self, family: "MetricFamily", labels: dict, buckets: list | None):
+        self.family, self.labels, self.buckets = family, dict(labels), buckets
+        self._value = 0.0
+        self.observations: list[float] = []
+
+    def increment(self, value: float) -> None:
+        if self.family.kind != MetricFamily.COUNTER:
+            raise TritonError(f"{self.family.name}: increment on a non-counter")
+        if value < 0:
+            raise TritonError(f"{self.family.name}: counters only go up, got {value}")
+        self._value += value
+
+    def set(self, value: float) -> None:
+        if self.family.kind != MetricFamily.GAUGE:
+            raise TritonError(f"{self.family.name}: set on a non-gauge")
+        self._value = value
+
+    def observe(self, value: float) -> None:
+        if self.family.kind != MetricFamily.HISTOGRAM:
+            raise TritonError(f"{self.family.name}: observe on a non-histogram")
+        self.observations.append(value)
+
+    def value(self) -> float:
+        if self.family.kind == MetricFamily.HISTOGRAM:
+            return float(len(self.observations))
+        return self._value
+
+
+class MetricFamily:
+    """pb_utils.MetricFamily: families by name in the double's ``metrics`` registry;
+    a Metric with the same labels is the same metric, as in the server."""
+
+    COUNTER, GAUGE, HISTOGRAM = range(3)
+    _double: "TritonDouble | None" = None
+
+    def __init__(self, name: str, description: str, kind: int):
+        if kind not in (self.COUNTER, self.GAUGE, self.HISTOGRAM):
+            raise TritonError(f"unknown metric kind {kind}")
+        self.name, self.description, self.kind = name, description, kind
+        self.metrics: dict[tuple, Metric] = {}
+        if self._double is not None:
+            existing = self._double.metrics.get(name)
+            if existing is not None:
+                self.metrics = existing.metrics  # same name: same metrics
+            self._double.metrics[name] = self
+
+    def Metric(self, labels: dict | None = None, buckets: list | None = None) -> Metric:
+        if (buckets is not None) != (self.kind == self.HISTOGRAM):
+            raise TritonError(f"{self.name}: buckets are required for, and only for, "
+                              "histograms")
+        key = tuple(sorted((labels or {}).items()))
+        if key not in self.metrics:
+            self.metrics[key] = Metric(self, labels or {}, buckets)
+        return self.metrics[key]
+
+
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:
     return next((t for t in request.inputs() if t.name() == name), None)
 
@@ -207,14 +267,17 @@ class TritonDouble:
     def __init__(self, models: Mapping[str, ModelCallable] | None = None):
         self.models: dict[str, ModelCallable] = dict(models or {})
         self.calls: list[InferenceRequest] = []
+        self.metrics: dict[str, MetricFamily] = {}
         self.module = self._build_module()
 
     def _build_module(self) -> types.ModuleType:
         module = types.ModuleType(MODULE_NAME)
         request_class = type("InferenceRequest", (InferenceRequest,), {"_double": self})
+        family_class = type("MetricFamily", (MetricFamily,), {"_double": self})
         for name, value in dict(
             Tensor=Tensor, InferenceRequest=request_class, InferenceResponse=InferenceResponse,
             TritonError=TritonError, PreferredMemory=PreferredMemory, Logger=Logger,
+            MetricFamily=family_class,
             get_input_tensor_by_name=get_input_tensor_by_name,
             get_output_tensor_by_name=get_output_tensor_by_name,
             TRITONSERVER_MEMORY_CPU=TRITONSERVER_MEMORY_CPU,
@@ -287,12 +350,25 @@ class TritonDouble:
         })
         return model
 
+    def metric(self, family: str, **labels) -> float:
+        """The value of a metric the model created (0 if it never was)."""
+        found = self.metrics.get(family)
+        metric = found.metrics.get(tuple(sorted(labels.items()))) if found else None
+        return metric.value() if metric else 0.0
+
     @staticmethod
     def execute(model, requests: list[InferenceRequest]) -> list[InferenceResponse]:
-        """Run ``execute`` (plain or ``async def``) as the stub would."""
+        """Run ``execute`` (plain or ``async def``) as the stub would. Tasks an async
+        execute leaves running (fire-and-forget BLS calls) are run to completion before
+        this returns, as the stub's long-lived event loop would run them."""
         result = model.execute(requests)
         if inspect.isawaitable(result):
-            result = asyncio.run(result)
+            async def run_all(awaitable):
+                answer = await awaitable
+                others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                await asyncio.gather(*others, return_exceptions=True)
+                return answer
+            result = asyncio.run(run_all(result))
         if result is not None and len(result) != len(requests):
             raise AssertionError(f"execute answered {len(result)} responses "
                                  f"for {len(requests)} requests")

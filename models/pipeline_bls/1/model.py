@@ -4,18 +4,26 @@ A thin adapter over bls/: prepare (decode, resize) and finish (rescale, paste, e
 run in worker threads, the model call is an async BLS request, and the requests of one
 batch run concurrently. Each request is answered on its own: a bad one gets an
 INVALID_ARG error naming the input, its neighbours their detections.
+
+When the monitoring policy (bls/policy.py) picks an answered request, an event goes to
+the decoupled monitoring model in a background task that the answer never waits for;
+what became of it is counted (pipeline_monitoring_calls_total{outcome}).
 """
 
 import asyncio
 import json
+import random
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import triton_python_backend_utils as pb_utils
 
 from bls import config as cfg
-from bls.contract import MODEL_INPUT, MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
+from bls.contract import (MODEL_INPUT, MODEL_NAME, MONITORING_NAME, MONITORING_OUTPUT,
+                          PIPELINE_INPUT, PIPELINE_NAME)
 from bls.metadata import ModelMetadata
 from bls.pipeline import finish, prepare
+from bls.policy import POLICY_PARAMETER, MonitoringCalls, MonitoringPolicy, event_inputs
 from bls.request import image_bytes, parse_options
 from bls.responses import error_response, output_response
 
@@ -35,12 +43,16 @@ class TritonPythonModel:
         self.output_names = [spec.name for spec in self.meta.outputs]
         self.workers = ThreadPoolExecutor(cfg.int_parameter(params, "worker_threads", 2, 1),
                                           thread_name_prefix="pipeline_bls")
+        self.policy = MonitoringPolicy.from_json(params.get(POLICY_PARAMETER))
+        self.monitoring_calls = MonitoringCalls(pb_utils)
+        self.in_flight = set()  # event tasks; strong references until they finish
 
     async def execute(self, requests):
         return await asyncio.gather(*(self._answer(r) for r in requests))
 
     async def _answer(self, request):
         loop = asyncio.get_running_loop()
+        start = time.perf_counter()
         try:
             tensor = pb_utils.get_input_tensor_by_name(request, PIPELINE_INPUT.name)
             data = image_bytes(None if tensor is None else tensor.as_numpy())
@@ -50,9 +62,49 @@ class TritonPythonModel:
             outputs = await self._call_model(prepared.model_input)
             answer = await loop.run_in_executor(self.workers, finish, outputs,
                                                 prepared.original_size, self.meta, options)
-            return output_response(pb_utils, answer, self.batched)
+            response = output_response(pb_utils, answer, self.batched)
         except Exception as e:
             return error_response(pb_utils, e, PIPELINE_NAME)
+        if self.policy.enabled:
+            try:
+                self._monitor(answer, (time.perf_counter() - start) * 1000, data)
+            except Exception:  # monitoring never breaks an answer
+                self.monitoring_calls.count("failed")
+        return response
+
+    def _monitor(self, answer, latency_ms, data):
+        names = [n.decode() for n in answer["class_names"]]
+        reasons = self.policy.reasons(answer["scores"], names, latency_ms, random.random())
+        if not reasons:
+            return
+        if len(self.in_flight) >= self.policy.max_in_flight:
+            self.monitoring_calls.count("dropped")
+            return
+        image = data if self.policy.captures(reasons) else None
+        task = asyncio.get_running_loop().create_task(
+            self._send_event(event_inputs(reasons, answer, latency_ms, image)))
+        self.in_flight.add(task)
+        task.add_done_callback(self.in_flight.discard)
+
+    async def _send_event(self, inputs):
+        """Runs after the answer has gone; only counts what happened."""
+        timeout_s = self.policy.timeout_ms / 1000
+        request = pb_utils.InferenceRequest(
+            model_name=MONITORING_NAME, requested_output_names=[MONITORING_OUTPUT.name],
+            inputs=[pb_utils.Tensor(name, value) for name, value in inputs.items()],
+            timeout=int(self.policy.timeout_ms * 1000))
+        call = asyncio.ensure_future(request.async_exec(decoupled=True))
+        done, _ = await asyncio.wait({call}, timeout=timeout_s)
+        if not done:
+            self.monitoring_calls.count("timeout")
+        # Not cancelled: the task stays in flight until monitoring answers, so a stuck
+        # monitoring fills max_in_flight and further events are dropped, not piled up.
+        try:
+            failed = any(r.has_error() for r in await call)
+        except Exception:
+            failed = True
+        if done:
+            self.monitoring_calls.count("failed" if failed else "ok")
 
     async def _call_model(self, model_input):
         request = pb_utils.InferenceRequest(

@@ -1,0 +1,282 @@
+"""Monitoring on the real embedded server: custom metrics on the metrics port after known
+requests, sample capture under its quota, an alert stream after an injected shift, and
+pipeline_bls answering the same with monitoring unloaded, raising or slow.
+
+One server for the module, in explicit model-control mode so the tests can unload and
+swap the monitoring model; every request has sample_rate 1 so each answer is an event.
+"""
+
+import json
+import queue
+import re
+import threading
+import time
+import urllib.request
+from collections import Counter
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from bls.contract import (MODEL_NAME, MONITORING_INPUTS, MONITORING_NAME, MONITORING_OUTPUT,
+                          PIPELINE_INPUT, PIPELINE_NAME)
+from bls.policy import Reason, event_inputs
+from bls.request import RequestOptions
+from client.server import TritonServer
+from export.repository import assemble
+
+pytestmark = pytest.mark.server
+
+CAPTURE_MAX_BYTES = 150_000
+CAPTURE_MAX_FILES = 6
+POLICY = {"sample_rate": 1.0, "capture": "all", "timeout_ms": 500}
+
+# Stands in for monitoring/1/model.py in the fault tests: its config parameter "fault"
+# says what goes wrong.
+FAULTY_MONITORING = '''
+import json, time
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = json.loads(args["model_config"]).get("parameters", {})
+        self.fault = params.get("fault", {}).get("string_value", "raise")
+
+    def execute(self, requests):
+        if self.fault == "raise":
+            raise RuntimeError("monitoring fault injected by the test")
+        time.sleep(5)  # "slow": far longer than the policy's 500 ms timeout
+        for request in requests:
+            request.get_response_sender().send(
+                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+'''
+
+
+def parameter(key: str, value) -> str:
+    return f"parameters {{ key: {json.dumps(key)} value {{ string_value: {json.dumps(str(value))} }} }}"
+
+
+@pytest.fixture(scope="module")
+def setup(exported, tmp_path_factory):
+    root = tmp_path_factory.mktemp("monitored")
+    capture = root / "capture"
+    repository = assemble(exported.model_file, root / "repository", {
+        PIPELINE_NAME: parameter("monitoring_policy", json.dumps(POLICY)),
+        MONITORING_NAME: " ".join([
+            parameter("capture_dir", capture), parameter("capture_max_bytes", CAPTURE_MAX_BYTES),
+            parameter("capture_max_files", CAPTURE_MAX_FILES),
+            parameter("drift_reference_size", 10), parameter("drift_window_size", 10),
+            parameter("drift_check_every", 5)]),
+    })
+    with TritonServer(repository, extra_args=("--model-control-mode", "explicit")) as server:
+        with httpclient.InferenceServerClient(server.http_url) as client:
+            for model in (MODEL_NAME, MONITORING_NAME, PIPELINE_NAME):
+                client.load_model(model)
+        yield server, repository, capture
+
+
+def metrics(server) -> dict:
+    """Prometheus text -> {(name, frozenset(labels)): value}."""
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as reply:
+        text = reply.read().decode()
+    values = {}
+    for line in text.splitlines():
+        match = re.match(r"^([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)$", line)
+        if match and not line.startswith("#"):
+            labels = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
+            values[(match.group(1), labels)] = float(match.group(3))
+    return values
+
+
+def value(values: dict, name: str, **labels) -> float:
+    return values.get((name, frozenset(labels.items())), 0.0)
+
+
+def wait_until(condition, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def infer(server, data: bytes, parameters=None) -> dict:
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        tensor = grpcclient.InferInput(PIPELINE_INPUT.name, [1, 1], PIPELINE_INPUT.dtype)
+        tensor.set_data_from_numpy(np.array([[data]], dtype=object))
+        result = client.infer(PIPELINE_NAME, [tensor], parameters=parameters)
+    return {name: result.as_numpy(name)[0] for name in
+            ("boxes", "scores", "classes", "masks_rle", "image_size")}
+
+
+def assert_same(served: dict, expected: dict) -> None:
+    assert served["classes"].tolist() == expected["classes"].tolist()
+    np.testing.assert_allclose(served["boxes"], expected["boxes"], atol=1e-3, rtol=0)
+    assert served["masks_rle"].tolist() == expected["masks_rle"].tolist()
+
+
+def test_custom_metrics_count_known_requests_and_capture_stays_in_quota(setup, reference, images):
+    server, _, capture = setup
+    before = metrics(server)
+    names = ["scene.jpg", "tall.png", "gray.png"]
+    expected_classes = Counter()
+    for name in names:
+        expected = reference(images[name])
+        assert_same(infer(server, images[name]), expected)
+        expected_classes.update(n.decode() for n in expected["class_names"])
+    assert sum(expected_classes.values()) > 0, "no detections: the test would check nothing"
+
+    def delta(name, **labels):
+        return value(metrics(server), name, **labels) - value(before, name, **labels)
+
+    wait_until(lambda: delta("monitoring_events_total", reason="sampled") == len(names),
+               what="monitoring to record the events")
+    after = metrics(server)
+    for class_name, count in expected_classes.items():
+        got = value(after, "monitoring_detections_total", class_name=class_name) - \
+            value(before, "monitoring_detections_total", class_name=class_name)
+        assert got == count, class_name
+    assert delta("monitoring_detections_per_request_count") == len(names)
+    assert delta("monitoring_detection_score_count") == sum(expected_classes.values())
+    assert delta("pipeline_monitoring_calls_total", outcome="ok") == len(names)
+    # Triton's own metrics are on the same port.
+    assert any(key[0] == "nv_inference_request_success" for key in after)
+
+    files = list(capture.iterdir())
+    assert sum(p.stat().st_size for p in files) <= CAPTURE_MAX_BYTES
+    assert 0 < len(files) <= CAPTURE_MAX_FILES
+    assert all(re.fullmatch(r"\d{10}\.(jpg|png|json)", p.name) for p in files)
+    newest = max(p for p in files if p.suffix == ".json")
+    stored = json.loads(newest.read_text())
+    last = reference(images[names[-1]])
+    assert stored["classes"] == last["classes"].tolist()
+    assert newest.with_suffix(".png").read_bytes() == images[names[-1]]
+
+
+SPECS = {spec.name: spec for spec in MONITORING_INPUTS}
+
+
+def monitoring_input(name, array):
+    tensor = grpcclient.InferInput(name, list(array.shape), SPECS[name].dtype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def send_command(client, text, parameters=None):
+    array = np.array([text.encode()], dtype=object)
+    client.async_stream_infer(MONITORING_NAME, [monitoring_input("command", array)],
+                              parameters=parameters)
+
+
+def send_event(client, scores):
+    """An event straight to monitoring, as pipeline_bls would send it."""
+    answer = {"scores": np.asarray(scores, np.float32), "classes": np.ones(len(scores), np.int64)}
+    arrays = event_inputs([Reason.SAMPLED], answer, 20.0, None)
+    client.async_stream_infer(MONITORING_NAME, [
+        monitoring_input(name, arrays[name]) for name in ("reasons", "scores", "classes",
+                                                           "latency_ms")])
+
+
+def inject_shift(client):
+    """A new reference of confident detections, then many weak ones."""
+    send_command(client, "reset_reference")
+    for _ in range(10):
+        send_event(client, [0.95, 0.9, 0.85])
+    for _ in range(10):
+        send_event(client, [0.08] * 60)
+
+
+def test_a_subscriber_receives_an_alert_after_a_shift(setup):
+    server, _, _ = setup
+    messages: queue.Queue = queue.Queue()
+
+    def on_response(result, error):
+        messages.put(error.message() if error else
+                     json.loads(result.as_numpy(MONITORING_OUTPUT.name)[0]))
+
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        client.start_stream(callback=on_response)
+        try:
+            send_command(client, "subscribe", {"max_alerts": 1, "duration_s": 120})
+            assert messages.get(timeout=30)["type"] == "subscribed"
+            inject_shift(client)
+            assert messages.get(timeout=30) == {"type": "reset_reference"}
+            alert = messages.get(timeout=60)
+            assert alert["type"] == "alert", alert
+            assert alert["kind"] in ("drift_scores", "drift_detections")
+            assert alert["psi"] > alert["threshold"]
+            assert messages.get(timeout=30) == {"type": "end", "reason": "max_alerts reached"}
+        finally:
+            client.stop_stream()
+    assert value(metrics(server), "monitoring_alerts_total", kind=alert["kind"]) >= 1
+
+
+def test_watch_command_shows_statistics_and_alerts(setup, capsys):
+    from client import cli
+
+    server, _, _ = setup
+    result = {}
+    watcher = threading.Thread(target=lambda: result.update(rc=cli.main(
+        ["watch", "--url", server.grpc_url, "--duration", "12", "--interval", "2"])))
+    watcher.start()
+    time.sleep(2)  # subscribed by now
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        client.start_stream(callback=lambda result, error: None)
+        try:
+            inject_shift(client)
+            time.sleep(1)
+        finally:
+            client.stop_stream()
+    watcher.join(timeout=60)
+    printed = capsys.readouterr().out
+    assert result == {"rc": 0}, printed
+    assert re.search(r"events \d+ \(dropped 0\) \| top classes: ", printed), printed
+    assert "ALERT drift_" in printed and "psi" in printed
+    assert re.search(r"[1-9]\d* alert\(s\) in 12 s", printed), printed
+
+
+def outcomes(server) -> dict:
+    values = metrics(server)
+    return {o: value(values, "pipeline_monitoring_calls_total", outcome=o)
+            for o in ("ok", "failed", "timeout", "dropped")}
+
+
+def answers_unchanged(server, reference, images, outcome, count=2):
+    """Send ``count`` requests, check each answer against the reference and that its
+    latency owes nothing to monitoring, then wait for the outcome counter."""
+    before = outcomes(server)
+    data = images["scene.jpg"]
+    expected = reference(data, RequestOptions(0.0))
+    for _ in range(count):
+        start = time.monotonic()
+        assert_same(infer(server, data, {"score_threshold": 0.0}), expected)
+        # The slow fault holds monitoring for 5 s per event; an answer that waited for
+        # it would take that long. Unmonitored answers take well under a second here.
+        assert time.monotonic() - start < 3.0
+    wait_until(lambda: outcomes(server)[outcome] - before[outcome] == count,
+               what=f"{count} '{outcome}' outcomes")
+
+
+def test_answers_are_the_same_with_monitoring_unloaded_raising_or_slow(setup, reference, images):
+    server, repository, _ = setup
+    model_py = repository / MONITORING_NAME / "1" / "model.py"
+    real = model_py.read_text()
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        config = client.get_model_config(MONITORING_NAME)
+        try:
+            client.unload_model(MONITORING_NAME)
+            wait_until(lambda: not client.is_model_ready(MONITORING_NAME), what="unload")
+            answers_unchanged(server, reference, images, "failed")
+
+            model_py.write_text(FAULTY_MONITORING)
+            for fault, outcome in (("raise", "failed"), ("slow", "timeout")):
+                config["parameters"]["fault"] = {"string_value": fault}
+                client.load_model(MONITORING_NAME, config=json.dumps(config))
+                answers_unchanged(server, reference, images, outcome)
+        finally:
+            model_py.write_text(real)
+            client.load_model(MONITORING_NAME)
