@@ -12,6 +12,8 @@
 #              nvidia-pytriton (server 2.51), run from the project's venv so the Python
 #              models see its packages; configs/embedded.pbtxt is selected, so mask_rcnn
 #              runs through its Python runner. Works on a CPU-only machine, no Docker.
+#              --watchdog on (default): a model whose Python stub process dies is
+#              reloaded (client/watchdog.py); --watchdog off: it stays failed.
 #   container  nvcr.io/nvidia/tritonserver with the same repository; mask_rcnn on the
 #              PyTorch (libtorch) backend, KIND_GPU. Needs a Docker engine and a GPU.
 #   auto       (default) container if a Docker engine answers and a GPU is visible, else embedded.
@@ -30,6 +32,9 @@ PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 READY_TIMEOUT=600
 LOG_VERBOSE=0
 MODEL_CONTROL=none
+# Embedded: reload a Python model whose stub process died (client/watchdog.py). It needs
+# the model-repository API, which is then restricted to a per-run secret header.
+WATCHDOG=on
 CONTAINER_IMAGE="${TRITON_IMAGE:-nvcr.io/nvidia/tritonserver:24.12-py3}"
 GPUS=all
 SHM_SIZE=2g
@@ -39,7 +44,7 @@ DRY_RUN=0
 SHM_DEFAULT=$((16 * 1024 * 1024))
 SHM_GROWTH=$((16 * 1024 * 1024))
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "run_triton.sh: $*" >&2; exit 2; }
 
 while [[ $# -gt 0 ]]; do
@@ -57,6 +62,7 @@ while [[ $# -gt 0 ]]; do
     --image) CONTAINER_IMAGE="$2"; shift 2 ;;
     --gpus) GPUS="$2"; shift 2 ;;
     --shm-size) SHM_SIZE="$2"; shift 2 ;;
+    --watchdog) WATCHDOG="$2"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h|--help) usage 0 ;;
     *) echo "run_triton.sh: unknown option $1" >&2; usage 2 ;;
@@ -87,9 +93,14 @@ SERVER_ARGS=(
 )
 
 SERVER_PID=""
+WATCHDOG_PID=""
 CONTAINER_NAME=""
 stop() {
   trap - INT TERM EXIT
+  if [[ -n "$WATCHDOG_PID" ]]; then  # first, so it does not take the shutdown for deaths
+    kill -TERM "$WATCHDOG_PID" 2>/dev/null || true
+    wait "$WATCHDOG_PID" 2>/dev/null || true
+  fi
   if [[ -n "$CONTAINER_NAME" ]]; then
     docker stop -t 30 "$CONTAINER_NAME" >/dev/null 2>&1 || true
   fi
@@ -150,6 +161,19 @@ EOF
   # venv first makes the models import the venv's packages (numpy<2: see requirements.txt).
   export LD_LIBRARY_PATH="$LIBS:$LIBPYTHON${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export PATH="$VENV_BIN:$PATH"
+  [[ "$WATCHDOG" == on || "$WATCHDOG" == off ]] || die "--watchdog must be on or off, got '$WATCHDOG'"
+  if [[ "$WATCHDOG" == on && "$MODEL_CONTROL" == none ]]; then
+    # Clients still cannot load or unload: the API answers only with the per-run header.
+    ADMIN_HEADER=triton-admin-key
+    ADMIN_KEY="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    (( DRY_RUN )) && ADMIN_KEY="PER-RUN-SECRET"
+    SERVER_ARGS[0]="--model-control-mode=explicit"
+    SERVER_ARGS+=(--load-model='*'
+                  --http-restricted-api="model-repository:$ADMIN_HEADER=$ADMIN_KEY"
+                  --grpc-restricted-protocol="model-repository:$ADMIN_HEADER=$ADMIN_KEY")
+  else
+    WATCHDOG=off
+  fi
   CMD=("$SERVER_HOME/bin/tritonserver"
        --model-repository="$REPOSITORY"
        --backend-directory="$SERVER_HOME/backends"
@@ -164,6 +188,13 @@ EOF
   "${CMD[@]}" &
   SERVER_PID=$!
   wait_ready "$ADDRESS"
+  if [[ "$WATCHDOG" == on ]]; then
+    WATCH_HOST="$ADDRESS"; [[ "$ADDRESS" == 0.0.0.0 ]] && WATCH_HOST=127.0.0.1
+    TRITON_ADMIN_HEADER="$ADMIN_HEADER" TRITON_ADMIN_KEY="$ADMIN_KEY" \
+      PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
+      "$PYTHON" -m client.watchdog --url "http://$WATCH_HOST:$HTTP_PORT" --server-pid "$SERVER_PID" &
+    WATCHDOG_PID=$!
+  fi
 elif [[ "$MODE" == container ]]; then
   CONTAINER_NAME="triton-bls-$$"
   # pipeline_bls and the ensemble's Python steps need OpenCV, pycocotools and Pillow in

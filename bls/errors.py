@@ -13,3 +13,8 @@ class InvalidInput(ValueError):
         self.problem = problem
         self.kind = kind
         super().__init__(f"{kind} '{name}': {problem}")
+
+
+class Cancelled(RuntimeError):
+    """The client cancelled the request (or went away): the work stops where it is and
+    the request is answered CANCELLED, which nobody reads but Triton requires."""

@@ -1,7 +1,8 @@
 """Decode and resize, matching what detectron2's DefaultPredictor feeds its model.
 
-Decoding uses OpenCV; the conversions (EXIF orientation, grayscale, alpha, 16-bit) give
-the pixels detectron2's ``read_image`` (PIL ``convert``) gives. Resizing reproduces
+Decoding uses OpenCV (PIL for what OpenCV does not read, such as GIF); the conversions
+(EXIF orientation, grayscale, alpha, 16-bit) give the pixels detectron2's ``read_image``
+(PIL ``convert``) gives. Resizing reproduces
 ``ResizeShortestEdge`` + ``ResizeTransform``, which resize uint8 images with PIL's
 bilinear filter; OpenCV's INTER_LINEAR differs (no antialiasing on downscale), which
 would shift every pixel the model sees.
@@ -10,11 +11,12 @@ would shift every pixel the model sees.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from bls.contract import PIPELINE_INPUT
 from bls.errors import InvalidInput
@@ -32,14 +34,17 @@ class DecodeLimits:
     max_pixels: int = 64_000_000  # 8000x8000; a 3-channel copy is ~190 MB
 
 
-def _header_size(data: bytes, name: str) -> tuple[int, int] | None:
+def _header_size(data: bytes, name: str, limits: DecodeLimits) -> tuple[int, int] | None:
     """(width, height) read from the header alone (PIL decodes nothing on open), or
     None if PIL does not know the format."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             return im.size
     except Image.DecompressionBombError as e:  # PIL's own, far larger, bound
-        raise InvalidInput(name, f"declares too many pixels ({e})") from None
+        declared = re.search(r"\((\d+) pixels\)", str(e))
+        raise InvalidInput(name, f"declares {declared.group(1) if declared else 'too many'} "
+                                 f"pixels, over the limit of {limits.max_pixels} pixels "
+                                 "(a decompression bomb?)") from None
     except Exception:  # not a format PIL reads: OpenCV gets its own try below
         return None
 
@@ -55,14 +60,17 @@ def decode_image(data: bytes, channel_order: str, limits: DecodeLimits = DecodeL
     if len(data) > limits.max_encoded_bytes:
         raise InvalidInput(name, f"is {len(data)} bytes, over the limit of "
                                  f"{limits.max_encoded_bytes} bytes")
-    size = _header_size(data, name)
+    size = _header_size(data, name, limits)
     if size is not None and size[0] * size[1] > limits.max_pixels:
         raise InvalidInput(name, f"declares {size[0]}x{size[1]} pixels, over the limit of "
                                  f"{limits.max_pixels} pixels")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS)
     if image is None or image.size == 0:
+        image = _decode_with_pil(data)
+    if image is None or image.size == 0:
         raise InvalidInput(name, f"cannot be decoded as an image ({len(data)} bytes, "
-                                 f"starting {data[:8]!r}); send JPEG, PNG, BMP, TIFF or WebP")
+                                 f"starting {data[:8]!r}); send JPEG, PNG, BMP, TIFF, WebP "
+                                 f"or GIF")
     if image.shape[0] * image.shape[1] > limits.max_pixels:
         raise InvalidInput(name, f"has {image.shape[1]}x{image.shape[0]} pixels, over the "
                                  f"limit of {limits.max_pixels} pixels")
@@ -74,6 +82,17 @@ def decode_image(data: bytes, channel_order: str, limits: DecodeLimits = DecodeL
     elif channel_order != "BGR":
         raise ValueError(f"channel_order must be BGR or RGB, got {channel_order!r}")
     return np.ascontiguousarray(image)
+
+
+def _decode_with_pil(data: bytes) -> np.ndarray | None:
+    """What OpenCV does not read (GIF: its first frame), the way detectron2's read_image
+    reads everything: PIL, EXIF orientation, convert("RGB"). -> uint8 BGR, or None."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            rgb = ImageOps.exif_transpose(im).convert("RGB")
+            return np.asarray(rgb)[:, :, ::-1]
+    except Exception:  # truncated, corrupt or unknown: the caller names the input
+        return None
 
 
 def _to_uint8(image: np.ndarray, name: str) -> np.ndarray:

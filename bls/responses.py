@@ -7,14 +7,17 @@ from typing import Mapping
 
 import numpy as np
 
-from bls.errors import InvalidInput
+from bls.errors import Cancelled, InvalidInput
 
 
 def error_response(pb_utils, error: Exception, model: str):
-    """InvalidInput -> INVALID_ARG with its message; anything else -> INTERNAL, prefixed
-    with the model name and the exception type so the log and the client agree."""
+    """InvalidInput -> INVALID_ARG with its message; Cancelled -> CANCELLED; anything
+    else -> INTERNAL, prefixed with the model name and the exception type so the log and
+    the client agree."""
     if isinstance(error, InvalidInput):
         message, code = f"{model}: {error}", "INVALID_ARG"
+    elif isinstance(error, Cancelled):
+        message, code = f"{model}: cancelled: {error}", "CANCELLED"
     else:
         message, code = f"{model}: {type(error).__name__}: {error}", "INTERNAL"
     return pb_utils.InferenceResponse(

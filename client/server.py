@@ -7,6 +7,7 @@ Used by the demo, the tests and the benchmark, so every server a script starts b
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -80,6 +81,12 @@ class TritonServer:
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
+
+    @property
+    def tritonserver_pid(self) -> int | None:
+        """The tritonserver process (run_triton.sh's child), from its ready line."""
+        match = re.search(rf"{READY_LINE} .* pid=(\d+)", self.log_text())
+        return int(match.group(1)) if match else None
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

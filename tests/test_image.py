@@ -51,6 +51,19 @@ LOSSLESS = {
     "bmp.bmp": pil_bytes(Image.fromarray(RNG.integers(0, 256, (21, 34, 3), np.uint8)), "BMP"),
     "tiff.tif": pil_bytes(Image.fromarray(RNG.integers(0, 256, (21, 34, 3), np.uint8)), "TIFF"),
     "webp.webp": pil_bytes(Image.fromarray(RNG.integers(0, 256, (21, 34, 3), np.uint8)), "WEBP", lossless=True),
+    "gif.gif": pil_bytes(Image.fromarray(RNG.integers(0, 256, (21, 34, 3), np.uint8)).convert("P"), "GIF"),
+    "palette_transparent.png": pil_bytes(
+        Image.fromarray(RNG.integers(0, 256, (21, 34, 3), np.uint8)).convert("P"), "PNG",
+        transparency=0),
+    "one_pixel_wide.png": pil_bytes(Image.fromarray(RNG.integers(0, 256, (37, 1, 3), np.uint8)), "PNG"),
+    "one_pixel.png": pil_bytes(Image.fromarray(RNG.integers(0, 256, (1, 1, 3), np.uint8)), "PNG"),
+}
+# Lossy encodings: two JPEG decoders (OpenCV's, PIL's) may round a few values apart.
+LOSSY = {
+    "progressive.jpg": pil_bytes(Image.fromarray(smooth(48, 64)), "JPEG", progressive=True,
+                                 quality=90),
+    "cmyk.jpg": pil_bytes(Image.fromarray(smooth(48, 64)).convert("CMYK"), "JPEG", quality=90),
+    "gray.jpg": pil_bytes(Image.fromarray(smooth(48, 64)[:, :, 0]), "JPEG", quality=90),
 }
 
 
@@ -61,6 +74,19 @@ def test_lossless_formats_decode_exactly_as_read_image(name, order):
     got = decode_image(data, order)
     assert got.dtype == np.uint8 and got.ndim == 3 and got.shape[2] == 3
     np.testing.assert_array_equal(got, read_image_reference(data, order))
+
+
+@pytest.mark.parametrize("name", sorted(LOSSY))
+def test_lossy_formats_decode_as_read_image(name):
+    data = LOSSY[name]
+    got, expected = decode_image(data, "BGR"), read_image_reference(data, "BGR")
+    assert got.shape == expected.shape == (48, 64, 3)
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 2
+
+
+def test_a_large_legal_photo_decodes():
+    data = pil_bytes(Image.fromarray(smooth(3000, 4500)), "JPEG", quality=80)  # 13.5 MP
+    assert decode_image(data, "BGR").shape == (3000, 4500, 3)
 
 
 def test_sixteen_bit_colour_keeps_the_high_byte():
@@ -84,10 +110,33 @@ def test_exif_orientation_applied(orientation):
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 2
 
 
+def png_header_declaring(width: int, height: int) -> bytes:
+    """A well-formed little PNG whose header declares width x height: a few bytes that
+    would decompress to gigabytes (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + chunk(b"IEND", b""))
+
+
+JPEG = pil_bytes(Image.fromarray(smooth(48, 64)), "JPEG", quality=90)
+
+
 @pytest.mark.parametrize("data,match", [
     (b"", "is empty"),
     (b"not an image at all", "cannot be decoded"),
+    ("plain text, not bytes of an image".encode(), "cannot be decoded"),
     (bytes(RNG.integers(0, 256, 1000, np.uint8)), "cannot be decoded"),
+    (JPEG[:len(JPEG) // 2], "cannot be decoded"),  # truncated
+    (LOSSLESS["rgb.png"][:-30], "cannot be decoded"),  # truncated
+    (png_header_declaring(100_000, 100_000), "declares too many pixels|over the limit"),  # bomb
+    (png_header_declaring(9000, 9000), r"declares 9000x9000 pixels, over the limit of 64000000"),
 ])
 def test_undecodable_input_names_the_input(data, match):
     with pytest.raises(InvalidInput, match=match) as info:
@@ -140,3 +189,44 @@ def test_resize_is_pil_bilinear_and_layout_is_chw():
     chw = to_model_input(resized)
     assert chw.shape == (3, 48, 80) and chw.flags.c_contiguous
     np.testing.assert_array_equal(chw[1], resized[:, :, 1])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2048))
+def test_fuzz_random_bytes_decode_or_refuse(data):
+    """Any bytes: an image or InvalidInput naming the input, never another exception."""
+    try:
+        image = decode_image(data, "BGR")
+    except InvalidInput as e:
+        assert str(e).startswith("input 'image': ")
+    else:
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+
+
+SEEDS = [LOSSLESS["rgb.png"], LOSSLESS["gif.gif"], LOSSLESS["bmp.bmp"], LOSSLESS["tiff.tif"],
+         LOSSLESS["webp.webp"], JPEG, LOSSY["progressive.jpg"]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(SEEDS), st.data())
+def test_fuzz_damaged_images_decode_or_refuse(seed, data):
+    """Valid images truncated, with bytes flipped or inserted: the same promise."""
+    damaged = bytearray(seed)
+    for _ in range(data.draw(st.integers(1, 8))):
+        where = data.draw(st.integers(0, len(damaged) - 1))
+        action = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        if action == "flip":
+            damaged[where] ^= data.draw(st.integers(1, 255))
+        elif action == "cut":
+            del damaged[where:]
+            if not damaged:
+                break
+        else:
+            damaged[where:where] = data.draw(st.binary(min_size=1, max_size=16))
+    try:
+        image = decode_image(bytes(damaged), "BGR", DecodeLimits(max_pixels=4_000_000))
+    except InvalidInput as e:
+        assert str(e).startswith("input 'image': ")
+    else:
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+        assert image.shape[0] * image.shape[1] <= 4_000_000

@@ -138,3 +138,14 @@ def test_mask_rcnn_runner_equals_the_torchscript_module(double, exported, torchs
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name])
     assert failed.has_error() and failed.error().message().startswith("mask_rcnn: RuntimeError")
+
+
+def test_a_cancelled_request_stops_before_the_model(double, pipeline_bls, images):
+    cancelled = double.request({PIPELINE_INPUT.name: as_bytes_tensor(images["scene.jpg"], True)})
+    cancelled.cancelled = True
+    live = double.request({PIPELINE_INPUT.name: as_bytes_tensor(images["tall.png"], True)})
+    first, second = double.execute(pipeline_bls, [cancelled, live])
+    assert first.has_error() and first.error().code() == TritonError.CANCELLED
+    assert first.error().message() == "pipeline_bls: cancelled: before the mask_rcnn call"
+    assert not second.has_error()
+    assert len([c for c in double.calls if c.model_name == MODEL_NAME]) == 1

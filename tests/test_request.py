@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bls.contract import MAX_DETECTIONS_LIMIT, MaskFormat
@@ -59,3 +59,42 @@ def test_bad_image_tensor_names_the_input(tensor, problem):
     with pytest.raises(InvalidInput, match=problem) as info:
         image_bytes(tensor)
     assert str(info.value).startswith("input 'image': ")
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=True)
+    | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=6)
+NAMES = st.sampled_from(["score_threshold", "max_detections", "mask_format", "Score_Threshold",
+                         "max_detection", ""]) | st.text(max_size=10)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(NAMES, JSON_VALUES, max_size=4), st.booleans())
+def test_fuzz_parameters_parse_or_refuse(parameters, as_json):
+    """Any parameters, as a dict or as the JSON text Triton hands over: RequestOptions
+    within bounds, or InvalidInput naming a parameter, never another exception."""
+    import json as json_module
+
+    try:
+        options = parse_options(json_module.dumps(parameters) if as_json else parameters, 0.5)
+    except InvalidInput as e:
+        assert e.kind == "parameter" and str(e).startswith(f"parameter '{e.name}': ")
+    else:
+        assert 0 <= options.score_threshold <= 1
+        assert options.max_detections is None or 0 <= options.max_detections <= 1000
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=8) | st.text(max_size=8) | st.integers(), max_size=3),
+       st.sampled_from([(-1,), (1, -1), (-1, 1)]))
+def test_fuzz_image_tensor_one_image_or_refuse(elements, shape):
+    tensor = np.empty(len(elements), dtype=object)
+    tensor[:] = elements
+    try:
+        data = image_bytes(tensor.reshape(shape))
+    except InvalidInput as e:
+        assert str(e).startswith("input 'image': ")
+    else:
+        assert isinstance(data, bytes) and len(elements) == 1

@@ -35,10 +35,17 @@ def test_embedded_command(exported):
     for expected in ["--model-config-name=embedded", "--http-address=127.0.0.1",
                      "--http-port=18100", "--grpc-port=18101", "--metrics-port=18102",
                      "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
-                     "--model-control-mode=none", f"--model-repository={exported.repository}",
-                     "shm-default-byte-size=16777216"]:
+                     f"--model-repository={exported.repository}",
+                     "shm-default-byte-size=16777216",
+                     # the watchdog's reloads: explicit control, restricted to a secret header
+                     "--model-control-mode=explicit", "--load-model=\\*",
+                     "--http-restricted-api=model-repository:triton-admin-key=PER-RUN-SECRET",
+                     "--grpc-restricted-protocol=model-repository:triton-admin-key=PER-RUN-SECRET"]:
         assert expected in command, expected
     assert "/backends " in command.replace("--backend-directory=", " ") or "--backend-directory=" in command
+    unwatched = run("--mode", "embedded", "--repository", str(exported.repository),
+                    "--watchdog", "off", "--dry-run").stdout
+    assert "--model-control-mode=none" in unwatched and "restricted" not in unwatched
 
 
 def test_container_command(exported):
@@ -62,7 +69,8 @@ def test_start_refuses_model_control_and_stops_cleanly(exported, tmp_path):
         pgid = os.getpgid(server.pid)
         client = httpclient.InferenceServerClient(server.http_url)
         assert client.is_server_ready()
-        with pytest.raises(InferenceServerException, match="explicit model load / unload is not allowed"):
+        with pytest.raises(InferenceServerException,
+                           match="This API is restricted, expecting header 'triton-admin-key'"):
             client.unload_model("pipeline_bls")
         assert client.is_model_ready("pipeline_bls")
     finally:

@@ -21,6 +21,7 @@ import triton_python_backend_utils as pb_utils
 from bls import config as cfg
 from bls.contract import (MODEL_INPUT, MODEL_NAME, MONITORING_NAME, MONITORING_OUTPUT,
                           PIPELINE_INPUT, PIPELINE_NAME)
+from bls.errors import Cancelled
 from bls.metadata import ModelMetadata
 from bls.pipeline import finish, prepare
 from bls.policy import POLICY_PARAMETER, MonitoringCalls, MonitoringPolicy, event_inputs
@@ -59,7 +60,13 @@ class TritonPythonModel:
             options = parse_options(request.parameters(), self.meta.score_threshold)
             prepared = await loop.run_in_executor(self.workers, prepare, data, self.meta,
                                                   self.limits)
+            # A cancelled (or disconnected) client's request goes no further: the model
+            # call is the expensive part.
+            if request.is_cancelled():
+                raise Cancelled(f"before the {MODEL_NAME} call")
             outputs = await self._call_model(prepared.model_input)
+            if request.is_cancelled():
+                raise Cancelled("before the postprocess")
             answer = await loop.run_in_executor(self.workers, finish, outputs,
                                                 prepared.original_size, self.meta, options)
             response = output_response(pb_utils, answer, self.batched)
