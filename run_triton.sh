@@ -4,9 +4,12 @@
 #
 #   ./run_triton.sh                                  # build/repository, ports 8000/8001/8002
 #   ./run_triton.sh --repository DIR --http-port 18000 --grpc-port 18001 --metrics-port 18002
-#   ./run_triton.sh --mode container --gpus 0        # NVIDIA's container, mask_rcnn on libtorch
+#   ./run_triton.sh --mode container --gpus device=0 # NVIDIA's container, mask_rcnn on libtorch
 #   ./run_triton.sh --mode container --dry-run       # print the docker command only
 #
+# Container options: --image (default: the release matching the export's torch and the
+# execution environment's Python, envs/triton-containers.tsv), --gpus all|0|0,1 (indices),
+# --shm-size (default: sized for dense answers of --answer-image WxH, 1920x1080).
 # Modes
 #   embedded   the tritonserver binary and Python backend inside the PyPI wheel
 #              nvidia-pytriton (server 2.51), run from the project's venv so the Python
@@ -16,6 +19,8 @@
 #              reloaded (client/watchdog.py); --watchdog off: it stays failed.
 #   container  nvcr.io/nvidia/tritonserver with the same repository; mask_rcnn on the
 #              PyTorch (libtorch) backend, KIND_GPU. Needs a Docker engine and a GPU.
+#              The Python models use the execution environment assembled into the
+#              repository (--execution-env, docs/deploy.md).
 #   auto       (default) container if a Docker engine answers and a GPU is visible, else embedded.
 #
 # Servers bind 127.0.0.1 unless --address says otherwise (see README, "Ports").
@@ -35,16 +40,18 @@ MODEL_CONTROL=none
 # Embedded: reload a Python model whose stub process died (client/watchdog.py). It needs
 # the model-repository API, which is then restricted to a per-run secret header.
 WATCHDOG=on
-CONTAINER_IMAGE="${TRITON_IMAGE:-nvcr.io/nvidia/tritonserver:24.12-py3}"
+# Empty: chosen from the repository (envs/triton_container.py).
+CONTAINER_IMAGE="${TRITON_IMAGE:-}"
 GPUS=all
-SHM_SIZE=2g
+SHM_SIZE=""
+ANSWER_IMAGE=1920x1080
 DRY_RUN=0
 # Python backend shared memory per model instance: start at 16 MiB and grow by 16 MiB
 # (a dense-mask answer for 100 detections at 1080p is ~200 MB; RLE answers are tiny).
 SHM_DEFAULT=$((16 * 1024 * 1024))
 SHM_GROWTH=$((16 * 1024 * 1024))
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "run_triton.sh: $*" >&2; exit 2; }
 
 while [[ $# -gt 0 ]]; do
@@ -62,6 +69,7 @@ while [[ $# -gt 0 ]]; do
     --image) CONTAINER_IMAGE="$2"; shift 2 ;;
     --gpus) GPUS="$2"; shift 2 ;;
     --shm-size) SHM_SIZE="$2"; shift 2 ;;
+    --answer-image) ANSWER_IMAGE="$2"; shift 2 ;;
     --watchdog) WATCHDOG="$2"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h|--help) usage 0 ;;
@@ -196,15 +204,39 @@ EOF
     WATCHDOG_PID=$!
   fi
 elif [[ "$MODE" == container ]]; then
+  # Reading the repository needs protobuf (the project's venv); python3 otherwise.
+  [[ -x "$PYTHON" ]] || PYTHON="$(command -v python3 || true)"
+  [[ -n "$PYTHON" ]] || die "container mode needs Python 3 to read the repository"
+  # Sets IMAGE, SHM_SIZE_AUTO, EXPORT_TORCH, ENV_PYTHON, HAS_ENV (or explains why not).
+  PLAN="$("$PYTHON" "$ROOT/envs/triton_container.py" plan --repository "$REPOSITORY" \
+          --answer-image "$ANSWER_IMAGE" ${CONTAINER_IMAGE:+--image "$CONTAINER_IMAGE"})" || exit 2
+  eval "$PLAN"
+  CONTAINER_IMAGE="$IMAGE"
+  SHM_SIZE="${SHM_SIZE:-$SHM_SIZE_AUTO}"
+  # GPU indices (as nvidia-smi numbers them) or all; docker's own count form is not
+  # offered, so `--gpus 1` means GPU 1, not one GPU.
+  [[ "$GPUS" == all || "$GPUS" =~ ^(device=)?[0-9]+(,[0-9]+)*$ ]] \
+    || die "--gpus must be all or GPU indices such as 0 or 0,1 (device=0,1), got '$GPUS'"
+  DEVICES="${GPUS#device=}"
+  if [[ "$GPUS" == all ]]; then GPU_ARG=all
+  elif [[ "$DEVICES" == *,* ]]; then GPU_ARG="\"device=$DEVICES\""   # docker reads a list as CSV: quoted
+  else GPU_ARG="device=$DEVICES"; fi
   CONTAINER_NAME="triton-bls-$$"
-  # pipeline_bls and the ensemble's Python steps need OpenCV, pycocotools and Pillow in
-  # the container's Python; installed at start from envs/requirements-serving.txt.
-  CMD=(docker run --rm --name "$CONTAINER_NAME" --gpus "$GPUS" --shm-size "$SHM_SIZE"
+  CMD=(docker run --rm --name "$CONTAINER_NAME" --gpus "$GPU_ARG" --shm-size "$SHM_SIZE"
        -p "$ADDRESS:$HTTP_PORT:8000" -p "$ADDRESS:$GRPC_PORT:8001" -p "$ADDRESS:$METRICS_PORT:8002"
-       -v "$REPOSITORY:/models:ro"
-       -v "$ROOT/envs/requirements-serving.txt:/opt/requirements-serving.txt:ro"
-       "$CONTAINER_IMAGE"
-       bash -c "pip install -q -r /opt/requirements-serving.txt && exec tritonserver --model-repository=/models ${SERVER_ARGS[*]}")
+       -v "$REPOSITORY:/models:ro")
+  if (( HAS_ENV )); then
+    # The Python models activate the environment inside their own directories.
+    CMD+=("$CONTAINER_IMAGE" tritonserver --model-repository=/models "${SERVER_ARGS[@]}")
+  else
+    echo "run_triton.sh: warning: the repository has no execution environment; the container" \
+         "will pip-install envs/requirements-serving.txt at every start (needs network)." \
+         "Assemble with --execution-env (docs/deploy.md) instead." >&2
+    CMD+=(-v "$ROOT/envs/requirements-serving.txt:/opt/requirements-serving.txt:ro"
+          "$CONTAINER_IMAGE"
+          bash -c "pip install -q -r /opt/requirements-serving.txt && exec tritonserver --model-repository=/models ${SERVER_ARGS[*]}")
+  fi
+  echo "run_triton.sh: container $CONTAINER_IMAGE (export torch $EXPORT_TORCH${ENV_PYTHON:+, environment Python $ENV_PYTHON}), --shm-size $SHM_SIZE" >&2
   if (( DRY_RUN )); then printf '%q ' "${CMD[@]}"; echo; exit 0; fi
   command -v docker >/dev/null && docker info >/dev/null 2>&1 || die "container mode needs a running Docker engine"
   trap stop INT TERM EXIT

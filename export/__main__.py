@@ -32,6 +32,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="MODEL=PBTXT",
                    help="replace top-level config fields of a model, e.g. "
                         "'pipeline_bls=dynamic_batching { max_queue_delay_microseconds: 5000 }'")
+    p.add_argument("--execution-env", type=Path, metavar="ENV",
+                   help="Python execution environment for the Python models: a conda-pack "
+                        "archive (envs/build_conda_env.sh) or a directory with bin/activate "
+                        "(envs/build_env_dir.sh); see docs/deploy.md")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = _overrides(args.set)
     if args.command == "assemble":
-        repo = assemble(args.model, args.repository, overrides)
+        repo = assemble(args.model, args.repository, overrides, args.execution_env)
         print(f"repository ready: {repo}")
         return 0
 
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.output:
             args.output.parent.mkdir(parents=True, exist_ok=True)
             args.output.write_bytes(staging.read_bytes())
-        repo = assemble(staging, args.repository, overrides)
+        repo = assemble(staging, args.repository, overrides, args.execution_env)
     finally:
         staging.unlink(missing_ok=True)
     print(f"wrote {repo / MODEL_NAME / '1' / 'model.pt'} (torch {meta.torch_version})")

@@ -27,6 +27,7 @@ from bls.contract import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, MONITORING_INP
                           PIPELINE_NAME, PIPELINE_OUTPUTS, POSTPROCESS_NAME, PREPROCESS_NAME,
                           TensorSpec)
 from bls.metadata import METADATA_PARAMETER, ModelMetadata
+from export import execution_env as xenv
 from export.torchscript import MODEL_FILENAME, read_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,12 +126,14 @@ def _write_config(config: mc.ModelConfig, path: Path, template_path: Path) -> No
     path.write_text("\n".join([header, *comments, text_format.MessageToString(config)]))
 
 
-def assemble(model_file: Path, repository: Path, overrides: dict[str, str] | None = None
-             ) -> Path:
+def assemble(model_file: Path, repository: Path, overrides: dict[str, str] | None = None,
+             execution_env: Path | None = None) -> Path:
     """Build ``repository`` from the templates, bls/ and ``model_file`` (TorchScript with
     metadata). Replaces the repository atomically; ``model_file`` may lie inside it.
 
     ``overrides``: model name -> pbtxt replacing top-level fields of its configs.
+    ``execution_env``: a conda-pack archive or an environment directory, copied into the
+    Python models and named by their EXECUTION_ENV_PATH (export/execution_env.py).
     """
     overrides = dict(overrides or {})
     meta = read_metadata(model_file)
@@ -138,6 +141,7 @@ def assemble(model_file: Path, repository: Path, overrides: dict[str, str] | Non
     if unknown:
         raise ValueError(f"overrides name unknown models {sorted(unknown)}; "
                          f"models: {sorted(model_io(meta))}")
+    env = xenv.inspect(execution_env) if execution_env is not None else None
     repository = Path(repository).resolve()
     repository.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{repository.name}.", dir=repository.parent))
@@ -155,6 +159,8 @@ def assemble(model_file: Path, repository: Path, overrides: dict[str, str] | Non
                 shutil.copytree(BLS_PACKAGE, target / VERSION / "bls",
                                 ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         shutil.copyfile(model_file, staging / MODEL_NAME / VERSION / MODEL_FILENAME)
+        if env is not None:
+            xenv.place(env, staging)
         check_self_contained(staging)
         if repository.exists():
             old = repository.with_name(f".{repository.name}.old")
@@ -185,6 +191,7 @@ def check_self_contained(repository: Path) -> None:
         if config.backend == "python" and not (model_dir / VERSION / "model.py").is_file():
             raise ValueError(f"{config_path} uses the Python backend but "
                              f"{model_dir / VERSION / 'model.py'} is missing")
+        xenv.check(config_path, model_dir, config)
         for key, value in config.parameters.items():
             text = value.string_value
             if key in DEPLOYMENT_PATH_PARAMETERS:
