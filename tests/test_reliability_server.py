@@ -240,6 +240,9 @@ def test_killed_mask_rcnn_fails_clearly_then_recovers_without_restart(supervised
     for _, result, _ in after[first_ok:]:
         assert_same(result, expected)
     assert "model 'mask_rcnn' reloaded" in supervised.log_text()
+    recovered_in = after[first_ok][0] - killed_at
+    print(f"killed mask_rcnn: {len(errors)} failed requests in {recovered_in:.1f} s, "
+          f"messages {sorted(set(errors))}")
 
 
 def test_killed_monitoring_changes_no_answer(supervised, reference, images):
