@@ -49,12 +49,9 @@ def _header_size(data: bytes, name: str, limits: DecodeLimits) -> tuple[int, int
         return None
 
 
-def decode_image(data: bytes, channel_order: str, limits: DecodeLimits = DecodeLimits(),
-                 name: str = PIPELINE_INPUT.name) -> np.ndarray:
-    """Encoded bytes -> uint8 [H, W, 3] in ``channel_order`` ("BGR" or "RGB").
-
-    Raises InvalidInput naming ``name`` for empty, oversized or undecodable data.
-    """
+def check_limits(data: bytes, limits: DecodeLimits, name: str = PIPELINE_INPUT.name) -> None:
+    """Refuse empty data, too many bytes, or a header declaring too many pixels, before
+    any decoder runs. Raises InvalidInput naming ``name``."""
     if len(data) == 0:
         raise InvalidInput(name, "is empty (0 bytes); expected an encoded image")
     if len(data) > limits.max_encoded_bytes:
@@ -64,6 +61,15 @@ def decode_image(data: bytes, channel_order: str, limits: DecodeLimits = DecodeL
     if size is not None and size[0] * size[1] > limits.max_pixels:
         raise InvalidInput(name, f"declares {size[0]}x{size[1]} pixels, over the limit of "
                                  f"{limits.max_pixels} pixels")
+
+
+def decode_image(data: bytes, channel_order: str, limits: DecodeLimits = DecodeLimits(),
+                 name: str = PIPELINE_INPUT.name) -> np.ndarray:
+    """Encoded bytes -> uint8 [H, W, 3] in ``channel_order`` ("BGR" or "RGB").
+
+    Raises InvalidInput naming ``name`` for empty, oversized or undecodable data.
+    """
+    check_limits(data, limits, name)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS)
     if image is None or image.size == 0:
         image = _decode_with_pil(data)

@@ -20,7 +20,8 @@ from bls.metadata import ModelMetadata
 @dataclass(frozen=True)
 class Detections:
     """boxes float32 [N, 4] (x1, y1, x2, y2), scores float32 [N], classes int64 [N],
-    masks float32 [N, M, M] mask-head probabilities or None for a model without masks."""
+    masks float32 [N, M, M] mask-head probabilities (numpy, or a torch tensor on the
+    pipeline's device, bls/device.py) or None for a model without masks."""
 
     boxes: np.ndarray
     scores: np.ndarray
@@ -51,7 +52,9 @@ def from_model_outputs(outputs: Mapping[str, np.ndarray], meta: ModelMetadata
     masks = None
     if meta.has_masks:
         m = meta.mask_resolution
-        masks = get("masks").reshape(-1, m, m)
+        raw = outputs[model_output(specs, "masks").name]
+        # A torch tensor stays where it is (bls/device.py pastes it on its device).
+        masks = raw.reshape(-1, m, m) if _on_device(raw) else get("masks").reshape(-1, m, m)
     n = len(scores)
     if not (len(boxes) == len(classes) == n and (masks is None or len(masks) == n)):
         raise ValueError(f"model outputs disagree on the detection count: boxes {len(boxes)}, "
@@ -94,7 +97,16 @@ def answer(det: Detections, original_size: tuple[int, int], meta: ModelMetadata,
     n = len(det)
     rle: list[bytes] = []
     dense = np.zeros((0, height, width), np.uint8)
-    if det.masks is not None and n:
+    if det.masks is not None and n and _on_device(det.masks):
+        from bls import device as device_ops  # torch: only for the device path
+
+        if mask_format is not MaskFormat.NONE:
+            pasted = device_ops.paste(det.masks, det.boxes, height, width)
+            if mask_format is MaskFormat.RLE:
+                rle = device_ops.encode_rle(pasted)
+            else:
+                dense = device_ops.dense(pasted)
+    elif det.masks is not None and n:
         if mask_format is MaskFormat.RLE:
             rle = mask_ops.encode_rle(det.masks, det.boxes, height, width)
         elif mask_format is MaskFormat.DENSE:
@@ -110,6 +122,11 @@ def answer(det: Detections, original_size: tuple[int, int], meta: ModelMetadata,
         "image_size": [height, width],
     }
     return {spec.name: _as_array(values[spec.name], spec.numpy_dtype) for spec in PIPELINE_OUTPUTS}
+
+
+def _on_device(value) -> bool:
+    """A torch tensor (the device path), told apart without importing torch."""
+    return type(value).__module__.startswith("torch")
 
 
 def _as_array(value, dtype: np.dtype) -> np.ndarray:

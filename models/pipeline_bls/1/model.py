@@ -44,6 +44,14 @@ class TritonPythonModel:
         self.output_names = [spec.name for spec in self.meta.outputs]
         self.workers = ThreadPoolExecutor(cfg.int_parameter(params, "worker_threads", 2, 1),
                                           thread_name_prefix="pipeline_bls")
+        # device: empty -> numpy on the host (default); cpu / cuda -> bls/device.py, the
+        # image kept in torch tensors, exchanged with mask_rcnn by DLPack.
+        self.device = None
+        if params.get("device"):
+            from bls import device as device_ops
+
+            self.device_ops = device_ops
+            self.device = device_ops.parse_device(params["device"])
         self.policy = MonitoringPolicy.from_json(params.get(POLICY_PARAMETER))
         self.monitoring_calls = MonitoringCalls(pb_utils)
         self.in_flight = set()  # event tasks; strong references until they finish
@@ -58,17 +66,25 @@ class TritonPythonModel:
             tensor = pb_utils.get_input_tensor_by_name(request, PIPELINE_INPUT.name)
             data = image_bytes(None if tensor is None else tensor.as_numpy())
             options = parse_options(request.parameters(), self.meta.score_threshold)
-            prepared = await loop.run_in_executor(self.workers, prepare, data, self.meta,
-                                                  self.limits)
+            if self.device is None:
+                prepared = await loop.run_in_executor(self.workers, prepare, data, self.meta,
+                                                      self.limits)
+                model_input, original_size = prepared.model_input, prepared.original_size
+                finish_on = finish
+            else:
+                model_input, original_size = await loop.run_in_executor(
+                    self.workers, self.device_ops.prepare, data, self.meta, self.limits,
+                    self.device)
+                finish_on = self.device_ops.finish
             # A cancelled (or disconnected) client's request goes no further: the model
             # call is the expensive part.
             if request.is_cancelled():
                 raise Cancelled(f"before the {MODEL_NAME} call")
-            outputs = await self._call_model(prepared.model_input)
+            outputs = await self._call_model(model_input)
             if request.is_cancelled():
                 raise Cancelled("before the postprocess")
-            answer = await loop.run_in_executor(self.workers, finish, outputs,
-                                                prepared.original_size, self.meta, options)
+            answer = await loop.run_in_executor(self.workers, finish_on, outputs,
+                                                original_size, self.meta, options)
             response = output_response(pb_utils, answer, self.batched)
         except Exception as e:
             return error_response(pb_utils, e, PIPELINE_NAME)
@@ -114,19 +130,36 @@ class TritonPythonModel:
             self.monitoring_calls.count("failed" if failed else "ok")
 
     async def _call_model(self, model_input):
+        """numpy in and out on the host; or, on a device, torch tensors both ways by DLPack
+        (on a GPU nothing crosses to the host)."""
+        on_gpu = self.device is not None and self.device.type == "cuda"
+        if self.device is None:
+            tensor = pb_utils.Tensor(MODEL_INPUT.name, model_input)
+        else:
+            from torch.utils.dlpack import to_dlpack
+
+            tensor = pb_utils.Tensor.from_dlpack(MODEL_INPUT.name, to_dlpack(model_input))
         request = pb_utils.InferenceRequest(
             model_name=MODEL_NAME,
             requested_output_names=self.output_names,
-            inputs=[pb_utils.Tensor(MODEL_INPUT.name, model_input)],
+            inputs=[tensor],
             timeout=self.timeout_us,
-            # mask_rcnn on a GPU (libtorch, KIND_GPU) answers in GPU memory; the
-            # postprocess runs on numpy, so ask for the outputs on the host.
-            preferred_memory=pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0))
+            # mask_rcnn on a GPU (libtorch, KIND_GPU) answers in GPU memory: the numpy
+            # path asks for its outputs on the host, the cuda path on its GPU.
+            preferred_memory=pb_utils.PreferredMemory(
+                pb_utils.TRITONSERVER_MEMORY_GPU if on_gpu else pb_utils.TRITONSERVER_MEMORY_CPU,
+                self.device.index or 0 if on_gpu else 0))
         response = await request.async_exec()
         if response.has_error():
             raise ModelCallFailed(f"{MODEL_NAME} failed: {response.error().message()}")
-        return {name: pb_utils.get_output_tensor_by_name(response, name).as_numpy()
-                for name in self.output_names}
+        tensors = {name: pb_utils.get_output_tensor_by_name(response, name)
+                   for name in self.output_names}
+        if self.device is None:
+            return {name: t.as_numpy() for name, t in tensors.items()}
+        import torch
+
+        return {name: torch.from_dlpack(t.to_dlpack()).to(self.device)
+                for name, t in tensors.items()}
 
     def finalize(self):
         self.workers.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,131 @@
+"""The pipeline's image work on a torch device: decode, resize, paste, encode, so that on a
+GPU the image stays in GPU memory from the JPEG bytes to the RLE runs.
+
+pipeline_bls uses this when its config parameter ``device`` is ``cuda`` (or ``cpu``,
+which runs the same code on the CPU: that is how CI tests it without a GPU). Only the
+encoded bytes go in and only run boundaries come out of the device; the model input and
+the mask-head output pass between pipeline_bls and mask_rcnn by DLPack.
+
+Against the numpy path (bls/image.py, bls/masks.py), measured on the CPU:
+- JPEG decoding: torchvision's decode_jpeg (nvJPEG on a GPU, libjpeg-turbo on the CPU);
+  on the CPU identical to OpenCV's; other formats are decoded by bls.image and uploaded.
+- Resizing: torch's antialiased bilinear interpolation instead of PIL's: within 1 grey
+  level of PIL (mean 0.1), so model outputs are close but not bitwise equal.
+- Pasting: detectron2's own formula (full-image grid_sample in chunks, as
+  paste_masks_in_image does on a GPU), so masks equal the numpy path up to float ties.
+torch is imported here, never by the rest of bls/.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pycocotools import mask as mask_utils
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from bls import image as image_ops
+from bls.masks import MASK_THRESHOLD, _counts
+from bls.metadata import ModelMetadata
+
+# Bound on the float32 grid_sample output per chunk, as detectron2's GPU_MEM_LIMIT.
+CHUNK_BYTES = 1 << 30
+_JPEG = b"\xff\xd8\xff"
+
+
+def parse_device(text: str | None) -> torch.device | None:
+    """The ``device`` config parameter: empty -> None (the numpy path)."""
+    if not text:
+        return None
+    device = torch.device(text)
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"config parameter device={text!r}: must be cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"config parameter device={text!r}: no CUDA device is visible")
+    return device
+
+
+def prepare(data: bytes, meta: ModelMetadata, limits: image_ops.DecodeLimits,
+            device: torch.device) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Encoded bytes -> (uint8 [3, h, w] on ``device``, resized, in the model's channel
+    order; (height, width) of the decoded image). Limits and errors as bls.image."""
+    image_ops.check_limits(data, limits)
+    if data.startswith(_JPEG):
+        try:
+            chw = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                              mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+        except RuntimeError:  # CMYK, corrupt, ...: the CPU decoder handles or names it
+            chw = None
+        if chw is not None and meta.channel_order == "BGR":
+            chw = chw.flip(0)
+    else:
+        chw = None
+    if chw is None:
+        hwc = image_ops.decode_image(data, meta.channel_order, limits)
+        chw = torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1))).to(device)
+    height, width = chw.shape[1:]
+    new_h, new_w = image_ops.resized_shape(height, width, meta.min_size, meta.max_size)
+    if (new_h, new_w) != (height, width):
+        chw = F.interpolate(chw[None].float(), size=(new_h, new_w), mode="bilinear",
+                            antialias=True, align_corners=False)[0]
+        chw = chw.round_().clamp_(0, 255).to(torch.uint8)
+    return chw.contiguous(), (int(height), int(width))
+
+
+def paste(masks: torch.Tensor, boxes: np.ndarray, height: int, width: int,
+          threshold: float = MASK_THRESHOLD) -> torch.Tensor:
+    """masks float [N, M, M] on a device, boxes float32 [N, 4] (original pixels) ->
+    bool [N, height, width] on that device: detectron2's _do_paste_mask over the whole
+    image (bilinear grid_sample, zeros outside the mask), thresholded at >= threshold."""
+    n = masks.shape[0]
+    out = torch.empty((n, height, width), dtype=torch.bool, device=masks.device)
+    if n == 0:
+        return out
+    box = torch.as_tensor(boxes, dtype=torch.float32, device=masks.device)
+    ys = torch.arange(height, device=masks.device, dtype=torch.float32) + 0.5
+    xs = torch.arange(width, device=masks.device, dtype=torch.float32) + 0.5
+    chunk = max(1, CHUNK_BYTES // max(1, height * width * 4))
+    for start in range(0, n, chunk):
+        b = box[start:start + chunk]
+        x0, y0, x1, y1 = (v[:, None] for v in b.unbind(1))
+        gy = ((ys[None] - y0) / (y1 - y0) * 2 - 1)[:, :, None].expand(-1, height, width)
+        gx = ((xs[None] - x0) / (x1 - x0) * 2 - 1)[:, None, :].expand(-1, height, width)
+        sampled = F.grid_sample(masks[start:start + chunk, None].float(),
+                                torch.stack([gx, gy], dim=3), align_corners=False)
+        out[start:start + chunk] = sampled[:, 0] >= threshold
+    return out
+
+
+def encode_rle(pasted: torch.Tensor) -> list[bytes]:
+    """bool [N, H, W] on a device -> COCO compressed RLE counts per mask. Only the run
+    boundaries (a few per column) leave the device."""
+    n, height, width = pasted.shape
+    if n == 0:
+        return []
+    columns = pasted.transpose(1, 2).reshape(n, -1).to(torch.int8)
+    edges = torch.diff(F.pad(columns, (1, 1)), dim=1).nonzero()  # rises and falls, in order
+    owner, position = edges[:, 0].cpu().numpy(), edges[:, 1].cpu().numpy()
+    uncompressed = [{"size": [height, width], "counts": c}
+                    for c in _counts(position, owner, n, height * width)]
+    return [r["counts"] for r in mask_utils.frPyObjects(uncompressed, height, width)]
+
+
+def dense(pasted: torch.Tensor) -> np.ndarray:
+    """bool [N, H, W] on a device -> uint8 [N, H, W] in host memory."""
+    return pasted.to(torch.uint8).cpu().numpy()
+
+
+def finish(outputs: dict[str, torch.Tensor], original_size: tuple[int, int],
+           meta: ModelMetadata, options) -> dict[str, np.ndarray]:
+    """bls.pipeline.finish for outputs that are torch tensors on a device: the small ones
+    (boxes, scores, classes, image_size) come to the host, the masks are pasted and
+    encoded where they are."""
+    from bls import postprocess
+
+    masks = postprocess.model_output(meta.outputs, "masks")
+    host = {name: (value if masks is not None and name == masks.name else value.cpu().numpy())
+            for name, value in outputs.items()}
+    det, input_size = postprocess.from_model_outputs(host, meta)
+    det = postprocess.select(det, options.score_threshold, options.max_detections)
+    det = postprocess.rescale(det, input_size, original_size)
+    return postprocess.answer(det, original_size, meta, options.mask_format)
