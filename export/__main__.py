@@ -4,6 +4,9 @@
   python -m export torchvision --checkpoint my_maskrcnn.pth --repository build/repository
   python -m export torchvision --pretrained --repository ...             # downloads COCO weights
   python -m export assemble --model model.pt --repository build/repository
+  python -m export detectron2 --config COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml ...
+  python -m export parity --config ... --weights ... --repository build/repository ...
+  (Detectron2: docs/detectron2.md)
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 
 from bls.contract import MODEL_NAME
 from bls.metadata import ModelMetadata
+from export import detectron2_cli
 
 
 def _overrides(values: list[str]) -> dict[str, str]:
@@ -70,9 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     _common(asm)
     asm.add_argument("--model", type=Path, required=True, help="model file written by an export")
 
+    detectron2_cli.add_parsers(sub, _common)
+
     args = parser.parse_args(argv)
     from export.repository import assemble  # noqa: after argparse, so --help is instant
 
+    if args.command in detectron2_cli.COMMANDS:
+        return detectron2_cli.run(args, assemble, _overrides(getattr(args, "set", [])))
     overrides = _overrides(args.set)
     if args.command == "assemble":
         repo = assemble(args.model, args.repository, overrides, args.execution_env)
