@@ -353,11 +353,6 @@ def test_scripted_export_equals_default_predictor(d2, mask_cfg, mask_weights, wo
 
 
 @needs_d2
-@pytest.mark.xfail(raises=RuntimeError, strict=True,
-                   reason="models/mask_rcnn/1/model.py calls .eval() on the loaded file; a "
-                          "detectron2 scripted module has 'training' as a constant "
-                          "(scripting_with_instances freezes it) and refuses it. The libtorch "
-                          "backend does not call eval(). Change requested: drop .eval() there")
 def test_scripted_file_loads_in_the_embedded_runner(d2, mask_cfg, mask_weights, workdir):
     from export.repository import assemble
     from tests.triton_double import TritonDouble, model_config_dict

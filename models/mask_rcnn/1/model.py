@@ -30,7 +30,9 @@ class TritonPythonModel:
         # backend's own model.py here).
         path = os.path.join(args["model_repository"], args["model_version"],
                             params.get("model_file") or "model.pt")
-        self.model = torch.jit.load(path, map_location=self.device).eval()
+        # Exported files are saved in eval mode; no .eval() here: a detectron2 scripted
+        # module holds `training` as a constant and refuses it (as libtorch never calls it).
+        self.model = torch.jit.load(path, map_location=self.device)
         self.input_name = config["input"][0]["name"]
         self.output_names = [o["name"] for o in config["output"]]
 
