@@ -117,6 +117,8 @@ stop() {
     kill -TERM "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true
   fi
+  # Shared-memory regions of stubs that died before the server could remove them.
+  rm -f /dev/shm/triton_bls_$$_* 2>/dev/null || true
 }
 
 wait_ready() {

@@ -44,6 +44,18 @@ def live_members(pgid: int) -> list[int]:
     return pids
 
 
+def remove_shm_regions(run_triton_pid: int) -> list[Path]:
+    """Delete the Python backend's shared-memory regions of a server that is gone.
+
+    run_triton.sh names them triton_bls_<its pid>_*; a server that was killed (or whose
+    stubs were) leaves them behind in /dev/shm, holding memory until removed."""
+    removed = []
+    for path in Path("/dev/shm").glob(f"triton_bls_{run_triton_pid}_*"):
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 class ServerFailed(RuntimeError):
     pass
 
@@ -157,6 +169,8 @@ class TritonServer:
         deadline = time.monotonic() + 10
         while live_members(pgid) and time.monotonic() < deadline:
             time.sleep(0.1)
+        if not live_members(pgid):
+            remove_shm_regions(process.pid)
 
     def __enter__(self) -> "TritonServer":
         return self.start()

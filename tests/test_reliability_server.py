@@ -10,6 +10,7 @@ import queue
 import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -306,5 +307,6 @@ def test_stopping_the_server_under_load_ends_every_request(exported, images, tmp
     assert answered + len(failed) == 12
     assert stopped_in < 90, stopped_in
     assert live_members(pgid) == []
+    assert not list(Path("/dev/shm").glob(f"triton_bls_{pgid}_*")), "shared memory left behind"
     print(f"stop under load: {answered} answered, {len(failed)} failed "
           f"({sorted(set(failed))}), server gone in {stopped_in:.1f} s")

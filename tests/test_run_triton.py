@@ -3,6 +3,7 @@ clean stop (model control off, nothing left running in its process group)."""
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 import tritonclient.http as httpclient
@@ -81,6 +82,7 @@ def test_start_refuses_model_control_and_stops_cleanly(exported, tmp_path):
     leftover = [line for line in table.splitlines()
                 if line.split()[1] == str(pgid) and not line.split()[2].startswith("Z")]
     assert leftover == [], f"processes left in group {pgid}: {leftover}\n{server.log_text()[-3000:]}"
+    assert not list(Path("/dev/shm").glob(f"triton_bls_{pgid}_*")), "shared memory left behind"
     log = (tmp_path / "server.log").read_text()
     assert "stopping tritonserver" in log
     assert "Stopping HTTPService" in log or "Waiting for in-flight" in log or "successfully unloaded" in log
