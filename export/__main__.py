@@ -4,6 +4,7 @@
   python -m export torchvision --checkpoint my_maskrcnn.pth --repository build/repository
   python -m export torchvision --pretrained --repository ...             # downloads COCO weights
   python -m export assemble --model model.pt --repository build/repository
+  python -m export tune --repository build/repository --model mask_rcnn --instances 2 --intra-op-threads 1
   python -m export detectron2 --config COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml ...
   python -m export parity --config ... --weights ... --repository build/repository ...
   (Detectron2: docs/detectron2.md)
@@ -18,6 +19,7 @@ from pathlib import Path
 from bls.contract import MODEL_NAME
 from bls.metadata import ModelMetadata
 from export import detectron2_cli
+from export import tune as tune_cli
 
 
 def _overrides(values: list[str]) -> dict[str, str]:
@@ -73,10 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     asm = sub.add_parser("assemble", help="rebuild a repository around an exported model file")
     _common(asm)
     asm.add_argument("--model", type=Path, required=True, help="model file written by an export")
+    tune_cli.add_parser(sub)  # python -m export tune (export/tune.py)
 
     detectron2_cli.add_parsers(sub, _common)
 
     args = parser.parse_args(argv)
+    if args.command == "tune":
+        return tune_cli.run(args)
     from export.repository import assemble  # noqa: after argparse, so --help is instant
 
     if args.command in detectron2_cli.COMMANDS:

@@ -1,0 +1,757 @@
+"""python -m benchmarks.sweep: throughput and latency over concurrency x instance configurations,
+for pipeline_bls, the ensemble infer_pipeline and the bare mask_rcnn, in one run.
+
+  python -m benchmarks.sweep --min-size 320 --concurrency 1,2,4 --config 1x2 --config 2x1 --requests 20
+  python -m benchmarks.sweep --repository build/repository --image photo.jpg --latency-budget-ms 8000
+  python -m benchmarks.sweep --config "1x2:2,workers=2,delay=5000" --targets bls,ensemble
+
+For each configuration: a scratch copy of the repository is tuned with export/tune.py,
+an embedded tritonserver is started on it (client.server.TritonServer, stopped by its
+own process group), every target is warmed up, then for each concurrency level and target
+a closed loop of C clients (tritonclient.grpc.aio, one request in flight each) sends
+--requests requests or runs --max-seconds, whichever ends first. Per point: throughput
+(answered images per second, first send to last answer), latency p50/p90/p99, errors,
+server CPU (the server's process group, from /proc) and where the time went inside the
+server (Triton's statistics: queue and compute per model, pipeline_bls batch size).
+
+Configurations, compact: ``MxT[:B][,key=value...]``
+
+  M  mask_rcnn instances         T  torch intra-op threads per instance (0: torch default)
+  B  pipeline_bls instances (1); the ensemble's preprocess and postprocess get B too
+  keys: workers=N (pipeline_bls worker_threads), delay=US (pipeline_bls max queue delay),
+        batch=N (pipeline_bls max_batch_size), stages=N (preprocess/postprocess instances)
+
+Defaults for a 2-core machine: 1x2, 2x1, 1x2:2, 2x1:2. Targets: bls (pipeline_bls, image
+bytes in), ensemble (infer_pipeline, image bytes in), bare (mask_rcnn, fed the resized
+uint8 tensor bls.pipeline.prepare makes, as benchmarks/pipeline.py does).
+
+Output (--out, default build/sweep): sweep.csv (one row per point), sweep.json (all of it,
+raw latencies too), sweep.png (throughput and p99 against concurrency), triton-<i>.log.
+Printed: the table, pipeline_bls against the ensemble at every concurrency with where
+the time went, and the recommended configuration: the best pipeline_bls throughput whose
+p99 is within --latency-budget-ms (and no errors). Speed goals live here, never in tests.
+Numbers from a shared or loaded machine are noise: the load average is recorded per point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.pipeline import (REQUEST_TIMEOUT_S, BenchImage, grpc_bytes_input, load_images,
+                                 machine_info, model_file, prepare_repository, rotated, table)
+from bls.contract import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, PIPELINE_NAME,
+                          POSTPROCESS_NAME, PREPROCESS_NAME)
+from export.tune import TuneOptions, tune
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIGS = ("1x2", "2x1", "1x2:2", "2x1:2")
+DEFAULT_CONCURRENCY = (1, 2, 4, 8)
+TARGETS = {"bls": PIPELINE_NAME, "ensemble": ENSEMBLE_NAME, "bare": MODEL_NAME}
+# Models whose statistics explain each target's time.
+PATHS = {"bls": (PIPELINE_NAME, MODEL_NAME),
+         "ensemble": (PREPROCESS_NAME, MODEL_NAME, POSTPROCESS_NAME),
+         "bare": (MODEL_NAME,)}
+EQUAL_WITHIN = 0.03  # |bls / ensemble - 1| below this reads as "equal within noise"
+SPEC = re.compile(r"^(?P<m>\d+)x(?P<t>\d+)(?::(?P<b>\d+))?(?P<extra>(?:,[a-z]+=\d+)*)$")
+EXTRA_KEYS = {"workers": "worker_threads", "delay": "delay_us", "batch": "max_batch_size",
+              "stages": "stage_instances"}
+
+
+# --------------------------------------------------------------------------- configurations
+@dataclass(frozen=True)
+class SweepConfig:
+    spec: str
+    rcnn_instances: int
+    rcnn_threads: int
+    bls_instances: int = 1
+    stage_instances: int | None = None  # None: as bls_instances
+    worker_threads: int | None = None
+    delay_us: int | None = None
+    max_batch_size: int | None = None
+
+    @property
+    def stages(self) -> int:
+        return self.bls_instances if self.stage_instances is None else self.stage_instances
+
+    @property
+    def label(self) -> str:
+        threads = "default" if self.rcnn_threads == 0 else f"{self.rcnn_threads}t"
+        text = f"rcnn {self.rcnn_instances}x{threads}, bls {self.bls_instances}"
+        if self.stages != self.bls_instances:
+            text += f", stages {self.stages}"
+        for name, short in (("worker_threads", "workers"), ("delay_us", "delay"),
+                            ("max_batch_size", "batch")):
+            if getattr(self, name) is not None:
+                text += f", {short} {getattr(self, name)}"
+        return text
+
+    @property
+    def max_instances(self) -> int:
+        return max(self.rcnn_instances, self.bls_instances, self.stages)
+
+    def tunings(self) -> list[tuple[str, TuneOptions]]:
+        """What export/tune.py applies to the scratch repository."""
+        bls = TuneOptions(instances=self.bls_instances, worker_threads=self.worker_threads,
+                          max_queue_delay_us=self.delay_us, max_batch_size=self.max_batch_size)
+        return [
+            (MODEL_NAME, TuneOptions(instances=self.rcnn_instances,
+                                     intra_op_threads=self.rcnn_threads)),
+            (PIPELINE_NAME, bls),
+            (PREPROCESS_NAME, TuneOptions(instances=self.stages)),
+            (POSTPROCESS_NAME, TuneOptions(instances=self.stages)),
+        ]
+
+    def tune_commands(self, repository: str = "REPO") -> list[str]:
+        lines = []
+        for model, options in self.tunings():
+            args = [a for name, value in options.given().items()
+                    for a in ("--" + name.replace("_", "-"), str(value))]
+            lines.append(shlex.join(["python", "-m", "export", "tune", "--repository", repository,
+                                     "--model", model, *args]))
+        return lines
+
+
+def parse_config(text: str) -> SweepConfig:
+    """``MxT[:B][,key=value...]`` -> SweepConfig; ValueError naming what is wrong."""
+    spec = text.strip().replace(" ", "")
+    match = SPEC.match(spec)
+    if not match:
+        raise ValueError(f"configuration {text!r}: expected MxT[:B][,key=value...], e.g. "
+                         f"'1x2', '2x1:2', '1x2:2,workers=2,delay=5000'")
+    values = {"rcnn_instances": int(match["m"]), "rcnn_threads": int(match["t"]),
+              "bls_instances": int(match["b"] or 1)}
+    for item in filter(None, match["extra"].split(",")):
+        key, value = item.split("=")
+        if key not in EXTRA_KEYS:
+            raise ValueError(f"configuration {text!r}: unknown key {key!r} "
+                             f"(keys: {', '.join(EXTRA_KEYS)})")
+        values[EXTRA_KEYS[key]] = int(value)
+    config = SweepConfig(spec, **values)
+    if config.rcnn_instances < 1 or config.bls_instances < 1 or config.stages < 1:
+        raise ValueError(f"configuration {text!r}: instance counts must be at least 1")
+    return config
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected numbers >= 1, got {text!r}")
+    return values
+
+
+# --------------------------------------------------------------------------- images
+def generated_images(sizes: list[str]) -> list[BenchImage]:
+    from export import samples
+
+    images = []
+    for i, size in enumerate(sizes):
+        width, height = (int(v) for v in size.lower().split("x"))
+        data = samples.encode(samples.scene(height, width, seed=i), ".jpg")
+        images.append(BenchImage(f"scene{width}x{height}.jpg (generated)", data))
+    return images
+
+
+@dataclass
+class Target:
+    name: str  # bls | ensemble | bare
+    model: str
+    inputs: list  # one list of InferInput per image
+
+
+def build_targets(names: list[str], images: list[BenchImage], meta, pipe_batch: bool,
+                  ens_batch: bool) -> list[Target]:
+    import tritonclient.grpc as grpcclient
+
+    from bls.pipeline import prepare
+
+    targets = []
+    for name in names:
+        if name == "bare":
+            inputs = []
+            for image in images:
+                model_input = prepare(image.data, meta).model_input
+                tensor = grpcclient.InferInput(MODEL_INPUT.name, list(model_input.shape),
+                                               MODEL_INPUT.dtype)
+                tensor.set_data_from_numpy(model_input)
+                inputs.append([tensor])
+        else:
+            batch = [1] if (pipe_batch if name == "bls" else ens_batch) else []
+            inputs = [[grpc_bytes_input(grpcclient, image.data, batch)] for image in images]
+        targets.append(Target(name, TARGETS[name], inputs))
+    return targets
+
+
+# --------------------------------------------------------------------------- measuring
+def group_cpu_seconds(pgid: int) -> float:
+    """utime + stime of the live processes of a process group (the server's)."""
+    from client.server import live_members
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in live_members(pgid):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / ticks
+
+
+def model_statistics(response) -> dict[str, dict[str, float]]:
+    """Triton's cumulative statistics per model (version summed)."""
+    out: dict[str, dict[str, float]] = {}
+    for s in response.model_stats:
+        st = s.inference_stats
+        entry = out.setdefault(s.name, Counter())
+        entry["success"] += st.success.count
+        entry["fail"] += st.fail.count
+        entry["queue_ns"] += st.queue.ns
+        entry["compute_ns"] += st.compute_input.ns + st.compute_infer.ns + st.compute_output.ns
+        entry["executions"] += s.execution_count
+        entry["inferences"] += s.inference_count
+    return out
+
+
+def answered(stats: dict, model: str) -> float:
+    entry = stats.get(model, {})
+    return entry.get("success", 0) + entry.get("fail", 0)
+
+
+async def settled_statistics(client, model: str, expected: float, timeout: float = 5.0) -> dict:
+    """Triton's statistics once they count ``expected`` requests of ``model``: it records
+    a request when it is released, which can be just after the client has its answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = model_statistics(await client.get_inference_statistics())
+        if answered(stats, model) >= expected or time.monotonic() > deadline:
+            return stats
+        await asyncio.sleep(0.01)
+
+
+def statistics_delta(before: dict, after: dict, models) -> dict[str, dict[str, float]]:
+    """Per model: requests answered, mean queue and compute ms per request, mean batch."""
+    delta = {}
+    for model in models:
+        a, b = before.get(model, Counter()), after.get(model, Counter())
+        n = (b["success"] + b["fail"]) - (a["success"] + a["fail"])
+        executions = b["executions"] - a["executions"]
+        delta[model] = {
+            "requests": n,
+            "queue_ms": (b["queue_ns"] - a["queue_ns"]) / n / 1e6 if n else 0.0,
+            "compute_ms": (b["compute_ns"] - a["compute_ns"]) / n / 1e6 if n else 0.0,
+            "batch": (b["inferences"] - a["inferences"]) / executions if executions else 0.0,
+        }
+    return delta
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+async def closed_loop(client, target: Target, concurrency: int, requests: int,
+                      max_seconds: float, timeout: float, first: int = 0) -> dict:
+    """``concurrency`` clients, each with one request in flight, until ``requests`` were
+    sent or ``max_seconds`` passed (no new request after that; those in flight finish)."""
+    from tritonclient.utils import InferenceServerException
+
+    latencies: list[float] = []
+    errors: Counter = Counter()
+    issued = 0
+    start = time.perf_counter()
+    deadline = start + max_seconds
+    last = start
+
+    async def worker() -> None:
+        nonlocal issued, last
+        while issued < requests and time.perf_counter() < deadline:
+            k = first + issued
+            issued += 1
+            sent = time.perf_counter()
+            try:
+                await client.infer(target.model, target.inputs[k % len(target.inputs)],
+                                   client_timeout=timeout)
+                latencies.append(time.perf_counter() - sent)
+            except InferenceServerException as e:
+                errors[str(e).splitlines()[0][:200]] += 1
+            last = time.perf_counter()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {"latencies": latencies, "errors": dict(errors), "seconds": last - start,
+            "issued": issued}
+
+
+@dataclass
+class Point:
+    config: str
+    spec: str
+    target: str
+    model: str
+    concurrency: int
+    answered: int
+    errors: int
+    seconds: float
+    throughput: float  # answered images per second
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    max_ms: float
+    server_cpu_ms_per_image: float
+    server_cpu_util: float  # server CPU seconds / wall seconds (1.0 = one core busy)
+    client_cpu_util: float
+    loadavg_1m: float
+    breakdown: dict = field(default_factory=dict)  # model -> queue/compute ms, batch
+    error_messages: dict = field(default_factory=dict)
+    latencies_ms: list = field(default_factory=list)
+
+    def row(self) -> dict:
+        out = {k: v for k, v in asdict(self).items()
+               if k not in ("breakdown", "error_messages", "latencies_ms")}
+        for model, values in self.breakdown.items():
+            for key in ("queue_ms", "compute_ms"):
+                out[f"{model}_{key}"] = round(values[key], 2)
+            if model == PIPELINE_NAME:
+                out[f"{model}_batch"] = round(values["batch"], 2)
+        return out
+
+
+async def measure_config(server, config: SweepConfig, targets: list[Target],
+                         concurrency: list[int], args) -> list[Point]:
+    import tritonclient.grpc.aio as grpc_aio
+
+    pgid = os.getpgid(server.pid)
+    client = grpc_aio.InferenceServerClient(server.grpc_url)
+    points = []
+    try:
+        # Warm-up: every instance of every model on every image (TorchScript's profiling
+        # executor optimises on the first runs of each instance).
+        width = config.max_instances
+        for target in targets:
+            n = args.warmup * len(target.inputs) * width
+            if n:
+                done = await closed_loop(client, target, width, n, args.max_seconds * 2,
+                                         REQUEST_TIMEOUT_S)
+                if done["errors"]:
+                    raise RuntimeError(f"warm-up of {target.model} failed: {done['errors']}")
+            print(f"  warm-up {target.name}: {n} requests", file=sys.stderr, flush=True)
+        for i, c in enumerate(concurrency):
+            for target in rotated(targets, i):
+                load = os.getloadavg()[0]
+                before = model_statistics(await client.get_inference_statistics())
+                cpu0, client0 = group_cpu_seconds(pgid), time.process_time()
+                run = await closed_loop(client, target, c, args.requests, args.max_seconds,
+                                        args.timeout, first=i)
+                cpu1, client1 = group_cpu_seconds(pgid), time.process_time()
+                after = await settled_statistics(
+                    client, target.model, answered(before, target.model) + run["issued"])
+                ms = [s * 1000 for s in run["latencies"]]
+                count, seconds = len(ms), max(run["seconds"], 1e-9)
+                point = Point(
+                    config=config.label, spec=config.spec, target=target.name,
+                    model=target.model, concurrency=c, answered=count,
+                    errors=sum(run["errors"].values()), seconds=round(seconds, 3),
+                    throughput=count / seconds,
+                    p50_ms=percentile(ms, 50), p90_ms=percentile(ms, 90),
+                    p99_ms=percentile(ms, 99), mean_ms=float(np.mean(ms)) if ms else float("nan"),
+                    max_ms=max(ms) if ms else float("nan"),
+                    server_cpu_ms_per_image=(cpu1 - cpu0) * 1000 / count if count else float("nan"),
+                    server_cpu_util=(cpu1 - cpu0) / seconds,
+                    client_cpu_util=(client1 - client0) / seconds, loadavg_1m=load,
+                    breakdown=statistics_delta(before, after, PATHS[target.name]),
+                    error_messages=run["errors"], latencies_ms=[round(v, 2) for v in ms])
+                points.append(point)
+                print(f"  {config.label} | {target.name:<8} c={c}: {point.throughput:.2f} img/s, "
+                      f"p50 {point.p50_ms:.0f} ms, p99 {point.p99_ms:.0f} ms, "
+                      f"{count} answered, {point.errors} errors, {seconds:.1f} s, "
+                      f"load {load:.2f}", file=sys.stderr, flush=True)
+    finally:
+        await client.close()
+    return points
+
+
+# --------------------------------------------------------------------------- analysis
+def recommend(points: list[Point], budget_ms: float | None) -> tuple[Point | None, str]:
+    """Best pipeline_bls throughput with no errors and p99 within the budget."""
+    bls = [p for p in points if p.target == "bls" and p.errors == 0 and p.answered]
+    if not bls:
+        return None, "no pipeline_bls point without errors"
+    fits = [p for p in bls if budget_ms is None or p.p99_ms <= budget_ms]
+    if not fits:
+        best = min(bls, key=lambda p: p.p99_ms)
+        return None, (f"no pipeline_bls point has p99 <= {budget_ms:.0f} ms; the lowest p99 "
+                      f"is {best.p99_ms:.0f} ms ({best.config}, concurrency {best.concurrency})")
+    best = max(fits, key=lambda p: (p.throughput, -p.p99_ms))
+    return best, ""
+
+
+def path_times(point: Point) -> dict[str, float]:
+    """Per image, server side: the Python stages, waiting for and running mask_rcnn."""
+    b = point.breakdown
+    rcnn = b.get(MODEL_NAME, {"queue_ms": 0.0, "compute_ms": 0.0})
+    out = {"rcnn_queue": rcnn["queue_ms"], "rcnn_compute": rcnn["compute_ms"]}
+    if point.target == "bls":
+        bls = b[PIPELINE_NAME]
+        # pipeline_bls's compute time includes its BLS call (mask_rcnn's queue + compute).
+        out["python"] = max(bls["compute_ms"] - rcnn["queue_ms"] - rcnn["compute_ms"], 0.0)
+        out["entry_queue"] = bls["queue_ms"]
+        out["batch"] = bls["batch"]
+    elif point.target == "ensemble":
+        pre, post = b[PREPROCESS_NAME], b[POSTPROCESS_NAME]
+        out["python"] = pre["compute_ms"] + post["compute_ms"]
+        out["entry_queue"] = pre["queue_ms"] + post["queue_ms"]
+    out["server"] = sum(out.get(k, 0.0) for k in ("rcnn_queue", "rcnn_compute", "python",
+                                                  "entry_queue"))
+    return out
+
+
+def explain(bls: Point, ens: Point, bare: Point | None) -> str:
+    """One line on where the difference between pipeline_bls and the ensemble comes from."""
+    ratio = bls.throughput / ens.throughput - 1 if ens.throughput else float("nan")
+    a, e = path_times(bls), path_times(ens)
+    parts = []
+    if abs(ratio) < EQUAL_WITHIN:
+        parts.append(f"equal within {EQUAL_WITHIN:.0%}")
+    else:
+        parts.append(f"pipeline_bls {'faster' if ratio > 0 else 'slower'} by {abs(ratio):.0%}")
+    share = a["rcnn_compute"] / a["server"] if a["server"] else 0
+    parts.append(f"mask_rcnn compute {a['rcnn_compute']:.0f} vs {e['rcnn_compute']:.0f} ms/img "
+                 f"({share:.0%} of bls server time)")
+    parts.append(f"Python stages {a['python']:.0f} vs {e['python']:.0f} ms/img")
+    if a.get("batch", 1.0) > 1.05:
+        parts.append(f"pipeline_bls ran batches of {a['batch']:.1f} on average and answers a "
+                     f"batch together, so its 'Python' time holds the wait for the batch's "
+                     f"other model calls")
+    if a["rcnn_queue"] > 0.1 * a["server"] or e["rcnn_queue"] > 0.1 * e["server"]:
+        parts.append(f"waiting for a mask_rcnn instance {a['rcnn_queue']:.0f} vs "
+                     f"{e['rcnn_queue']:.0f} ms")
+    parts.append(f"server CPU {bls.server_cpu_ms_per_image:.0f} vs "
+                 f"{ens.server_cpu_ms_per_image:.0f} ms/img")
+    if bare is not None and bare.throughput:
+        parts.append(f"bare model {bare.throughput:.2f} img/s (bls at "
+                     f"{bls.throughput / bare.throughput:.0%} of it)")
+    return "; ".join(parts)
+
+
+def fmt(v: float, digits: int = 0) -> str:
+    return "-" if v != v else f"{v:.{digits}f}"  # NaN -> "-"
+
+
+def print_results(points: list[Point], configs: list[SweepConfig], concurrency: list[int],
+                  budget_ms: float | None, repository: str) -> dict:
+    print("\n== Sweep: closed-loop gRPC (asyncio), per point: throughput = answered / wall "
+          "time; latency per request as the client saw it")
+    rows = []
+    for p in points:
+        rows.append([p.config, p.target, p.concurrency, p.answered, p.errors,
+                     fmt(p.throughput, 2), fmt(p.p50_ms), fmt(p.p90_ms), fmt(p.p99_ms),
+                     fmt(p.server_cpu_ms_per_image), fmt(p.server_cpu_util, 2),
+                     fmt(p.loadavg_1m, 2)])
+    print(table(["configuration", "target", "conc", "n", "err", "img/s", "p50 ms", "p90 ms",
+                 "p99 ms", "srv CPU ms/img", "srv cores", "load"], rows, left=2))
+
+    by_key = {(p.config, p.target, p.concurrency): p for p in points}
+    comparison = []
+    if any(p.target == "bls" for p in points) and any(p.target == "ensemble" for p in points):
+        print("\n== pipeline_bls vs ensemble (infer_pipeline), throughput at every concurrency "
+              "(target: pipeline_bls >= ensemble)")
+        rows = []
+        for config in configs:
+            for c in concurrency:
+                bls = by_key.get((config.label, "bls", c))
+                ens = by_key.get((config.label, "ensemble", c))
+                bare = by_key.get((config.label, "bare", c))
+                if not bls or not ens:
+                    continue
+                ratio = bls.throughput / ens.throughput if ens.throughput else float("nan")
+                ok = bls.throughput >= ens.throughput
+                comparison.append({"config": config.label, "concurrency": c,
+                                   "bls": bls.throughput, "ensemble": ens.throughput,
+                                   "bare": bare.throughput if bare else None,
+                                   "ratio": ratio, "bls_ge_ensemble": ok,
+                                   "why": explain(bls, ens, bare)})
+                rows.append([config.label, c, fmt(bls.throughput, 2), fmt(ens.throughput, 2),
+                             fmt(bare.throughput, 2) if bare else "", f"{ratio - 1:+.1%}",
+                             "PASS" if ok else ("~" if abs(ratio - 1) < EQUAL_WITHIN else "MISS")])
+        print(table(["configuration", "conc", "bls img/s", "ensemble img/s", "bare img/s",
+                     "bls vs ens", ""], rows, left=1))
+        print("  (~: MISS within noise, under ±3 %)")
+        print("\n  where the time goes, per image, server side, ms (Triton statistics). python: "
+              "ensemble = preprocess + postprocess compute;\n  bls = pipeline_bls compute "
+              "minus its own mask_rcnn call, i.e. its Python work plus, in a batch (bls batch "
+              "> 1), waiting\n  for the other requests' model calls. entry queue: waiting "
+              "for a pipeline_bls / preprocess+postprocess instance (and the batching delay).")
+        rows = []
+        for config in configs:
+            for c in concurrency:
+                for target in ("bls", "ensemble", "bare"):
+                    p = by_key.get((config.label, target, c))
+                    if not p:
+                        continue
+                    t = path_times(p)
+                    rows.append([config.label, c, target, fmt(t.get("entry_queue", 0.0)),
+                                 fmt(t.get("python", 0.0)), fmt(t["rcnn_queue"]),
+                                 fmt(t["rcnn_compute"]), fmt(t["server"]), fmt(p.p50_ms),
+                                 fmt(t.get("batch", 0.0), 2) if target == "bls" else ""])
+        print(table(["configuration", "conc", "target", "entry queue", "python", "rcnn queue",
+                     "rcnn compute", "server sum", "client p50", "bls batch"], rows, left=1))
+        print("\n  why, per concurrency (bls vs ensemble):")
+        for item in comparison:
+            print(f"  - {item['config']}, c={item['concurrency']}: {item['why']}")
+
+    best, reason = recommend(points, budget_ms)
+    budget = f"p99 <= {budget_ms:.0f} ms" if budget_ms is not None else "no latency budget given"
+    print(f"\n== Recommendation ({budget}, no errors): best pipeline_bls throughput")
+    recommendation = None
+    if best is None:
+        print(f"  none: {reason}")
+    else:
+        config = next(c for c in configs if c.label == best.config)
+        print(f"  {best.config} at concurrency {best.concurrency}: {best.throughput:.2f} img/s, "
+              f"p50 {best.p50_ms:.0f} ms, p99 {best.p99_ms:.0f} ms ({best.answered} requests)")
+        print("  apply it to a repository:")
+        for line in config.tune_commands(repository):
+            print(f"    {line}")
+        recommendation = {"config": best.config, "spec": best.spec,
+                          "concurrency": best.concurrency, "throughput": best.throughput,
+                          "p99_ms": best.p99_ms, "tune_commands": config.tune_commands(repository)}
+    return {"comparison": comparison, "recommendation": recommendation,
+            "recommendation_note": reason}
+
+
+def write_csv(points: list[Point], path: Path) -> None:
+    rows = [p.row() for p in points]
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as out:
+        writer = csv.DictWriter(out, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(points: list[Point], configs: list[SweepConfig], path: Path, title: str,
+         budget_ms: float | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {"bls": ("-", "o"), "ensemble": ("--", "s"), "bare": (":", "^")}
+    fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(13, 5.2))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, config in enumerate(configs):
+        colour = colours[i % len(colours)]
+        for target, (line, marker) in styles.items():
+            pts = sorted((p for p in points if p.config == config.label and p.target == target),
+                         key=lambda p: p.concurrency)
+            if not pts:
+                continue
+            xs = [p.concurrency for p in pts]
+            label = f"{target}: {config.label}"
+            ax_t.plot(xs, [p.throughput for p in pts], line, marker=marker, color=colour,
+                      label=label)
+            ax_l.plot(xs, [p.p99_ms for p in pts], line, marker=marker, color=colour,
+                      label=label)
+    for ax in (ax_t, ax_l):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrency (requests in flight)")
+        ax.grid(True, alpha=0.3)
+        ticks = sorted({p.concurrency for p in points})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax_t.set_ylabel("throughput (images/s)")
+    ax_t.set_title("throughput")
+    ax_l.set_ylabel("p99 latency (ms)")
+    ax_l.set_title("p99 latency")
+    if budget_ms is not None:
+        ax_l.axhline(budget_ms, color="red", alpha=0.5, linewidth=1, label="latency budget")
+    ax_t.legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repository", type=Path,
+                   help="an exported repository (copied, never modified); a new or empty "
+                        "folder is exported into and kept. Default: export into a scratch folder")
+    p.add_argument("--min-size", type=int, help="export: shortest edge (default 800)")
+    p.add_argument("--max-size", type=int, help="export: longest edge at most (default 1333)")
+    p.add_argument("--image", type=Path, action="append", default=[],
+                   help="image to send (repeatable); requests cycle through all images")
+    p.add_argument("--generated", action="append", default=[], metavar="WxH",
+                   help="also send a generated JPEG scene of this size (repeatable); default "
+                        "640x480 when no --image is given")
+    p.add_argument("--config", action="append", default=[], metavar="MxT[:B][,k=v]",
+                   help=f"instance configuration (repeatable); default: {' '.join(DEFAULT_CONFIGS)}")
+    p.add_argument("--concurrency", type=int_list, default=DEFAULT_CONCURRENCY,
+                   help="concurrency levels, e.g. 1,2,4,8 (default)")
+    p.add_argument("--targets", default="bls,ensemble,bare",
+                   help="which of bls, ensemble, bare (default: all three)")
+    p.add_argument("--requests", type=int, default=40,
+                   help="requests per point (target x concurrency), at most (default 40)")
+    p.add_argument("--max-seconds", type=float, default=300,
+                   help="seconds per point, at most: no new request after (default 300)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="warm-up requests per image and instance, per target (default 1)")
+    p.add_argument("--timeout", type=float, default=REQUEST_TIMEOUT_S,
+                   help="client timeout per request, seconds")
+    p.add_argument("--latency-budget-ms", type=float,
+                   help="p99 the recommended configuration must stay within")
+    p.add_argument("--out", type=Path, default=ROOT / "build" / "sweep",
+                   help="folder for sweep.csv, sweep.json, sweep.png, server logs "
+                        "(default build/sweep)")
+    p.add_argument("--no-plot", action="store_true", help="skip sweep.png")
+    args = p.parse_args(argv)
+    try:
+        args.configs = [parse_config(c) for c in (args.config or DEFAULT_CONFIGS)]
+    except ValueError as e:
+        p.error(f"--config: {e}")
+    labels = [c.label for c in args.configs]
+    if len(set(labels)) != len(labels):
+        p.error(f"--config: the same configuration twice ({labels})")
+    args.target_names = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = set(args.target_names) - set(TARGETS)
+    if unknown or not args.target_names:
+        p.error(f"--targets: unknown {sorted(unknown)}; choose from {', '.join(TARGETS)}")
+    if args.requests < 1 or args.max_seconds <= 0 or args.warmup < 0:
+        p.error("need --requests >= 1, --max-seconds > 0, --warmup >= 0")
+    for path in args.image:
+        if not path.is_file():
+            p.error(f"--image {path}: no such file")
+    for size in args.generated:
+        if not re.fullmatch(r"\d+x\d+", size.lower()) or min(map(int, size.lower().split("x"))) < 1:
+            p.error(f"--generated {size}: expected WxH, e.g. 640x480")
+    return args
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")  # so the finally blocks stop the server
+
+
+def link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    from client.server import ServerFailed, TritonServer
+    from export.torchscript import read_metadata
+
+    command = shlex.join(["python", "-m", "benchmarks.sweep",
+                          *(sys.argv[1:] if argv is None else argv)])
+    machine = machine_info()
+    print(f"command: {command}")
+    print(f"machine: {machine['cpu_count']} CPUs ({machine['usable_cpus']} usable), "
+          f"{machine['cpu_model']}; torch {machine['torch']}; python {machine['python']}")
+    print("load average at start: " + " ".join(f"{v:.2f}" for v in machine["loadavg_start"]),
+          flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    images = load_images(args.image) if args.image else []
+    images += generated_images(args.generated or ([] if args.image else ["640x480"]))
+    scratch = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
+    points: list[Point] = []
+    failures: dict[str, str] = {}
+    try:
+        source = prepare_repository(args, scratch)
+        meta = read_metadata(model_file(source.path))
+        for note in source.notes:
+            print(f"note: {note}")
+        print(f"model: {meta.source}, resize shortest edge {meta.min_size}, longest <= "
+              f"{meta.max_size}; repository {source.path}")
+        print(f"images: {', '.join(i.name for i in images)}")
+        print(f"configurations: {'; '.join(c.label for c in args.configs)}; concurrency "
+              f"{','.join(map(str, args.concurrency))}; targets {','.join(args.target_names)}; "
+              f"{args.requests} requests or {args.max_seconds:.0f} s per point", flush=True)
+        for index, config in enumerate(args.configs):
+            repo = scratch / f"repository-{index}"
+            shutil.copytree(source.path, repo, copy_function=link_or_copy,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+            for model, options in config.tunings():
+                # tune replaces each config file (a new inode): the hard-linked source
+                # repository is never modified.
+                tune(repo, model, options)
+            log = args.out / f"triton-{index}.log"
+            server = TritonServer(repo, log=log)
+            print(f"\n[{index + 1}/{len(args.configs)}] {config.label}: starting tritonserver ...",
+                  flush=True)
+            started = time.perf_counter()
+            try:
+                server.start()
+                print(f"  ready in {time.perf_counter() - started:.0f} s (log {log})", flush=True)
+                import tritonclient.grpc as grpcclient
+
+                with grpcclient.InferenceServerClient(server.grpc_url) as sync:
+                    pipe_batch = sync.get_model_config(PIPELINE_NAME).config.max_batch_size > 0
+                    ens_batch = sync.get_model_config(ENSEMBLE_NAME).config.max_batch_size > 0
+                targets = build_targets(args.target_names, images, meta, pipe_batch, ens_batch)
+                points += asyncio.run(measure_config(server, config, targets,
+                                                     list(args.concurrency), args))
+            except (ServerFailed, RuntimeError) as e:
+                failures[config.label] = str(e)[:2000]
+                print(f"  FAILED: {str(e)[:2000]}", file=sys.stderr, flush=True)
+            finally:
+                server.stop()
+                shutil.rmtree(repo, ignore_errors=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    repository_hint = str(args.repository) if args.repository else "REPO"
+    summary = print_results(points, args.configs, list(args.concurrency),
+                            args.latency_budget_ms, repository_hint)
+    loadavg_end = os.getloadavg()
+    print("\nload average at end: " + " ".join(f"{v:.2f}" for v in loadavg_end))
+    for label, message in failures.items():
+        print(f"FAILED configuration {label}: {message.splitlines()[0]}")
+    write_csv(points, args.out / "sweep.csv")
+    report = {"command": command, "machine": machine, "loadavg_end": loadavg_end,
+              "model": {"min_size": meta.min_size, "max_size": meta.max_size,
+                        "source": meta.source, "extra": meta.extra},
+              "images": [{"name": i.name, "bytes": len(i.data)} for i in images],
+              "configs": [asdict(c) | {"label": c.label} for c in args.configs],
+              "concurrency": list(args.concurrency), "requests": args.requests,
+              "max_seconds": args.max_seconds, "latency_budget_ms": args.latency_budget_ms,
+              "points": [asdict(p) for p in points], "failures": failures, **summary}
+    (args.out / "sweep.json").write_text(json.dumps(report, indent=2, default=str))
+    written = [args.out / "sweep.csv", args.out / "sweep.json"]
+    if not args.no_plot and points:
+        title = (f"{meta.source}, input {meta.min_size}/{meta.max_size} px, "
+                 f"{machine['usable_cpus']} CPUs ({machine['cpu_model']}), "
+                 f"images: {', '.join(i.name for i in images)}; load "
+                 f"{machine['loadavg_start'][0]:.1f}->{loadavg_end[0]:.1f}")
+        plot(points, args.configs, args.out / "sweep.png", title, args.latency_budget_ms)
+        written.append(args.out / "sweep.png")
+    print("written: " + ", ".join(str(p) for p in written))
+    return 1 if failures or not points else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as e:  # the server is stopped by then (finally)
+        print(f"\ninterrupted ({e or 'Ctrl-C'}); server stopped", file=sys.stderr)
+        sys.exit(130)
