@@ -23,7 +23,7 @@ from bls.config import int_parameter
 from bls.drift import COUNT_EDGES, SCORE_EDGES, DriftMonitor, DriftSettings
 from bls.errors import InvalidInput
 
-SCORE_BUCKETS = [float(v) for v in SCORE_EDGES[1:]]
+SCORE_BUCKETS = [round(float(v), 2) for v in SCORE_EDGES[1:]]  # le="0.3", not 0.30000000000000004
 DETECTION_BUCKETS = [float(v) for v in COUNT_EDGES[1:-1] - 1] + [100.0]  # le=0,1,2,4,...
 LATENCY_BUCKETS_MS = [50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0]
 LATENCY_WINDOW = 1000  # requests kept for latency percentiles
