@@ -57,8 +57,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.pipeline import (Repository, fmt_bytes, load_images, machine_info, model_file,
-                                 table, verdict)
+from benchmarks.pipeline import (Repository, begin, check_images, fmt_bytes, load_images,
+                                 model_file, table, verdict)
 from bls.contract import PIPELINE_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -789,32 +789,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("need --requests >= 1 and --concurrency >= 2 (one per protocol at least)")
     if args.warmup < 0 or args.dense_every < 0 or args.sample_every <= 0 or args.max_seconds <= 0:
         p.error("need --warmup >= 0, --dense-every >= 0, --sample-every > 0, --max-seconds > 0")
-    for path in args.image:
-        if not path.is_file():
-            p.error(f"--image {path}: no such file")
+    check_images(p, args.image)
     return args
-
-
-def _terminate(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")  # so the finally blocks stop the server
 
 
 def main(argv: list[str] | None = None) -> int:
     from client.server import ServerFailed, TritonServer
 
     args = parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    command = shlex.join(["python", "-m", "benchmarks.load",
-                          *(sys.argv[1:] if argv is None else argv)])
-    machine = machine_info()
+    previous = signal.getsignal(signal.SIGTERM)
+    command, machine = begin("benchmarks.load", argv)
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    print(f"command: {command}")
-    print(f"date: {started}")
-    print(f"machine: {machine['cpu_count']} CPUs ({machine['usable_cpus']} usable), "
-          f"{machine['cpu_model']}; torch {machine['torch']}; numpy {machine['numpy']}; "
-          f"python {machine['python']}")
-    print("load average at start: " + " ".join(f"{v:.2f}" for v in machine["loadavg_start"]),
-          flush=True)
+    print(f"date: {started}", flush=True)
 
     images = all_images(args.image)
     parameter_sets = [dict(p) for p in PARAMETER_SETS] + [dict(DENSE_PARAMETERS)]

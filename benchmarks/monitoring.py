@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import shutil
 import statistics
 import sys
@@ -26,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.pipeline import (REQUEST_TIMEOUT_S, grpc_bytes_input, load_images,
-                                 machine_info, prepare_repository, rotated, stats_ms, table,
-                                 verdict)
+from benchmarks.pipeline import (REQUEST_TIMEOUT_S, begin, check_images, grpc_bytes_input,
+                                 load_images, model_file, prepare_repository, rotated,
+                                 stats_ms, table, verdict)
 from bls.contract import MONITORING_NAME, MONITORING_OUTPUT, PIPELINE_NAME, PIPELINE_OUTPUTS
 from bls.policy import POLICY_PARAMETER
 
@@ -134,13 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.iterations < 1 or args.warmup < 0:
         p.error("need --iterations >= 1 and --warmup >= 0")
 
+    check_images(p, args.image)
     from client.server import TritonServer
-    from benchmarks.pipeline import model_file
 
-    print("command: " + shlex.join(["python", "-m", "benchmarks.monitoring", *(argv or sys.argv[1:])]))
-    info = machine_info()
-    print(f"machine: {info['usable_cpus']} CPUs, {info['cpu_model']}; torch {info['torch']}; "
-          f"load average {' '.join(f'{v:.2f}' for v in info['loadavg_start'])}")
+    _, info = begin("benchmarks.monitoring", argv)
     images = load_images(args.image)
     scratch = Path(tempfile.mkdtemp(prefix="bench-monitoring-"))
     try:

@@ -634,21 +634,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.iterations < 1 or args.warmup < 0 or args.mask_repeats < 1:
         p.error("need --iterations >= 1, --warmup >= 0, --mask-repeats >= 1")
-    for path in args.image:
-        if not path.is_file():
-            p.error(f"--image {path}: no such file")
+    check_images(p, args.image)
     return args
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")  # so the finally blocks stop the server
+def raise_on_sigterm(signum, frame):
+    """SIGTERM handler for the benchmark scripts: end like Ctrl-C, so the finally blocks
+    stop the server they started."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    command = shlex.join(["python", "-m", "benchmarks.pipeline",
-                          *(sys.argv[1:] if argv is None else argv)])
+def check_images(parser: argparse.ArgumentParser, paths: list[Path]) -> None:
+    """Refuse an --image that is not a file (argparse's error, status 2)."""
+    for path in paths:
+        if not path.is_file():
+            parser.error(f"--image {path}: no such file")
+
+
+def begin(module: str, argv: list[str] | None) -> tuple[str, dict]:
+    """Every benchmark's opening: SIGTERM handled, then the command, the machine and the
+    load average printed. -> (the command line, machine_info())."""
+    signal.signal(signal.SIGTERM, raise_on_sigterm)
+    command = shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
     machine = machine_info()
     print(f"command: {command}")
     print(f"machine: {machine['cpu_count']} CPUs ({machine['usable_cpus']} usable), "
@@ -656,6 +663,12 @@ def main(argv: list[str] | None = None) -> int:
           f"threads here; numpy {machine['numpy']}; python {machine['python']}")
     print("load average at start: " + " ".join(f"{v:.2f}" for v in machine["loadavg_start"]),
           flush=True)
+    return command, machine
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command, machine = begin("benchmarks.pipeline", argv)
     report = {"command": command, "machine": machine,
               "targets": {"overhead_max": OVERHEAD_TARGET, "mask_speedup_min": MASK_SPEEDUP_TARGET,
                           "bytes_ratio_min": BYTES_RATIO_TARGET}}

@@ -38,9 +38,7 @@ import argparse
 import gc
 import json
 import os
-import shlex
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -49,8 +47,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.pipeline import (REQUEST_TIMEOUT_S, BenchImage, grpc_bytes_input, load_images,
-                                 machine_info, model_file, prepare_repository, rotated, table)
+from benchmarks.pipeline import (REQUEST_TIMEOUT_S, BenchImage, check_images, grpc_bytes_input,
+                                 load_images, model_file, prepare_repository, rotated, begin,
+                                 table)
 from benchmarks.sweep import answered, generated_images, model_statistics
 from bls import image as image_ops
 from bls import masks as mask_ops
@@ -343,9 +342,7 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         p.error("need --repeats >= 1 and --warmup >= 0")
-    for path in args.image:
-        if not path.is_file():
-            p.error(f"--image {path}: no such file")
+    check_images(p, args.image)
     try:
         args.thread_counts = [int(v) for v in args.threads.split(",") if v.strip()]
     except ValueError:
@@ -355,22 +352,9 @@ def parse_args(argv):
     return args
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    command = shlex.join(["python", "-m", "benchmarks.stages",
-                          *(sys.argv[1:] if argv is None else argv)])
-    machine = machine_info()
-    print(f"command: {command}")
-    print(f"machine: {machine['cpu_count']} CPUs ({machine['usable_cpus']} usable), "
-          f"{machine['cpu_model']}; torch {machine['torch']} ({machine['torch_threads']} threads "
-          f"by default); python {machine['python']}")
-    print("load average at start: " + " ".join(f"{v:.2f}" for v in machine["loadavg_start"]),
-          flush=True)
+    command, machine = begin("benchmarks.stages", argv)
     images = load_images(args.image) if args.image else []
     images += generated_images(args.generated or ([] if args.image else ["640x480", "3361x2521"]))
     threads = args.thread_counts or list(range(1, machine["usable_cpus"] + 1))

@@ -43,7 +43,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -53,8 +52,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.pipeline import (REQUEST_TIMEOUT_S, BenchImage, grpc_bytes_input, load_images,
-                                 machine_info, model_file, prepare_repository, rotated, table)
+from benchmarks.pipeline import (REQUEST_TIMEOUT_S, BenchImage, check_images, grpc_bytes_input,
+                                 load_images, model_file, prepare_repository, rotated, begin,
+                                 table)
 from bls.contract import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, PIPELINE_NAME,
                           POSTPROCESS_NAME, PREPROCESS_NAME)
 from export.tune import TuneOptions, tune
@@ -636,17 +636,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--targets: unknown {sorted(unknown)}; choose from {', '.join(TARGETS)}")
     if args.requests < 1 or args.max_seconds <= 0 or args.warmup < 0:
         p.error("need --requests >= 1, --max-seconds > 0, --warmup >= 0")
-    for path in args.image:
-        if not path.is_file():
-            p.error(f"--image {path}: no such file")
+    check_images(p, args.image)
     for size in args.generated:
         if not re.fullmatch(r"\d+x\d+", size.lower()) or min(map(int, size.lower().split("x"))) < 1:
             p.error(f"--generated {size}: expected WxH, e.g. 640x480")
     return args
-
-
-def _terminate(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")  # so the finally blocks stop the server
 
 
 def link_or_copy(src, dst):
@@ -658,18 +652,10 @@ def link_or_copy(src, dst):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
     from client.server import ServerFailed, TritonServer
     from export.torchscript import read_metadata
 
-    command = shlex.join(["python", "-m", "benchmarks.sweep",
-                          *(sys.argv[1:] if argv is None else argv)])
-    machine = machine_info()
-    print(f"command: {command}")
-    print(f"machine: {machine['cpu_count']} CPUs ({machine['usable_cpus']} usable), "
-          f"{machine['cpu_model']}; torch {machine['torch']}; python {machine['python']}")
-    print("load average at start: " + " ".join(f"{v:.2f}" for v in machine["loadavg_start"]),
-          flush=True)
+    command, machine = begin("benchmarks.sweep", argv)
     args.out.mkdir(parents=True, exist_ok=True)
     images = load_images(args.image) if args.image else []
     images += generated_images(args.generated or ([] if args.image else ["640x480"]))
