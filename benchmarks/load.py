@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.pipeline import (Repository, begin, check_images, fmt_bytes, load_images,
-                                 model_file, table, verdict)
+                                 model_file, run_main, table, verdict, write_json)
 from bls.contract import PIPELINE_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -846,16 +846,9 @@ def main(argv: list[str] | None = None) -> int:
     print("  load average at end: " + " ".join(f"{v:.2f}" for v in report["loadavg_end"]))
     passed = sum(report["verdicts"].values())
     print(f"goals: {passed}/{len(report['verdicts'])} PASS")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str))
-        print(f"figures written to {args.json}")
+    write_json(args.json, report)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt as e:  # the server is stopped by then (finally)
-        print(f"\ninterrupted ({e or 'Ctrl-C'}); server stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

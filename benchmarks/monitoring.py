@@ -27,7 +27,7 @@ import numpy as np
 
 from benchmarks.pipeline import (REQUEST_TIMEOUT_S, begin, check_images, grpc_bytes_input,
                                  load_images, model_file, prepare_repository, rotated,
-                                 stats_ms, table, verdict)
+                                 run_main, stats_ms, table, verdict, write_json)
 from bls.contract import MONITORING_NAME, MONITORING_OUTPUT, PIPELINE_NAME, PIPELINE_OUTPUTS
 from bls.policy import POLICY_PARAMETER
 
@@ -165,9 +165,7 @@ def main(argv: list[str] | None = None) -> int:
           "do not)")
     print(f"  monitoring recorded {report['events_recorded']} of {report['events_sent']} "
           f"events sent")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": info, **report}, indent=2, default=str))
+    write_json(args.json, {"machine": info, **report})
     ok = all(abs(r["paired_median"]) <= TARGET and r["answers_equal"]
              for r in report["images"].values())
     ok = ok and report["events_recorded"] >= report["events_sent"]
@@ -176,4 +174,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

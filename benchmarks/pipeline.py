@@ -666,6 +666,24 @@ def begin(module: str, argv: list[str] | None) -> tuple[str, dict]:
     return command, machine
 
 
+def write_json(path: Path | None, report: dict) -> None:
+    """--json: the report as JSON (anything not JSON, such as paths, as its text)."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2, default=str))
+        print(f"numbers written to {path}")
+
+
+def run_main(main) -> None:
+    """A benchmark's ``__main__``: exit with main()'s status, or 130 after Ctrl-C or
+    SIGTERM (raise_on_sigterm), by which time its finally blocks stopped the server."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as e:
+        print(f"\ninterrupted ({e or 'Ctrl-C'}); server stopped", file=sys.stderr)
+        sys.exit(130)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command, machine = begin("benchmarks.pipeline", argv)
@@ -729,16 +747,9 @@ def main(argv: list[str] | None = None) -> int:
     report["loadavg_end"] = os.getloadavg()
     print("\nload average at end: " + " ".join(f"{v:.2f}" for v in report["loadavg_end"]))
     print(f"goals: {sum(verdicts)}/{len(verdicts)} PASS")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str))
-        print(f"numbers written to {args.json}")
+    write_json(args.json, report)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt as e:  # the server is stopped by then (finally)
-        print(f"\ninterrupted ({e or 'Ctrl-C'}); server stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

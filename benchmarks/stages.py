@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import shutil
 import statistics
@@ -49,7 +48,7 @@ import numpy as np
 
 from benchmarks.pipeline import (REQUEST_TIMEOUT_S, BenchImage, check_images, grpc_bytes_input,
                                  load_images, model_file, prepare_repository, rotated, begin,
-                                 table)
+                                 run_main, table, write_json)
 from benchmarks.sweep import answered, generated_images, model_statistics
 from bls import image as image_ops
 from bls import masks as mask_ops
@@ -455,16 +454,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     report["loadavg_end"] = os.getloadavg()
     print("\nload average at end: " + " ".join(f"{v:.2f}" for v in report["loadavg_end"]))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str))
-        print(f"numbers written to {args.json}")
+    write_json(args.json, report)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt as e:
-        print(f"\ninterrupted ({e or 'Ctrl-C'}); server stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

@@ -54,7 +54,7 @@ import numpy as np
 
 from benchmarks.pipeline import (REQUEST_TIMEOUT_S, BenchImage, check_images, grpc_bytes_input,
                                  load_images, model_file, prepare_repository, rotated, begin,
-                                 table)
+                                 run_main, table)
 from bls.contract import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, PIPELINE_NAME,
                           POSTPROCESS_NAME, PREPROCESS_NAME)
 from export.tune import TuneOptions, tune
@@ -736,8 +736,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt as e:  # the server is stopped by then (finally)
-        print(f"\ninterrupted ({e or 'Ctrl-C'}); server stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)
