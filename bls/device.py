@@ -21,11 +21,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pycocotools import mask as mask_utils
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from bls import image as image_ops
-from bls.masks import MASK_THRESHOLD, _counts
+from bls.masks import MASK_THRESHOLD, encode_runs
 from bls.metadata import ModelMetadata
 
 # Bound on the float32 grid_sample output per chunk, as detectron2's GPU_MEM_LIMIT.
@@ -105,9 +104,7 @@ def encode_rle(pasted: torch.Tensor) -> list[bytes]:
     columns = pasted.transpose(1, 2).reshape(n, -1).to(torch.int8)
     edges = torch.diff(F.pad(columns, (1, 1)), dim=1).nonzero()  # rises and falls, in order
     owner, position = edges[:, 0].cpu().numpy(), edges[:, 1].cpu().numpy()
-    uncompressed = [{"size": [height, width], "counts": c}
-                    for c in _counts(position, owner, n, height * width)]
-    return [r["counts"] for r in mask_utils.frPyObjects(uncompressed, height, width)]
+    return encode_runs(position, owner, n, height, width)
 
 
 def dense(pasted: torch.Tensor) -> np.ndarray:

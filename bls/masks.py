@@ -158,14 +158,19 @@ def encode_rle(masks: np.ndarray, boxes: np.ndarray, height: int, width: int,
     row = np.where(b > a, np.ceil(y), np.floor(y) + 1)  # run start / exclusive end
     # detectron2 pastes inside the box widened by a pixel; nothing outside it is set.
     row = np.clip(row, np.maximum(np.floor(y1) - 1, 0), np.minimum(np.ceil(y2) + 1, height))
-    position = x[col] * height + row.astype(np.int64)
-    total = height * width
+    return encode_runs(x[col] * height + row.astype(np.int64), who, n, height, width)
+
+
+def encode_runs(position: np.ndarray, owner: np.ndarray, n: int, height: int, width: int
+                ) -> list[bytes]:
+    """Run boundaries (as for run_counts) -> COCO compressed RLE counts of n masks of
+    height x width. Shared by encode_rle and the device path (bls/device.py)."""
     uncompressed = [{"size": [height, width], "counts": c}
-                    for c in _counts(position, who, n, total)]
+                    for c in run_counts(position, owner, n, height * width)]
     return [r["counts"] for r in mask_utils.frPyObjects(uncompressed, height, width)]
 
 
-def _counts(position: np.ndarray, owner: np.ndarray, n: int, total: int) -> list[np.ndarray]:
+def run_counts(position: np.ndarray, owner: np.ndarray, n: int, total: int) -> list[np.ndarray]:
     """Run boundaries -> uncompressed COCO RLE counts of each of n masks.
 
     position int64 [2R]: flat column-major [start0, end0, start1, end1, ...] of R runs,

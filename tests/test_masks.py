@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 
-from bls.masks import _counts, dense_masks, encode_rle, paste_windows
+from bls.masks import dense_masks, encode_rle, paste_windows, run_counts
 
 
 def grid_sample_paste(masks: np.ndarray, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -123,7 +123,7 @@ def test_rle_joins_runs_across_columns_of_a_full_height_box():
     expected = [r["counts"] for r in mask_utils.encode(np.asfortranarray(dense.transpose(1, 2, 0)))]
     assert encode_rle(masks, boxes, height, width) == expected
     assert dense[0].all() and dense[1][:, :2].sum() == 0 and dense[1][:, 2:].all()
-    counts = _counts(np.array([0, 6, 6, 12, 18, 24, 3, 5]), np.array([0] * 6 + [2] * 2), 3, 24)
+    counts = run_counts(np.array([0, 6, 6, 12, 18, 24, 3, 5]), np.array([0] * 6 + [2] * 2), 3, 24)
     assert [c.tolist() for c in counts] == [[0, 12, 6, 6], [24], [3, 2, 19]]
 
 
