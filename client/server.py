@@ -30,18 +30,21 @@ def free_ports(count: int) -> list[int]:
         return [s.getsockname()[1] for s in socks]
 
 
-def live_members(pgid: int) -> list[int]:
-    """Pids of process group ``pgid`` that are not zombies (from /proc)."""
-    pids = []
+def live_processes():
+    """(pid, ppid, pgrp) of every process that is not a zombie, from /proc."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             # "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after ')'
             fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+        except OSError:  # gone meanwhile
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            pids.append(int(stat.parent.name))
-    return pids
+        if fields[0] != "Z":
+            yield int(stat.parent.name), int(fields[1]), int(fields[2])
+
+
+def live_members(pgid: int) -> list[int]:
+    """Pids of process group ``pgid`` that are not zombies."""
+    return [pid for pid, _, group in live_processes() if group == pgid]
 
 
 def remove_shm_regions(run_triton_pid: int) -> list[Path]:

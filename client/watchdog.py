@@ -22,6 +22,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from client.server import live_processes
+
 STUB = b"triton_python_backend_stub"
 
 
@@ -29,17 +31,16 @@ def stubs(server_pid: int) -> dict[str, set[int]]:
     """Live stub processes of ``server_pid`` by model name (the model directory of the
     model.py each stub runs)."""
     found: dict[str, set[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for pid, ppid, _ in live_processes():
+        if ppid != server_pid:
+            continue
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) != server_pid or fields[0] == "Z":
-                continue
-            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile
             continue
         if argv and argv[0].endswith(STUB) and len(argv) > 1:
             model = Path(argv[1].decode()).parent.parent.name
-            found.setdefault(model, set()).add(int(stat.parent.name))
+            found.setdefault(model, set()).add(pid)
     return found
 
 
