@@ -57,6 +57,8 @@ from benchmarks.pipeline import (REQUEST_TIMEOUT_S, BenchImage, check_images, gr
                                  run_main, table)
 from bls.contract import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, PIPELINE_NAME,
                           POSTPROCESS_NAME, PREPROCESS_NAME)
+from bls.metrics import DURATION_METRIC, OUTCOMES, REQUESTS_METRIC, STAGES
+from client.metrics import scrape, value
 from export.tune import TuneOptions, tune
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,6 +69,7 @@ TARGETS = {"bls": PIPELINE_NAME, "ensemble": ENSEMBLE_NAME, "bare": MODEL_NAME}
 PATHS = {"bls": (PIPELINE_NAME, MODEL_NAME),
          "ensemble": (PREPROCESS_NAME, MODEL_NAME, POSTPROCESS_NAME),
          "bare": (MODEL_NAME,)}
+STAGES_KEY = "pipeline_bls stages"  # Point.breakdown key of stage_means()
 EQUAL_WITHIN = 0.03  # |bls / ensemble - 1| below this reads as "equal within noise"
 SPEC = re.compile(r"^(?P<m>\d+)x(?P<t>\d+)(?::(?P<b>\d+))?(?P<extra>(?:,[a-z]+=\d+)*)$")
 EXTRA_KEYS = {"workers": "worker_threads", "delay": "delay_us", "batch": "max_batch_size",
@@ -263,6 +266,20 @@ def statistics_delta(before: dict, after: dict, models) -> dict[str, dict[str, f
     return delta
 
 
+def stage_means(before: dict, after: dict) -> dict[str, float]:
+    """pipeline_bls's own request metrics (bls/metrics.py) between two scrapes: requests
+    counted and the mean ms per request of each stage. Triton's statistics cannot give
+    this: they end when pipeline_bls's execute returns, before its answers are sent."""
+    n = sum(value(after, REQUESTS_METRIC, outcome=o) - value(before, REQUESTS_METRIC, outcome=o)
+            for o in OUTCOMES)
+    out = {"requests": n}
+    for stage in STAGES:
+        spent = value(after, DURATION_METRIC, stage=stage) - value(before, DURATION_METRIC,
+                                                                    stage=stage)
+        out[f"{stage}_ms"] = spent / n / 1000 if n else 0.0
+    return out
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -327,6 +344,10 @@ class Point:
         out = {k: v for k, v in asdict(self).items()
                if k not in ("breakdown", "error_messages", "latencies_ms")}
         for model, values in self.breakdown.items():
+            if model == STAGES_KEY:
+                out.update({f"bls_{k}": round(v, 2) for k, v in values.items()
+                            if k.endswith("_ms")})
+                continue
             for key in ("queue_ms", "compute_ms"):
                 out[f"{model}_{key}"] = round(values[key], 2)
             if model == PIPELINE_NAME:
@@ -357,12 +378,17 @@ async def measure_config(server, config: SweepConfig, targets: list[Target],
             for target in rotated(targets, i):
                 load = os.getloadavg()[0]
                 before = model_statistics(await client.get_inference_statistics())
+                scraped = await asyncio.to_thread(scrape, server.metrics_url)
                 cpu0, client0 = group_cpu_seconds(pgid), time.process_time()
                 run = await closed_loop(client, target, c, args.requests, args.max_seconds,
                                         args.timeout, first=i)
                 cpu1, client1 = group_cpu_seconds(pgid), time.process_time()
                 after = await settled_statistics(
                     client, target.model, answered(before, target.model) + run["issued"])
+                breakdown = statistics_delta(before, after, PATHS[target.name])
+                if target.name == "bls":
+                    breakdown[STAGES_KEY] = stage_means(
+                        scraped, await asyncio.to_thread(scrape, server.metrics_url))
                 ms = [s * 1000 for s in run["latencies"]]
                 count, seconds = len(ms), max(run["seconds"], 1e-9)
                 point = Point(
@@ -376,7 +402,7 @@ async def measure_config(server, config: SweepConfig, targets: list[Target],
                     server_cpu_ms_per_image=(cpu1 - cpu0) * 1000 / count if count else float("nan"),
                     server_cpu_util=(cpu1 - cpu0) / seconds,
                     client_cpu_util=(client1 - client0) / seconds, loadavg_1m=load,
-                    breakdown=statistics_delta(before, after, PATHS[target.name]),
+                    breakdown=breakdown,
                     error_messages=run["errors"], latencies_ms=[round(v, 2) for v in ms])
                 points.append(point)
                 print(f"  {config.label} | {target.name:<8} c={c}: {point.throughput:.2f} img/s, "
@@ -409,11 +435,17 @@ def path_times(point: Point) -> dict[str, float]:
     rcnn = b.get(MODEL_NAME, {"queue_ms": 0.0, "compute_ms": 0.0})
     out = {"rcnn_queue": rcnn["queue_ms"], "rcnn_compute": rcnn["compute_ms"]}
     if point.target == "bls":
-        bls = b[PIPELINE_NAME]
-        # pipeline_bls's compute time includes its BLS call (mask_rcnn's queue + compute).
-        out["python"] = max(bls["compute_ms"] - rcnn["queue_ms"] - rcnn["compute_ms"], 0.0)
-        out["entry_queue"] = bls["queue_ms"]
+        bls, stages = b[PIPELINE_NAME], b.get(STAGES_KEY, {})
+        # Its own metrics: prepare and finish include waiting for a worker thread; "model"
+        # is the BLS call, mask_rcnn's queue and compute plus the IPC both ways. Triton's
+        # compute time for pipeline_bls is execute's, which only waits while the instance
+        # holds max_in_flight_requests: entry queue.
+        out["python"] = stages.get("prepare_ms", 0.0) + stages.get("finish_ms", 0.0)
+        out["bls_call"] = stages.get("model_ms", 0.0)
+        out["entry_queue"] = bls["queue_ms"] + bls["compute_ms"]
         out["batch"] = bls["batch"]
+        out["server"] = out["entry_queue"] + stages.get("total_ms", 0.0)
+        return out
     elif point.target == "ensemble":
         pre, post = b[PREPROCESS_NAME], b[POSTPROCESS_NAME]
         out["python"] = pre["compute_ms"] + post["compute_ms"]
@@ -436,10 +468,10 @@ def explain(bls: Point, ens: Point, bare: Point | None) -> str:
     parts.append(f"mask_rcnn compute {a['rcnn_compute']:.0f} vs {e['rcnn_compute']:.0f} ms/img "
                  f"({share:.0%} of bls server time)")
     parts.append(f"Python stages {a['python']:.0f} vs {e['python']:.0f} ms/img")
-    if a.get("batch", 1.0) > 1.05:
-        parts.append(f"pipeline_bls ran batches of {a['batch']:.1f} on average and answers a "
-                     f"batch together, so its 'Python' time holds the wait for the batch's "
-                     f"other model calls")
+    hop = a.get("bls_call", 0.0) - a["rcnn_queue"] - a["rcnn_compute"]
+    if a.get("bls_call"):
+        parts.append(f"pipeline_bls's mask_rcnn call adds {hop:.0f} ms/img beyond the model's "
+                     f"queue and compute (BLS IPC)")
     if a["rcnn_queue"] > 0.1 * a["server"] or e["rcnn_queue"] > 0.1 * e["server"]:
         parts.append(f"waiting for a mask_rcnn instance {a['rcnn_queue']:.0f} vs "
                      f"{e['rcnn_queue']:.0f} ms")
@@ -494,11 +526,11 @@ def print_results(points: list[Point], configs: list[SweepConfig], concurrency: 
         print(table(["configuration", "conc", "bls img/s", "ensemble img/s", "bare img/s",
                      "bls vs ens", ""], rows, left=1))
         print("  (~: MISS within noise, under ±3 %)")
-        print("\n  where the time goes, per image, server side, ms (Triton statistics). python: "
-              "ensemble = preprocess + postprocess compute;\n  bls = pipeline_bls compute "
-              "minus its own mask_rcnn call, i.e. its Python work plus, in a batch (bls batch "
-              "> 1), waiting\n  for the other requests' model calls. entry queue: waiting "
-              "for a pipeline_bls / preprocess+postprocess instance (and the batching delay).")
+        print("\n  where the time goes, per image, server side, ms. python: ensemble = "
+              "preprocess + postprocess compute (Triton statistics);\n  bls = prepare + "
+              "finish from pipeline_bls's own metrics (pipeline_request_duration_us), worker-"
+              "thread waits included.\n  entry queue: waiting for a pipeline_bls (or a "
+              "preprocess/postprocess) instance, the batching delay included.")
         rows = []
         for config in configs:
             for c in concurrency:

@@ -24,6 +24,9 @@ refuses, naming the option and its value, when it means something nowhere:
   parameter of that name (mask_rcnn's 1/model.py reads ``intra_op_threads``). 0 leaves
   torch's default.
 * ``--worker-threads``: the ``worker_threads`` parameter, read by pipeline_bls.
+* ``--max-in-flight``: ``max_in_flight_requests``, read by pipeline_bls: requests one
+  instance works on at once (default 2 x max_batch_size); beyond it they wait in
+  Triton's queue.
 
 Every config is validated (parsed and serialised with tritonclient's ModelConfig) before
 any file is written; then each file is replaced atomically, keeping its generated header
@@ -56,6 +59,7 @@ PARAMETERS = {
     "intra_op_threads": {"python": "intra_op_threads", "pytorch": "INTRA_OP_THREAD_COUNT"},
     "inter_op_threads": {"python": "inter_op_threads", "pytorch": "INTER_OP_THREAD_COUNT"},
     "worker_threads": {"python": "worker_threads"},
+    "max_in_flight": {"python": "max_in_flight_requests"},
 }
 PROCESS_GLOBAL = {"INTRA_OP_THREAD_COUNT", "INTER_OP_THREAD_COUNT"}
 MAIN_CONFIG = "config"  # --config-name for config.pbtxt; others name configs/<name>.pbtxt
@@ -79,6 +83,7 @@ class TuneOptions:
     intra_op_threads: int | None = None
     inter_op_threads: int | None = None
     worker_threads: int | None = None
+    max_in_flight: int | None = None
 
     def given(self) -> dict[str, object]:
         """The options set, by field name."""
@@ -203,7 +208,7 @@ def reads_parameter(model_dir: Path, name: str) -> bool:
 # --------------------------------------------------------------------------- rules
 def _check_values(options: TuneOptions) -> None:
     given = options.given()
-    for name in ("instances", "worker_threads"):
+    for name in ("instances", "worker_threads", "max_in_flight"):
         if name in given and getattr(options, name) < 1:
             raise TuneError(f"{describe(name, given[name])}: must be at least 1")
     for name in ("max_batch_size", "max_queue_delay_us", "intra_op_threads", "inter_op_threads"):
@@ -461,6 +466,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch inter-op threads (libtorch backend; a runner that reads it)")
     p.add_argument("--worker-threads", type=int, metavar="N",
                    help="pipeline_bls decode/paste threads per instance")
+    p.add_argument("--max-in-flight", type=int, metavar="N",
+                   help="pipeline_bls requests in progress per instance (default 2 x max "
+                        "batch size)")
     p.add_argument("--dry-run", action="store_true", help="print the changes, write nothing")
 
 

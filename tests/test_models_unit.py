@@ -7,6 +7,7 @@ import pytest
 
 from bls.contract import (MODEL_INPUT, MODEL_NAME, ORIGINAL_SIZE, PIPELINE_INPUT,
                           PIPELINE_OUTPUTS, MaskFormat, model_outputs)
+from bls.metrics import DURATION_METRIC, REQUESTS_METRIC, STAGES
 from bls.request import RequestOptions
 from tests.triton_double import TRITONSERVER_MEMORY_CPU, TritonDouble, TritonError, model_config_dict
 
@@ -78,6 +79,12 @@ def test_a_batch_with_bad_requests_answers_each_on_its_own(double, pipeline_bls,
     assert call.requested_output_names == [s.name for s in model_outputs(28)]
     assert call.preferred_memory.preferred_memory_type == TRITONSERVER_MEMORY_CPU
     assert [t.name() for t in call.inputs()] == [MODEL_INPUT.name]
+    # Counted by outcome and timed by stage (Triton's statistics stop at execute's return).
+    assert double.metric(REQUESTS_METRIC, outcome="ok") == 2
+    assert double.metric(REQUESTS_METRIC, outcome="invalid") == 3
+    spent = {stage: double.metric(DURATION_METRIC, stage=stage) for stage in STAGES}
+    assert min(spent.values()) > 0
+    assert spent["total"] >= spent["prepare"] + spent["model"] + spent["finish"]
 
 
 def test_zero_detections_answer_empty(double, pipeline_bls, empty_image, torchscript, exported):
@@ -97,13 +104,15 @@ def test_model_failure_is_an_internal_error_naming_mask_rcnn(double, pipeline_bl
         raise RuntimeError("CUDA out of memory (simulated)")
 
     double.models[MODEL_NAME] = broken
-    requests = [double.request({PIPELINE_INPUT.name: as_bytes_tensor(images["scene.jpg"], True)})
-                for _ in range(2)]
-    for response in double.execute(pipeline_bls, requests):
+    def request():
+        return double.request({PIPELINE_INPUT.name: as_bytes_tensor(images["scene.jpg"], True)})
+
+    for response in double.execute(pipeline_bls, [request(), request()]):
         assert response.error().code() == TritonError.INTERNAL
         assert "mask_rcnn failed: CUDA out of memory (simulated)" in response.error().message()
+    assert double.metric(REQUESTS_METRIC, outcome="failed") == 2
     del double.models[MODEL_NAME]
-    [response] = double.execute(pipeline_bls, requests[:1])
+    [response] = double.execute(pipeline_bls, [request()])
     assert "Model 'mask_rcnn' is not ready" in response.error().message()
 
 
@@ -149,3 +158,32 @@ def test_a_cancelled_request_stops_before_the_model(double, pipeline_bls, images
     assert first.error().message() == "pipeline_bls: cancelled: before the mask_rcnn call"
     assert not second.has_error()
     assert len([c for c in double.calls if c.model_name == MODEL_NAME]) == 1
+    assert double.metric(REQUESTS_METRIC, outcome="cancelled") == 1
+    assert double.metric(REQUESTS_METRIC, outcome="ok") == 1
+
+
+def test_execute_returns_while_answers_run_up_to_max_in_flight(double, pipeline_bls, images):
+    """execute hands its requests to tasks and returns, so Triton can pass the instance
+    the next batch; with max_in_flight_requests unanswered, it waits for one to finish."""
+    import asyncio
+
+    async def scenario():
+        release, started = asyncio.Event(), []
+
+        async def respond(request):
+            started.append(request)
+            await release.wait()
+
+        pipeline_bls._respond = respond
+        pipeline_bls.max_answering = 2
+        request = lambda: double.request(  # noqa: E731
+            {PIPELINE_INPUT.name: as_bytes_tensor(images["scene.jpg"], True)})
+        assert await asyncio.wait_for(pipeline_bls.execute([request()]), 1) is None
+        held = asyncio.ensure_future(pipeline_bls.execute([request(), request()]))
+        await asyncio.sleep(0.05)
+        assert len(started) == 3 and not held.done()
+        release.set()
+        assert await asyncio.wait_for(held, 1) is None
+        assert not pipeline_bls.answering
+
+    asyncio.run(scenario())

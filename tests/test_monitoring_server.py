@@ -11,7 +11,6 @@ import queue
 import re
 import threading
 import time
-import urllib.request
 from collections import Counter
 
 import numpy as np
@@ -23,6 +22,7 @@ from bls.contract import (MODEL_NAME, MONITORING_INPUTS, MONITORING_NAME, MONITO
                           PIPELINE_INPUT, PIPELINE_NAME)
 from bls.policy import Reason, event_inputs
 from bls.request import RequestOptions
+from client.metrics import scrape, value
 from client.server import TritonServer
 from export.repository import assemble
 
@@ -78,20 +78,7 @@ def setup(exported, tmp_path_factory):
 
 
 def metrics(server) -> dict:
-    """Prometheus text -> {(name, frozenset(labels)): value}."""
-    with urllib.request.urlopen(server.metrics_url, timeout=10) as reply:
-        text = reply.read().decode()
-    values = {}
-    for line in text.splitlines():
-        match = re.match(r"^([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)$", line)
-        if match and not line.startswith("#"):
-            labels = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
-            values[(match.group(1), labels)] = float(match.group(3))
-    return values
-
-
-def value(values: dict, name: str, **labels) -> float:
-    return values.get((name, frozenset(labels.items())), 0.0)
+    return scrape(server.metrics_url)
 
 
 def wait_until(condition, timeout=60.0, what="condition"):

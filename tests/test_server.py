@@ -14,7 +14,9 @@ from tritonclient.utils import InferenceServerException
 
 from bls.contract import ENSEMBLE_NAME, PIPELINE_INPUT, PIPELINE_NAME, PIPELINE_OUTPUTS, MaskFormat
 from bls.metadata import ModelMetadata
+from bls.metrics import DURATION_METRIC, REQUESTS_METRIC, STAGES
 from bls.request import RequestOptions
+from client.metrics import scrape, value
 
 pytestmark = pytest.mark.server
 PROTOCOLS = {"http": httpclient, "grpc": grpcclient}
@@ -137,25 +139,37 @@ def _stats(client, model):
 
 def test_batch_with_one_bad_image_answers_the_neighbours(server, reference, images):
     """Four requests sent together meet in one pipeline_bls execute (the test repository
-    waits up to 200 ms to form a batch); the bad one fails alone."""
+    waits up to 200 ms to form a batch); the bad one fails alone, and first: each request
+    is answered when it is ready, not when its batch is."""
     _, client = connect(server, "grpc")
     with client:
         payloads = [images["scene.jpg"], b"GIF89a truncated", images["tall.png"],
                     images["gray.png"]]
         before = _stats(client, PIPELINE_NAME)
+        counted_before = scrape(server.metrics_url)
         answers: queue.Queue = queue.Queue()
         for i, data in enumerate(payloads):
             client.async_infer(PIPELINE_NAME, [image_input(grpcclient, data, True)],
                                callback=lambda result, error, i=i: answers.put((i, result, error)),
                                parameters={"score_threshold": 0.0})
-        results = dict((i, (r, e)) for i, r, e in (answers.get(timeout=300) for _ in payloads))
+        arrivals = [answers.get(timeout=300) for _ in payloads]
+        results = {i: (r, e) for i, r, e in arrivals}
         after = _stats(client, PIPELINE_NAME)
+        assert arrivals[0][0] == 1, f"answers arrived in order {[a[0] for a in arrivals]}"
         result, error = results[1]
         assert result is None and "input 'image': cannot be decoded" in error.message()
         for i in (0, 2, 3):
             result, error = results[i]
             assert error is None, error
             assert_matches(answer_of(result, True), reference(payloads[i], RequestOptions(0.0)))
+        # pipeline_bls's own counters tell the failure apart (Triton's say 4 successes).
+        counted = scrape(server.metrics_url)
+        for outcome, expected in (("ok", 3), ("invalid", 1)):
+            assert (value(counted, REQUESTS_METRIC, outcome=outcome)
+                    - value(counted_before, REQUESTS_METRIC, outcome=outcome)) == expected
+        spent = {stage: value(counted, DURATION_METRIC, stage=stage)
+                 - value(counted_before, DURATION_METRIC, stage=stage) for stage in STAGES}
+        assert spent["total"] >= spent["prepare"] + spent["model"] + spent["finish"] > 0
         executions, handled = after[0] - before[0], after[1] - before[1]
         assert handled == len(payloads)
         assert executions < len(payloads), \

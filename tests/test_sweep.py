@@ -75,6 +75,11 @@ def test_sweep_smoke_run(exported, tmp_path):
         for c in ("1", "2")}
     assert all(r["errors"] == "0" and r["answered"] == "2" for r in rows), rows
     assert all(float(r["throughput"]) > 0 for r in rows)
+    # pipeline_bls's stage times come from its own metrics, per request answered.
+    for r in (r for r in rows if r["target"] == "bls"):
+        stages = [float(r[f"bls_{s}_ms"]) for s in ("prepare", "model", "finish")]
+        assert min(stages) > 0 and float(r["bls_total_ms"]) >= sum(stages), r
+        assert float(r["bls_model_ms"]) >= float(r["mask_rcnn_compute_ms"]), r
     report = json.loads((out / "sweep.json").read_text())
     assert report["failures"] == {}
     assert report["recommendation"]["spec"] in ("1x1", "1x1:2,delay=1000")

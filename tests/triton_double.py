@@ -342,6 +342,10 @@ class TritonDouble:
         finally:
             sys.path.remove(str(version_dir))
         model = module.TritonPythonModel()
+        # Read by execute(): a non-decoupled model that returns None must have sent one
+        # final response per request through its senders, as the real stub insists.
+        model._double_decoupled = bool(
+            config.get("model_transaction_policy", {}).get("decoupled", False))
         model.initialize({
             "model_config": json.dumps(config), "model_name": config["name"],
             "model_repository": str(model_dir), "model_version": version,
@@ -357,18 +361,33 @@ class TritonDouble:
         return metric.value() if metric else 0.0
 
     @staticmethod
-    def execute(model, requests: list[InferenceRequest]) -> list[InferenceResponse]:
+    def execute(model, requests: list[InferenceRequest]) -> list[InferenceResponse] | None:
         """Run ``execute`` (plain or ``async def``) as the stub would. Tasks an async
-        execute leaves running (fire-and-forget BLS calls) are run to completion before
-        this returns, as the stub's long-lived event loop would run them."""
+        execute leaves running (fire-and-forget BLS calls, requests answered by their
+        response senders) are run to completion before this returns, as the stub's
+        long-lived event loop would run them.
+
+        Returns the responses execute returned; for a non-decoupled model whose execute
+        returned None, the one response each request's sender got (checked: exactly one,
+        with the final flag); None for a decoupled model (read its senders)."""
         result = model.execute(requests)
         if inspect.isawaitable(result):
             async def run_all(awaitable):
                 answer = await awaitable
-                others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-                await asyncio.gather(*others, return_exceptions=True)
-                return answer
+                while True:  # until quiet: a finished task may have started another
+                    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                    if not others:
+                        return answer
+                    await asyncio.gather(*others, return_exceptions=True)
             result = asyncio.run(run_all(result))
+        if result is None and not getattr(model, "_double_decoupled", True):
+            for i, request in enumerate(requests):
+                sent = request.sender.responses
+                if len(sent) != 1 or not request.sender.closed:
+                    raise AssertionError(
+                        f"request {i}: a non-decoupled model must send exactly one response "
+                        f"with the final flag; sent {len(sent)}, final={request.sender.closed}")
+            result = [request.sender.responses[0] for request in requests]
         if result is not None and len(result) != len(requests):
             raise AssertionError(f"execute answered {len(result)} responses "
                                  f"for {len(requests)} requests")

@@ -1,13 +1,19 @@
 """pipeline_bls: encoded image -> detections, calling mask_rcnn through BLS.
 
 A thin adapter over bls/: prepare (decode, resize) and finish (rescale, paste, encode)
-run in worker threads, the model call is an async BLS request, and the requests of one
-batch run concurrently. Each request is answered on its own: a bad one gets an
-INVALID_ARG error naming the input, its neighbours their detections.
+run in worker threads, the model call is an async BLS request. Each request is answered
+on its own, by its response sender, as soon as it is ready: a bad one gets an INVALID_ARG
+error naming the input, its neighbours their detections, and a small image does not wait
+for a large one batched with it. execute returns once its requests are started, so the
+next batch is decoded while this one is in mask_rcnn (the ensemble pipelines its steps
+across models the same way); max_in_flight_requests bounds what one instance holds, and
+beyond it requests wait in Triton's queue.
 
 When the monitoring policy (bls/policy.py) picks an answered request, an event goes to
 the decoupled monitoring model in a background task that the answer never waits for;
-what became of it is counted (pipeline_monitoring_calls_total{outcome}).
+what became of it is counted (pipeline_monitoring_calls_total{outcome}). Requests are
+counted by outcome and timed by stage (bls/metrics.py): Triton's own statistics for this
+model end when execute returns.
 """
 
 import asyncio
@@ -23,6 +29,7 @@ from bls.contract import (MODEL_INPUT, MODEL_NAME, MONITORING_NAME, MONITORING_O
                           PIPELINE_INPUT, PIPELINE_NAME)
 from bls.errors import Cancelled
 from bls.metadata import ModelMetadata
+from bls.metrics import RequestMetrics
 from bls.pipeline import finish, prepare
 from bls.policy import POLICY_PARAMETER, MonitoringCalls, MonitoringPolicy, event_inputs
 from bls.request import image_bytes, parse_options
@@ -54,46 +61,79 @@ class TritonPythonModel:
             self.device = device_ops.parse_device(params["device"])
         self.policy = MonitoringPolicy.from_json(params.get(POLICY_PARAMETER))
         self.monitoring_calls = MonitoringCalls(pb_utils)
+        self.metrics = RequestMetrics(pb_utils)
         self.in_flight = set()  # event tasks; strong references until they finish
+        self.answering = set()  # request tasks, likewise
+        self.max_answering = cfg.int_parameter(
+            params, "max_in_flight_requests", 2 * max(config.get("max_batch_size", 0), 1), 1)
 
     async def execute(self, requests):
-        return await asyncio.gather(*(self._answer(r) for r in requests))
+        for request in requests:
+            task = asyncio.get_running_loop().create_task(self._respond(request))
+            self.answering.add(task)
+            task.add_done_callback(self.answering.discard)
+        while len(self.answering) >= self.max_answering:
+            await asyncio.wait(set(self.answering), return_when=asyncio.FIRST_COMPLETED)
+        return None  # every request is answered by its own response sender
 
-    async def _answer(self, request):
-        loop = asyncio.get_running_loop()
+    async def _respond(self, request):
+        """Sends the request's one response (detections or its error), then the
+        monitoring event if the policy picks it."""
         start = time.perf_counter()
+        seconds, error = {}, None
         try:
-            tensor = pb_utils.get_input_tensor_by_name(request, PIPELINE_INPUT.name)
-            data = image_bytes(None if tensor is None else tensor.as_numpy())
-            options = parse_options(request.parameters(), self.meta.score_threshold)
-            if self.device is None:
-                prepared = await loop.run_in_executor(self.workers, prepare, data, self.meta,
-                                                      self.limits)
-                model_input, original_size = prepared.model_input, prepared.original_size
-                finish_on = finish
-            else:
-                model_input, original_size = await loop.run_in_executor(
-                    self.workers, self.device_ops.prepare, data, self.meta, self.limits,
-                    self.device)
-                finish_on = self.device_ops.finish
-            # A cancelled (or disconnected) client's request goes no further: the model
-            # call is the expensive part.
-            if request.is_cancelled():
-                raise Cancelled(f"before the {MODEL_NAME} call")
-            outputs = await self._call_model(model_input)
-            if request.is_cancelled():
-                raise Cancelled("before the postprocess")
-            answer = await loop.run_in_executor(self.workers, finish_on, outputs,
-                                                original_size, self.meta, options)
+            data, answer = await self._answer(request, seconds)
             response = output_response(pb_utils, answer, self.batched)
         except Exception as e:
-            return error_response(pb_utils, e, PIPELINE_NAME)
-        if self.policy.enabled:
+            answer, error, response = None, e, error_response(pb_utils, e, PIPELINE_NAME)
+        seconds["total"] = time.perf_counter() - start
+        try:  # before the send, so a client that has its answer reads it counted
+            self.metrics.record(error, seconds)
+        except Exception as e:  # never holds back the answer
+            pb_utils.Logger.log_warn(f"{PIPELINE_NAME}: request metrics not recorded: {e}")
+        try:
+            request.get_response_sender().send(
+                response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        except Exception as e:  # the client is gone; nobody is left to tell
+            pb_utils.Logger.log_warn(f"{PIPELINE_NAME}: response not sent: {e}")
+            return
+        if answer is not None and self.policy.enabled:
             try:
-                self._monitor(answer, (time.perf_counter() - start) * 1000, data)
+                self._monitor(answer, seconds["total"] * 1000, data)
             except Exception:  # monitoring never breaks an answer
                 self.monitoring_calls.count("failed")
-        return response
+
+    async def _answer(self, request, seconds):
+        """(image bytes, answer arrays) of one request; raises what its response says.
+        Each stage's wall time goes into ``seconds`` (bls/metrics.py)."""
+        loop = asyncio.get_running_loop()
+        mark = time.perf_counter()
+        tensor = pb_utils.get_input_tensor_by_name(request, PIPELINE_INPUT.name)
+        data = image_bytes(None if tensor is None else tensor.as_numpy())
+        options = parse_options(request.parameters(), self.meta.score_threshold)
+        if self.device is None:
+            prepared = await loop.run_in_executor(self.workers, prepare, data, self.meta,
+                                                  self.limits)
+            model_input, original_size = prepared.model_input, prepared.original_size
+            finish_on = finish
+        else:
+            model_input, original_size = await loop.run_in_executor(
+                self.workers, self.device_ops.prepare, data, self.meta, self.limits,
+                self.device)
+            finish_on = self.device_ops.finish
+        seconds["prepare"], mark = time.perf_counter() - mark, time.perf_counter()
+        # A cancelled (or disconnected) client's request goes no further: the model call
+        # is the expensive part.
+        if request.is_cancelled():
+            raise Cancelled(f"before the {MODEL_NAME} call")
+        outputs = await self._call_model(model_input)
+        seconds["model"], mark = time.perf_counter() - mark, time.perf_counter()
+        if request.is_cancelled():
+            raise Cancelled("before the postprocess")
+        answer = await loop.run_in_executor(self.workers, finish_on, outputs, original_size,
+                                            self.meta, options)
+        seconds["finish"] = time.perf_counter() - mark
+        return data, answer
 
     def _monitor(self, answer, latency_ms, data):
         names = [n.decode() for n in answer["class_names"]]

@@ -1,0 +1,57 @@
+"""pipeline_bls's own request metrics, on Triton's metrics port beside the nv_* ones.
+
+Why they exist: pipeline_bls answers each request by its response sender after
+``execute`` has returned, so Triton's statistics for it (nv_inference_compute_infer_*,
+the statistics API) end at ``execute``'s return, not at the answer; and Triton 2.51 counts
+a per-request error response as a success. These counters say what really happened:
+
+  pipeline_requests_total{outcome}        ok | invalid | cancelled | failed
+  pipeline_request_duration_us{stage}     sums, in microseconds, per stage:
+      prepare  decode + resize (with the wait for a worker thread)
+      model    the mask_rcnn BLS call: its queue, its compute and the IPC both ways
+      finish   rescale, paste, encode (with the wait for a worker thread)
+      total    from the start of the request's task to its response, ready to send
+
+A stage's mean is its sum over the requests that reached it (``ok`` requests reached all
+of them). Counters only, as Triton's own duration metrics are: rates and means come from
+differences. ``pb_utils`` is passed in, so this imports without the backend.
+"""
+
+from __future__ import annotations
+
+from bls.errors import Cancelled, InvalidInput
+
+OUTCOMES = ("ok", "invalid", "cancelled", "failed")
+STAGES = ("prepare", "model", "finish", "total")
+REQUESTS_METRIC = "pipeline_requests_total"
+DURATION_METRIC = "pipeline_request_duration_us"
+
+
+def outcome_of(error: Exception | None) -> str:
+    if error is None:
+        return "ok"
+    if isinstance(error, InvalidInput):
+        return "invalid"
+    if isinstance(error, Cancelled):
+        return "cancelled"
+    return "failed"
+
+
+class RequestMetrics:
+    """The two families; kept on the instance, as the backend refuses to update a metric
+    whose family was collected."""
+
+    def __init__(self, pb_utils):
+        family = pb_utils.MetricFamily
+        self.requests_family = family(REQUESTS_METRIC, "pipeline_bls requests answered, by "
+                                      "outcome", family.COUNTER)
+        self.duration_family = family(DURATION_METRIC, "pipeline_bls time per stage, summed "
+                                      "over requests, microseconds", family.COUNTER)
+        self.requests = {o: self.requests_family.Metric(labels={"outcome": o}) for o in OUTCOMES}
+        self.durations = {s: self.duration_family.Metric(labels={"stage": s}) for s in STAGES}
+
+    def record(self, error: Exception | None, seconds: dict[str, float]) -> None:
+        """One answered request: its outcome and the seconds of each stage it went through."""
+        self.requests[outcome_of(error)].increment(1)
+        for stage, value in seconds.items():
+            self.durations[stage].increment(value * 1e6)

@@ -1,0 +1,37 @@
+"""Reading Triton's Prometheus metrics port: the nv_* metrics and the models' own
+(pipeline_bls's request metrics, bls/metrics.py; the monitoring model's, bls/monitor.py).
+
+Samples keep the names the server exposes. (prometheus_client's text parser appends
+``_total`` to every counter sample, so ``nv_inference_request_success`` would not be
+found under its own name.)"""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+
+Samples = dict[tuple[str, frozenset], float]
+_SAMPLE = re.compile(r"^([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse(text: str) -> Samples:
+    """Prometheus text format -> {(name, frozenset of label items): value}."""
+    samples = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match and not line.startswith("#"):
+            labels = frozenset(_LABEL.findall(match.group(2) or ""))
+            samples[(match.group(1), labels)] = float(match.group(3))
+    return samples
+
+
+def scrape(url: str, timeout: float = 10) -> Samples:
+    """``http://host:port/metrics`` -> its samples."""
+    with urllib.request.urlopen(url, timeout=timeout) as reply:
+        return parse(reply.read().decode())
+
+
+def value(samples: Samples, name: str, **labels) -> float:
+    """One sample's value, 0 when absent (a counter not yet created counts nothing)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
