@@ -16,10 +16,12 @@ model-call variants help on this CPU.
    pipeline_bls (bytes) and the bare mask_rcnn (the resized tensor) over sequential gRPC;
    medians of the per-iteration values, so machine drift hits both sides alike. The
    served pipeline_bls latency minus the in-process sum is "IPC/scheduling", split with
-   Triton's own statistics into gRPC + client (client latency - pipeline_bls queue+compute),
-   the mask_rcnn hop (mask_rcnn's queue+compute as Triton saw it - the in-process model
-   time: the stub's input/output transfer, the runner's own work) and pipeline_bls's own
-   overhead (the rest: its stub, the BLS request, worker-thread hops, batching delay).
+   Triton's statistics and pipeline_bls's own metrics (bls/metrics.py; Triton's statistics
+   for pipeline_bls end when its execute returns) into gRPC + client (client latency -
+   pipeline_bls's queue and request time), the BLS IPC (its mask_rcnn call - mask_rcnn's
+   queue+compute), the mask_rcnn hop (mask_rcnn's queue+compute as Triton saw it - the
+   in-process model time: the runner's stub and transfers) and pipeline_bls's own
+   overhead (the rest: its queue, worker-thread hops, batching delay).
 3. Variants of the model call on the first image's model input, each on a freshly loaded
    module, warmed up, timed interleaved: torch.inference_mode (the runner's today),
    torch.no_grad, channels_last weights, torch.jit.freeze, torch.jit.optimize_for_inference
@@ -49,7 +51,8 @@ import numpy as np
 from benchmarks.pipeline import (REQUEST_TIMEOUT_S, BenchImage, check_images, grpc_bytes_input,
                                  load_images, model_file, prepare_repository, rotated, begin,
                                  run_main, table, write_json)
-from benchmarks.sweep import answered, generated_images, model_statistics
+from benchmarks.sweep import answered, generated_images, model_statistics, stage_means
+from client.metrics import scrape
 from bls import image as image_ops
 from bls import masks as mask_ops
 from bls import postprocess
@@ -169,18 +172,26 @@ def served(server, images: list[BenchImage], module, meta, repeats: int, warmup:
                         continue
                     model, inputs = targets[step]
                     before = model_statistics(client.get_inference_statistics())
+                    scraped = scrape(server.metrics_url)
                     start = time.perf_counter()
                     client.infer(model, inputs, client_timeout=REQUEST_TIMEOUT_S)
                     row[f"{step}_client"] = time.perf_counter() - start
                     after = settled_statistics(client, model, answered(before, model) + 1)
+                    # pipeline_bls's own stage times (bls/metrics.py): Triton's statistics
+                    # for it end when its execute returns, before the answer is sent.
+                    stages = stage_means(scraped, scrape(server.metrics_url))
+                    row[f"{step}_bls_total"] = stages["total_ms"] / 1000
+                    row[f"{step}_bls_call"] = stages["model_ms"] / 1000
 
-                    def server_s(m):
-                        a, b = before.get(m, {}), after.get(m, {})
-                        return ((b.get("queue_ns", 0) - a.get("queue_ns", 0))
-                                + (b.get("compute_ns", 0) - a.get("compute_ns", 0))) / 1e9
+                    def delta_s(m, key):
+                        return (after.get(m, {}).get(key, 0) - before.get(m, {}).get(key, 0)) / 1e9
 
-                    row[f"{step}_bls_server"] = server_s(PIPELINE_NAME)
-                    row[f"{step}_rcnn_server"] = server_s(MODEL_NAME)
+                    # pipeline_bls: its queue, then its request task (execute's own time
+                    # lies within the task's).
+                    row[f"{step}_bls_server"] = (delta_s(PIPELINE_NAME, "queue_ns")
+                                                 + row[f"{step}_bls_total"])
+                    row[f"{step}_rcnn_server"] = (delta_s(MODEL_NAME, "queue_ns")
+                                                  + delta_s(MODEL_NAME, "compute_ns"))
                 if i >= warmup:
                     rows.append(row)
                 print(f"  served {image.name}: iteration {i + 1}/{warmup + repeats}"
@@ -191,7 +202,8 @@ def served(server, images: list[BenchImage], module, meta, repeats: int, warmup:
                 "ipc_scheduling": [r["bls_client"] - r["in_process_sum"] for r in rows],
                 "grpc_and_client": [r["bls_client"] - r["bls_bls_server"] for r in rows],
                 "mask_rcnn_hop": [r["bls_rcnn_server"] - r["in_process_model"] for r in rows],
-                "pipeline_bls_own": [r["bls_bls_server"] - r["bls_rcnn_server"]
+                "bls_call_ipc": [r["bls_bls_call"] - r["bls_rcnn_server"] for r in rows],
+                "pipeline_bls_own": [r["bls_bls_server"] - r["bls_bls_call"]
                                      - (r["in_process_sum"] - r["in_process_model"])
                                      for r in rows],
                 "served_bare": [r["bare_client"] for r in rows],
@@ -417,18 +429,21 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append([name, f"{r['served_bls']:.1f}", f"{r['in_process_sum']:.1f}",
                              f"{r['ipc_scheduling']:.1f}",
                              f"{100 * r['ipc_scheduling'] / r['served_bls']:.1f} %",
-                             f"{r['grpc_and_client']:.1f}", f"{r['mask_rcnn_hop']:.1f}",
+                             f"{r['grpc_and_client']:.1f}", f"{r['bls_call_ipc']:.1f}",
+                             f"{r['mask_rcnn_hop']:.1f}",
                              f"{r['pipeline_bls_own']:.1f}", f"{r['served_bare']:.1f}",
                              f"{r['bare_grpc']:.1f}"])
             print(table(["image", "served bls", "in-process sum", "IPC/scheduling", "share",
-                         "gRPC+client", "mask_rcnn hop", "bls own", "served bare",
+                         "gRPC+client", "BLS IPC", "mask_rcnn hop", "bls own", "served bare",
                          "bare gRPC"], rows))
             print("  IPC/scheduling = served pipeline_bls - in-process sum, of which: gRPC+client "
-                  "= client latency - pipeline_bls queue+compute (Triton statistics);\n  "
-                  "mask_rcnn hop = mask_rcnn queue+compute (Triton) - in-process model (the "
-                  "stub's transfers, plus any run-to-run model variance); bls own = the rest\n  "
-                  "(pipeline_bls's stub, the BLS request, thread hops, batching delay). bare gRPC "
-                  "= bare client latency - mask_rcnn queue+compute (sending the tensor).")
+                  "= client latency - (pipeline_bls queue (Triton) + its request time\n  "
+                  "(pipeline_request_duration_us, total)); BLS IPC = pipeline_bls's mask_rcnn "
+                  "call (its 'model' stage) - mask_rcnn queue+compute (Triton);\n  mask_rcnn "
+                  "hop = mask_rcnn queue+compute - in-process model (the runner's stub and "
+                  "transfers, plus run-to-run model variance);\n  bls own = the rest "
+                  "(pipeline_bls's queue, thread hops, batching delay). bare gRPC = bare client "
+                  "latency - mask_rcnn queue+compute.")
 
         if not args.skip_variants:
             v = report["variants"]
