@@ -12,7 +12,9 @@ a closed loop of C clients (tritonclient.grpc.aio, one request in flight each) s
 --requests requests or runs --max-seconds, whichever ends first. Per point: throughput
 (answered images per second, first send to last answer), latency p50/p90/p99, errors,
 server CPU (the server's process group, from /proc) and where the time went inside the
-server (Triton's statistics: queue and compute per model, pipeline_bls batch size).
+server (Triton's statistics: queue and compute per model, pipeline_bls batch size; for
+pipeline_bls's own stages its metrics, bls/metrics.py, as Triton's statistics for it end
+when its execute returns).
 
 Configurations, compact: ``MxT[:B][,key=value...]``
 
