@@ -44,10 +44,8 @@ import asyncio
 import hashlib
 import json
 import os
-import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,10 +56,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.pipeline import (Repository, begin, check_images, fmt_bytes, load_images,
-                                 model_file, run_main, table, verdict, write_json)
+                                 run_main, table, verdict, write_json)
+from benchmarks.pipeline import prepare_repository as pipeline_prepare_repository
 from bls.contract import PIPELINE_NAME
 
-ROOT = Path(__file__).resolve().parent.parent
 
 FAILURES_TARGET = 0
 GROWTH_TARGET = 0.05  # after / before - 1, less than this
@@ -716,32 +714,11 @@ def prepare_repository(args, scratch: Path) -> Repository:
     """--repository with an exported model: serve it as it is. Otherwise export a small
     model (seeded random weights, --min-size/--max-size/--proposals/--detections) into
     --repository (kept) or a scratch folder (removed at the end)."""
-    from export.torchscript import read_metadata
-
-    if args.repository is not None and model_file(args.repository).is_file():
-        meta = read_metadata(model_file(args.repository))
-        return Repository(args.repository.resolve(), meta, exported=False)
-    if args.repository is not None and args.repository.exists() and any(args.repository.iterdir()):
-        raise SystemExit(f"--repository {args.repository} exists but holds no "
-                         f"{model_file(Path('.'))}; give an exported repository, an empty "
-                         f"or new folder, or leave --repository out")
-    target = args.repository if args.repository is not None else scratch / "repository"
-    command = [sys.executable, "-m", "export", "torchvision", "--repository", str(target),
-               "--min-size", str(args.min_size), "--max-size", str(args.max_size),
-               "--proposals", str(args.proposals), "--detections", str(args.detections),
-               "--seed", "0"]
+    export_args = ["--proposals", str(args.proposals), "--detections", str(args.detections)]
     if args.intra_op_threads is not None:
-        command += ["--set", f'mask_rcnn=parameters {{ key: "intra_op_threads" value '
-                             f'{{ string_value: "{args.intra_op_threads}" }} }}']
-    print(f"exporting: {shlex.join(command)}", flush=True)
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
-    elapsed = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"export failed (status {done.returncode}):\n{done.stdout[-4000:]}")
-    meta = read_metadata(model_file(target))
-    return Repository(target.resolve(), meta, exported=True, export_s=elapsed)
+        export_args += ["--set", f'mask_rcnn=parameters {{ key: "intra_op_threads" value '
+                                 f'{{ string_value: "{args.intra_op_threads}" }} }}']
+    return pipeline_prepare_repository(args, scratch, export_args)
 
 
 # --------------------------------------------------------------------------- main

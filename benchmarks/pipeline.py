@@ -363,9 +363,10 @@ def model_file(repo: Path) -> Path:
     return repo / MODEL_NAME / VERSION / MODEL_FILENAME
 
 
-def prepare_repository(args, scratch: Path) -> Repository:
+def prepare_repository(args, scratch: Path, export_args: list[str] = ()) -> Repository:
     """--repository with an exported model: use it; otherwise export into --repository
-    (kept) or into a scratch folder (removed at the end)."""
+    (kept) or into a scratch folder (removed at the end), with ``export_args`` added to
+    the `python -m export torchvision` command."""
     from export.torchscript import read_metadata
 
     min_size = args.min_size if args.min_size is not None else 800
@@ -385,7 +386,8 @@ def prepare_repository(args, scratch: Path) -> Repository:
                          f"or new folder, or leave --repository out")
     target = args.repository if args.repository is not None else scratch / "repository"
     command = [sys.executable, "-m", "export", "torchvision", "--repository", str(target),
-               "--min-size", str(min_size), "--max-size", str(max_size), "--seed", "0"]
+               "--min-size", str(min_size), "--max-size", str(max_size), "--seed", "0",
+               *export_args]
     print(f"exporting: {shlex.join(command)}", flush=True)
     start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -172,26 +172,25 @@ def served(server, images: list[BenchImage], module, meta, repeats: int, warmup:
                         continue
                     model, inputs = targets[step]
                     before = model_statistics(client.get_inference_statistics())
-                    scraped = scrape(server.metrics_url)
+                    scraped = scrape(server.metrics_url) if step == "bls" else None
                     start = time.perf_counter()
                     client.infer(model, inputs, client_timeout=REQUEST_TIMEOUT_S)
                     row[f"{step}_client"] = time.perf_counter() - start
                     after = settled_statistics(client, model, answered(before, model) + 1)
-                    # pipeline_bls's own stage times (bls/metrics.py): Triton's statistics
-                    # for it end when its execute returns, before the answer is sent.
-                    stages = stage_means(scraped, scrape(server.metrics_url))
-                    row[f"{step}_bls_total"] = stages["total_ms"] / 1000
-                    row[f"{step}_bls_call"] = stages["model_ms"] / 1000
 
                     def delta_s(m, key):
                         return (after.get(m, {}).get(key, 0) - before.get(m, {}).get(key, 0)) / 1e9
 
-                    # pipeline_bls: its queue, then its request task (execute's own time
-                    # lies within the task's).
-                    row[f"{step}_bls_server"] = (delta_s(PIPELINE_NAME, "queue_ns")
-                                                 + row[f"{step}_bls_total"])
                     row[f"{step}_rcnn_server"] = (delta_s(MODEL_NAME, "queue_ns")
                                                   + delta_s(MODEL_NAME, "compute_ns"))
+                    if step == "bls":
+                        # pipeline_bls's own stage times (bls/metrics.py): Triton's statistics
+                        # for it end when its execute returns, before the answer is sent.
+                        stages = stage_means(scraped, scrape(server.metrics_url))
+                        row["bls_call"] = stages["model_ms"] / 1000
+                        # Its queue, then its request task (execute's own time lies within).
+                        row["bls_server"] = (delta_s(PIPELINE_NAME, "queue_ns")
+                                             + stages["total_ms"] / 1000)
                 if i >= warmup:
                     rows.append(row)
                 print(f"  served {image.name}: iteration {i + 1}/{warmup + repeats}"
@@ -200,10 +199,10 @@ def served(server, images: list[BenchImage], module, meta, repeats: int, warmup:
                 "served_bls": [r["bls_client"] for r in rows],
                 "in_process_sum": [r["in_process_sum"] for r in rows],
                 "ipc_scheduling": [r["bls_client"] - r["in_process_sum"] for r in rows],
-                "grpc_and_client": [r["bls_client"] - r["bls_bls_server"] for r in rows],
+                "grpc_and_client": [r["bls_client"] - r["bls_server"] for r in rows],
                 "mask_rcnn_hop": [r["bls_rcnn_server"] - r["in_process_model"] for r in rows],
-                "bls_call_ipc": [r["bls_bls_call"] - r["bls_rcnn_server"] for r in rows],
-                "pipeline_bls_own": [r["bls_bls_server"] - r["bls_bls_call"]
+                "bls_call_ipc": [r["bls_call"] - r["bls_rcnn_server"] for r in rows],
+                "pipeline_bls_own": [r["bls_server"] - r["bls_call"]
                                      - (r["in_process_sum"] - r["in_process_model"])
                                      for r in rows],
                 "served_bare": [r["bare_client"] for r in rows],

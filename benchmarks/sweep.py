@@ -380,7 +380,8 @@ async def measure_config(server, config: SweepConfig, targets: list[Target],
             for target in rotated(targets, i):
                 load = os.getloadavg()[0]
                 before = model_statistics(await client.get_inference_statistics())
-                scraped = await asyncio.to_thread(scrape, server.metrics_url)
+                scraped = (await asyncio.to_thread(scrape, server.metrics_url)
+                           if target.name == "bls" else None)
                 cpu0, client0 = group_cpu_seconds(pgid), time.process_time()
                 run = await closed_loop(client, target, c, args.requests, args.max_seconds,
                                         args.timeout, first=i)

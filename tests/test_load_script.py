@@ -10,6 +10,7 @@ with 3 detections ~0.15 s, so the export pays for itself.)
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import numpy as np
@@ -73,6 +74,11 @@ def test_load_script_runs_both_protocols_without_failures(tmp_path, capsys):
         assert stats["ok"] > 0 and stats["failed"] == 0 and stats["errors"] == {}
         assert 0 < stats["p50_ms"] <= stats["p99_ms"] <= stats["max_ms"]
     assert report["concurrency"] == {"grpc": 2, "http": 2}
+    # The export took load's own options (benchmarks.pipeline.prepare_repository's
+    # export_args): the runner's thread count is set in the embedded config.
+    embedded = (tmp_path / "repository" / "mask_rcnn" / "configs" / "embedded.pbtxt").read_text()
+    assert re.search(r'key: "intra_op_threads"\s+value \{\s+string_value: "%d"'
+                     % load.DEFAULT_INTRA_OP_THREADS, embedded), embedded
     # every parameter set came round (dense every 10th), and answers were compared
     assert report["combinations_checked"] > len(load.PARAMETER_SETS)
     assert report["verdicts"]["failures"] is True
