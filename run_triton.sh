@@ -46,6 +46,10 @@ GPUS=all
 SHM_SIZE=""
 ANSWER_IMAGE=1920x1080
 DRY_RUN=0
+# Empty: no headers forwarded. A regex: HTTP and gRPC headers whose names match it reach
+# the models as request parameters (pipeline_bls skips them when its header_forward_pattern
+# is the same regex).
+HEADER_FORWARD=""
 # Python backend shared memory per model instance: start at 16 MiB and grow by 16 MiB
 # (a dense-mask answer for 100 detections at 1080p is ~200 MB; RLE answers are tiny).
 SHM_DEFAULT=$((16 * 1024 * 1024))
@@ -71,6 +75,7 @@ while [[ $# -gt 0 ]]; do
     --shm-size) SHM_SIZE="$2"; shift 2 ;;
     --answer-image) ANSWER_IMAGE="$2"; shift 2 ;;
     --watchdog) WATCHDOG="$2"; shift 2 ;;
+    --header-forward-pattern) HEADER_FORWARD="$2"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h|--help) usage 0 ;;
     *) echo "run_triton.sh: unknown option $1" >&2; usage 2 ;;
@@ -99,6 +104,10 @@ SERVER_ARGS=(
   --backend-config="python,shm-default-byte-size=$SHM_DEFAULT"
   --backend-config="python,shm-growth-byte-size=$SHM_GROWTH"
 )
+if [[ -n "$HEADER_FORWARD" ]]; then
+  SERVER_ARGS+=(--http-header-forward-pattern="$HEADER_FORWARD"
+                --grpc-header-forward-pattern="$HEADER_FORWARD")
+fi
 
 SERVER_PID=""
 WATCHDOG_PID=""

@@ -113,7 +113,8 @@ def dense(pasted: torch.Tensor) -> np.ndarray:
 
 
 def finish(outputs: dict[str, torch.Tensor], original_size: tuple[int, int],
-           meta: ModelMetadata, options) -> dict[str, np.ndarray]:
+           meta: ModelMetadata, options, max_answer_bytes: int | None = None
+           ) -> dict[str, np.ndarray]:
     """bls.pipeline.finish for outputs that are torch tensors on a device: the small ones
     (boxes, scores, classes, image_size) come to the host, the masks are pasted and
     encoded where they are."""
@@ -125,4 +126,4 @@ def finish(outputs: dict[str, torch.Tensor], original_size: tuple[int, int],
     det, input_size = postprocess.from_model_outputs(host, meta)
     det = postprocess.select(det, options.score_threshold, options.max_detections)
     det = postprocess.rescale(det, input_size, original_size)
-    return postprocess.answer(det, original_size, meta, options.mask_format)
+    return postprocess.answer(det, original_size, meta, options.mask_format, max_answer_bytes)

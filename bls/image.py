@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from bls.config import MAX_ENCODED_BYTES, MAX_PIXELS
 from bls.contract import PIPELINE_INPUT
 from bls.errors import InvalidInput
 
@@ -30,8 +31,8 @@ _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 class DecodeLimits:
     """Bounds on one encoded image; a request beyond them is refused before decoding."""
 
-    max_encoded_bytes: int = 64 * 1024 * 1024
-    max_pixels: int = 64_000_000  # 8000x8000; a 3-channel copy is ~190 MB
+    max_encoded_bytes: int = MAX_ENCODED_BYTES
+    max_pixels: int = MAX_PIXELS
 
 
 def _header_size(data: bytes, name: str, limits: DecodeLimits) -> tuple[int, int] | None:
@@ -140,3 +141,8 @@ def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
 def to_model_input(image: np.ndarray) -> np.ndarray:
     """uint8 [H, W, 3] -> contiguous uint8 [3, H, W] (the model input layout)."""
     return np.ascontiguousarray(image.transpose(2, 0, 1))
+
+
+def decode_limits(values: dict) -> DecodeLimits:
+    """DecodeLimits from a model's config values (bls.config.DECODE_LIMITS)."""
+    return DecodeLimits(values["max_encoded_bytes"], values["max_pixels"])

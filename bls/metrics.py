@@ -5,7 +5,11 @@ Why they exist: pipeline_bls answers each request by its response sender after
 the statistics API) end at ``execute``'s return, not at the answer; and Triton 2.51 counts
 a per-request error response as a success. These counters say what really happened:
 
-  pipeline_requests_total{outcome}        ok | invalid | cancelled | failed
+  pipeline_requests_total{outcome}        ok | invalid | cancelled | unavailable |
+                                          timeout | failed (bls/errors.py)
+  pipeline_responses_unsent_total         answers the backend refused to send (the
+                                          client had gone, or the response could not
+                                          be serialised); logged as well
   pipeline_request_duration_us{stage}     sums, in microseconds, per stage:
       prepare  decode + resize (with the wait for a worker thread)
       model    the mask_rcnn BLS call: its queue, its compute and the IPC both ways
@@ -19,12 +23,13 @@ differences. ``pb_utils`` is passed in, so this imports without the backend.
 
 from __future__ import annotations
 
-from bls.errors import Cancelled, InvalidInput
+from bls.errors import Cancelled, InvalidInput, ModelTimeout, Unavailable
 
-OUTCOMES = ("ok", "invalid", "cancelled", "failed")
+OUTCOMES = ("ok", "invalid", "cancelled", "unavailable", "timeout", "failed")
 STAGES = ("prepare", "model", "finish", "total")
 REQUESTS_METRIC = "pipeline_requests_total"
 DURATION_METRIC = "pipeline_request_duration_us"
+UNSENT_METRIC = "pipeline_responses_unsent_total"
 
 
 def outcome_of(error: Exception | None) -> str:
@@ -34,6 +39,10 @@ def outcome_of(error: Exception | None) -> str:
         return "invalid"
     if isinstance(error, Cancelled):
         return "cancelled"
+    if isinstance(error, ModelTimeout):
+        return "timeout"
+    if isinstance(error, Unavailable):
+        return "unavailable"
     return "failed"
 
 
@@ -49,6 +58,9 @@ class RequestMetrics:
                                       "over requests, microseconds", family.COUNTER)
         self.requests = {o: self.requests_family.Metric(labels={"outcome": o}) for o in OUTCOMES}
         self.durations = {s: self.duration_family.Metric(labels={"stage": s}) for s in STAGES}
+        self.unsent_family = family(UNSENT_METRIC, "pipeline_bls answers the backend refused "
+                                    "to send", family.COUNTER)
+        self.unsent = self.unsent_family.Metric(labels={})
 
     def record(self, error: Exception | None, seconds: dict[str, float]) -> None:
         """One answered request: its outcome and the seconds of each stage it went through."""

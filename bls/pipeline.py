@@ -39,12 +39,14 @@ def prepare(data: bytes, meta: ModelMetadata,
 
 
 def finish(model_outputs: Mapping[str, np.ndarray], original_size: tuple[int, int],
-           meta: ModelMetadata, options: RequestOptions) -> dict[str, np.ndarray]:
-    """Model outputs (by contract name) -> the pipeline's output tensors (no batch dim)."""
+           meta: ModelMetadata, options: RequestOptions,
+           max_answer_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """Model outputs (by contract name) -> the pipeline's output tensors (no batch dim);
+    an answer over ``max_answer_bytes`` is refused before it is built."""
     det, input_size = postprocess.from_model_outputs(model_outputs, meta)
     det = postprocess.select(det, options.score_threshold, options.max_detections)
     det = postprocess.rescale(det, input_size, original_size)
-    return postprocess.answer(det, original_size, meta, options.mask_format)
+    return postprocess.answer(det, original_size, meta, options.mask_format, max_answer_bytes)
 
 
 ModelCall = Callable[[np.ndarray], Mapping[str, np.ndarray]]

@@ -45,9 +45,12 @@ class MonitoringPolicy:
     watched_classes: class names; send when any detection has one of them.
     slow_ms: send when pipeline_bls took longer than this.
     capture: which sent requests carry image bytes and predictions.
-    max_in_flight: events on their way at once; more are dropped and counted.
-    timeout_ms: how long an event may take to be acknowledged before it counts as
-        timed out (the answer never waits for it).
+    max_capture_bytes: a captured image larger than this goes without image and
+        predictions (counted in pipeline_monitoring_captures_skipped_total).
+    max_in_flight: events waiting or being sent at once; more are dropped and counted.
+    max_queued_bytes: bytes of those events (images included); more are dropped.
+    timeout_ms: an event acknowledged later than this counts as ``timeout`` (the
+        answer never waits for it).
     """
 
     sample_rate: float = 0.0
@@ -56,7 +59,9 @@ class MonitoringPolicy:
     watched_classes: tuple[str, ...] = ()
     slow_ms: float | None = None
     capture: Capture = Capture.NONE
+    max_capture_bytes: int = 8 * 1024 * 1024
     max_in_flight: int = 64
+    max_queued_bytes: int = 64 * 1024 * 1024
     timeout_ms: float = 1000.0
 
     @property
@@ -131,9 +136,9 @@ def _field(name: str, value):
         return None if value is None else number(0.0, math.inf)
     if name == "timeout_ms":
         return number(1.0, 600_000.0)
-    if name == "max_in_flight":
+    if name in ("max_in_flight", "max_queued_bytes", "max_capture_bytes"):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{POLICY_PARAMETER}.max_in_flight must be a whole number >= 1, "
+            raise ValueError(f"{POLICY_PARAMETER}.{name} must be a whole number >= 1, "
                              f"got {value!r}")
         return value
     if name == "no_detections":
@@ -191,19 +196,27 @@ def predictions_json(answer: Mapping[str, np.ndarray]) -> str:
 
 
 class MonitoringCalls:
-    """pipeline_bls's counter of what became of its monitoring events, by outcome:
-    ok (acknowledged), failed (monitoring unloaded or raising), timeout (not
-    acknowledged within the policy's timeout_ms), dropped (max_in_flight reached).
-    A Prometheus counter ``pipeline_monitoring_calls_total{outcome}``; ``pb_utils`` is
-    passed in. The family is kept: the backend refuses to update an orphaned metric."""
+    """pipeline_bls's counters of what became of its monitoring events, by outcome:
+    ok (acknowledged), failed (monitoring unloaded, raising, refusing or killed),
+    timeout (acknowledged later than the policy's timeout_ms), dropped (the queue held
+    max_in_flight events or max_queued_bytes), abandoned (still queued or unacknowledged
+    when pipeline_bls stopped). Prometheus counters
+    ``pipeline_monitoring_calls_total{outcome}`` and
+    ``pipeline_monitoring_captures_skipped_total``; ``pb_utils`` is passed in. The
+    families are kept: the backend refuses to update an orphaned metric."""
 
-    OUTCOMES = ("ok", "failed", "timeout", "dropped")
+    OUTCOMES = ("ok", "failed", "timeout", "dropped", "abandoned")
 
     def __init__(self, pb_utils):
         family = pb_utils.MetricFamily
         self.family = family("pipeline_monitoring_calls_total",
                              "Monitoring events pipeline_bls sent, by outcome", family.COUNTER)
         self.metrics = {o: self.family.Metric(labels={"outcome": o}) for o in self.OUTCOMES}
+        self.skipped_family = family("pipeline_monitoring_captures_skipped_total",
+                                     "Captures sent without their image: over "
+                                     "max_capture_bytes", family.COUNTER)
+        self.captures_skipped = self.skipped_family.Metric(labels={})
 
-    def count(self, outcome: str) -> None:
-        self.metrics[outcome].increment(1)
+    def count(self, outcome: str, n: int = 1) -> None:
+        if n:
+            self.metrics[outcome].increment(n)

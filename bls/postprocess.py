@@ -14,6 +14,7 @@ import numpy as np
 
 from bls import masks as mask_ops
 from bls.contract import PIPELINE_OUTPUTS, MaskFormat, model_output
+from bls.errors import InvalidInput
 from bls.metadata import ModelMetadata
 
 
@@ -89,10 +90,50 @@ def rescale(det: Detections, input_size: tuple[int, int], output_size: tuple[int
     return rescaled if nonempty.all() else rescaled.take(nonempty)
 
 
+def dense_bytes(det: Detections, original_size: tuple[int, int], mask_format: MaskFormat) -> int:
+    """Bytes of the ``masks`` output: N x H x W uint8 for dense masks of a model with
+    masks, else 0. The one output whose size grows with the image times the detections."""
+    if mask_format is not MaskFormat.DENSE or det.masks is None:
+        return 0
+    return len(det) * original_size[0] * original_size[1]
+
+
+def answer_bytes(det: Detections, original_size: tuple[int, int], meta: ModelMetadata,
+                 mask_format: MaskFormat) -> int:
+    """The answer's size before it is built: the fixed-size outputs (boxes 16, scores 4,
+    classes 8 bytes per detection, class names as UTF-8 with a 4-byte length each,
+    image_size 16) plus dense masks. RLE strings are not counted: they hold a few
+    runs per column of each box, kilobytes per mask."""
+    names = sum(len(meta.class_name(int(c)).encode()) + 4 for c in det.classes)
+    return 28 * len(det) + names + 16 + dense_bytes(det, original_size, mask_format)
+
+
+def check_answer_size(det: Detections, original_size: tuple[int, int], meta: ModelMetadata,
+                      mask_format: MaskFormat, max_answer_bytes: int | None) -> None:
+    """Raise InvalidInput (INVALID_ARG) naming the computed size, the bound and the way
+    out, before anything of that size is allocated. A dense answer is rendered again by
+    the server (as JSON over HTTP, at tens of bytes per byte), so this bound is what
+    keeps one request from taking the server's memory."""
+    if max_answer_bytes is None:
+        return
+    size = answer_bytes(det, original_size, meta, mask_format)
+    if size > max_answer_bytes:
+        height, width = original_size
+        raise InvalidInput(
+            "mask_format",
+            f"the answer would be {size:,} bytes ({len(det)} dense masks of {height}x{width} "
+            f"= {dense_bytes(det, original_size, mask_format):,} bytes), over this server's "
+            f"max_answer_bytes of {max_answer_bytes:,}; ask mask_format=rle (the same masks "
+            f"as COCO RLE, a few KB each), or fewer detections (max_detections, "
+            f"score_threshold)", "parameter")
+
+
 def answer(det: Detections, original_size: tuple[int, int], meta: ModelMetadata,
-           mask_format: MaskFormat) -> dict[str, np.ndarray]:
+           mask_format: MaskFormat, max_answer_bytes: int | None = None) -> dict[str, np.ndarray]:
     """Detections in original pixels -> the pipeline's output tensors (no batch dim),
-    named and typed as contract.PIPELINE_OUTPUTS."""
+    named and typed as contract.PIPELINE_OUTPUTS. Refuses an answer over
+    ``max_answer_bytes`` before building it (check_answer_size)."""
+    check_answer_size(det, original_size, meta, mask_format, max_answer_bytes)
     height, width = original_size
     n = len(det)
     rle: list[bytes] = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -17,6 +18,12 @@ from bls.contract import MAX_DETECTIONS_LIMIT, PIPELINE_INPUT, REQUEST_PARAMETER
 from bls.errors import InvalidInput
 
 _KNOWN = {p.name for p in REQUEST_PARAMETERS}
+# Keys Triton reserves (protocol extension "parameters"). Its frontends consume most of
+# them, but "headers" reaches the model as a parameter (measured on 2.51), and a
+# "triton_" key refused today may be passed on by a later release.
+RESERVED = frozenset({"sequence_id", "sequence_start", "sequence_end", "priority", "timeout",
+                      "headers"})
+RESERVED_PREFIX = "triton_"
 
 
 @dataclass(frozen=True)
@@ -44,20 +51,27 @@ def image_bytes(tensor: np.ndarray | None, name: str = PIPELINE_INPUT.name) -> b
 
 
 def parse_options(parameters: str | Mapping[str, Any] | None,
-                  default_score_threshold: float) -> RequestOptions:
+                  default_score_threshold: float,
+                  forwarded_headers: re.Pattern | None = None) -> RequestOptions:
     """Request parameters (Triton hands them as a JSON object string) -> RequestOptions.
 
-    Unknown names are refused rather than ignored: a misspelt ``score_treshold``
-    silently answered with the default would be a lost instruction.
+    Triton's reserved keys, and keys that ``forwarded_headers`` matches (the server's
+    --http/--grpc-header-forward-pattern turns matching headers into parameters), are
+    skipped. Any other unknown name is refused rather than ignored: a misspelt
+    ``score_treshold`` silently answered with the default would be a lost instruction.
     """
     if parameters is None or parameters == "":
         parameters = {}
     elif isinstance(parameters, (str, bytes)):
         parameters = json.loads(parameters)
-    unknown = sorted(set(parameters) - _KNOWN)
+    unknown = sorted(k for k in set(parameters) - _KNOWN
+                     if k not in RESERVED and not k.startswith(RESERVED_PREFIX)
+                     and not (forwarded_headers and forwarded_headers.fullmatch(k)))
     if unknown:
+        hint = ("" if forwarded_headers else "; a forwarded header? set pipeline_bls's config "
+                "parameter header_forward_pattern to the server's header forward pattern")
         raise InvalidInput(unknown[0], f"is not a known request parameter; known: "
-                                       f"{sorted(_KNOWN)}", "parameter")
+                                       f"{sorted(_KNOWN)}{hint}", "parameter")
     threshold = default_score_threshold
     if "score_threshold" in parameters:
         threshold = _number("score_threshold", parameters["score_threshold"], float)

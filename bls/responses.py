@@ -7,21 +7,42 @@ from typing import Mapping
 
 import numpy as np
 
-from bls.errors import Cancelled, InvalidInput
+from bls.errors import Cancelled, InvalidInput, ModelCallFailed, Unavailable
+
+
+def error_code(error: Exception) -> str:
+    """The TritonError code name for ``error`` (the table in bls/errors.py)."""
+    if isinstance(error, InvalidInput):
+        return "INVALID_ARG"
+    if isinstance(error, Cancelled):
+        return "CANCELLED"
+    if isinstance(error, Unavailable):
+        return "UNAVAILABLE"
+    return "INTERNAL"
+
+
+def error_message(error: Exception, model: str) -> str:
+    """``<model>: <message>``; an unexpected exception also names its type, so the log
+    and the client agree on what failed."""
+    if isinstance(error, (InvalidInput, Unavailable, ModelCallFailed)):
+        return f"{model}: {error}"
+    if isinstance(error, Cancelled):
+        return f"{model}: cancelled: {error}"
+    return f"{model}: {type(error).__name__}: {error}"
 
 
 def error_response(pb_utils, error: Exception, model: str):
-    """InvalidInput -> INVALID_ARG with its message; Cancelled -> CANCELLED; anything
-    else -> INTERNAL, prefixed with the model name and the exception type so the log and
-    the client agree."""
-    if isinstance(error, InvalidInput):
-        message, code = f"{model}: {error}", "INVALID_ARG"
-    elif isinstance(error, Cancelled):
-        message, code = f"{model}: cancelled: {error}", "CANCELLED"
-    else:
-        message, code = f"{model}: {type(error).__name__}: {error}", "INTERNAL"
-    return pb_utils.InferenceResponse(
-        error=pb_utils.TritonError(message, getattr(pb_utils.TritonError, code)))
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(
+        error_message(error, model), getattr(pb_utils.TritonError, error_code(error))))
+
+
+CODES = ("UNKNOWN", "INTERNAL", "NOT_FOUND", "INVALID_ARG", "UNAVAILABLE", "UNSUPPORTED",
+         "ALREADY_EXISTS", "CANCELLED")
+
+
+def code_name(pb_utils, code) -> str:
+    """A TritonError's code() as its name (``pb_utils.TritonError.<NAME>`` equals it)."""
+    return next((n for n in CODES if getattr(pb_utils.TritonError, n, None) == code), "UNKNOWN")
 
 
 def output_response(pb_utils, outputs: Mapping[str, np.ndarray], batched: bool):

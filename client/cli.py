@@ -5,9 +5,11 @@ found, write COCO results and overlays. (python -m client watch: see client/watc
   python -m client infer a.jpg b.png --url 127.0.0.1:8000 --score-threshold 0.3
 
 Requests go out through tritonclient's asyncio clients (http.aio / grpc.aio), at most
---concurrency at a time. A failed image is reported with the server's message and
-counted; the run goes on, and the exit status is 1 if any image failed (2: no images or
-no server).
+--concurrency at a time. A request answered UNAVAILABLE (a model not ready, a server
+stopping, a timeout; README "Error codes") or refused by a closed connection is retried,
+--retries times at most, after 0.25 s, 0.5 s, 1 s, ... (at most 4 s, with jitter). A
+failed image is reported with the server's message and counted; the run goes on, and
+the exit status is 1 if any image failed (2: no images or no server).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import sys
 import time
 from collections import Counter
@@ -136,11 +139,51 @@ def make_input(module, data: bytes, batched: bool):
     return tensor
 
 
+@dataclass(frozen=True)
+class Retry:
+    """Retries of a request that may succeed later: ``attempts`` tries in all, waiting
+    ``first_delay_s`` doubled each time up to ``max_delay_s``, each wait scaled by a
+    random factor in [0.5, 1] so that clients do not retry in step."""
+
+    attempts: int = 4
+    first_delay_s: float = 0.25
+    max_delay_s: float = 4.0
+
+    def delay(self, retry: int) -> float:
+        return min(self.max_delay_s, self.first_delay_s * 2 ** retry) * random.uniform(0.5, 1)
+
+
+NO_RETRY = Retry(attempts=1)
+
+
+def retryable(error: Exception) -> bool:
+    """UNAVAILABLE (gRPC status, or HTTP 503 as Triton maps it) and connections refused
+    or dropped: the request itself was fine (README, "Error codes")."""
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(error, InferenceServerException):
+        return str(error.status()) in ("StatusCode.UNAVAILABLE", "503")
+    return isinstance(error, (ConnectionError, asyncio.TimeoutError)) or \
+        type(error).__name__ in ("ClientConnectorError", "ServerDisconnectedError",
+                                 "ClientOSError")
+
+
 async def infer_one(client, module, model: ServedModel, data: bytes,
-                    parameters: dict | None = None) -> Detections:
-    result = await client.infer(model.name, [make_input(module, data, model.batched)],
-                                parameters=parameters or None)
-    return Detections.from_result(result, model.batched)
+                    parameters: dict | None = None, retry: Retry = NO_RETRY,
+                    on_retry: Callable[[Exception], None] | None = None) -> Detections:
+    """One request; retried as ``retry`` says while its error is ``retryable``."""
+    for attempt in range(retry.attempts):
+        try:
+            result = await client.infer(model.name, [make_input(module, data, model.batched)],
+                                        parameters=parameters or None)
+            return Detections.from_result(result, model.batched)
+        except Exception as e:
+            if attempt + 1 >= retry.attempts or not retryable(e):
+                raise
+            if on_retry is not None:
+                on_retry(e)
+            await asyncio.sleep(retry.delay(attempt))
+    raise AssertionError("unreachable")
 
 
 async def fetch_model(url: str, protocol: str, model: str) -> ServedModel:
@@ -177,6 +220,7 @@ class ImageResult:
     latency_s: float = 0.0
     overlay: Path | None = None
     note: str | None = None
+    retries: int = 0
 
     @property
     def ok(self) -> bool:
@@ -213,8 +257,10 @@ async def infer_images(paths: list[Path], url: str, protocol: str, model: str,
                        concurrency: int, parameters: dict | None = None,
                        after: Callable[[ImageResult, bytes], None] | None = None,
                        on_result: Callable[[ImageResult], None] | None = None,
-                       on_model: Callable[[ServedModel], None] | None = None) -> Run:
-    """Send every image, at most ``concurrency`` requests in flight.
+                       on_model: Callable[[ServedModel], None] | None = None,
+                       retry: Retry = Retry()) -> Run:
+    """Send every image, at most ``concurrency`` requests in flight, each retried as
+    ``retry`` says while answered UNAVAILABLE.
 
     after(result, image_bytes): runs in a worker thread once an image succeeded (the
     overlay), outside the concurrency bound so it overlaps the next requests.
@@ -238,7 +284,11 @@ async def infer_images(paths: list[Path], url: str, protocol: str, model: str,
                 async with gate:
                     data = path.read_bytes()  # read here, so a long list is not all in memory
                     start = time.perf_counter()
-                    result.detections = await infer_one(client, module, served, data, parameters)
+                    def count(_error: Exception) -> None:
+                        result.retries += 1
+
+                    result.detections = await infer_one(client, module, served, data,
+                                                        parameters, retry, count)
                     result.latency_s = time.perf_counter() - start
             except Exception as e:  # one image's failure never stops the run
                 result.error = _error_text(e)
@@ -293,11 +343,13 @@ def write_results(run: Run, out: Path) -> list[Path]:
 
 def image_line(result: ImageResult, top: int = 3) -> str:
     """'scene.jpg: 4 detections (412 ms) person 0.91, dog 0.80, ...' or 'FAILED ...'."""
+    retried = f" after {result.retries} retr{'ies' if result.retries > 1 else 'y'}" \
+        if result.retries else ""
     if not result.ok:
-        return f"FAILED {result.path}: {result.error}"
+        return f"FAILED {result.path}{retried}: {result.error}"
     det = result.detections
     line = (f"{result.path}: {len(det)} detection{'s' * (len(det) != 1)} "
-            f"({result.latency_s * 1000:.0f} ms)")
+            f"({result.latency_s * 1000:.0f} ms{retried})")
     if len(det):
         line += " " + top_labels(det, top) + (", ..." if len(det) > top else "")
     if result.note:
@@ -309,7 +361,10 @@ def summary_lines(run: Run) -> list[str]:
     ok, failed = run.ok, run.failed
     detections = sum(len(r.detections) for r in ok)
     latency = latency_summary([r.latency_s for r in ok])
-    lines = [f"images: {len(ok)} ok, {len(failed)} failed; detections: {detections}",
+    retries = sum(r.retries for r in run.results)
+    lines = [f"images: {len(ok)} ok, {len(failed)} failed; detections: {detections}"
+             + (f"; {retries} retr{'ies' if retries > 1 else 'y'} after UNAVAILABLE"
+                if retries else ""),
              f"{latency.line()}; throughput {throughput(len(ok), run.wall_s):.2f} img/s; "
              f"wall time {run.wall_s:.2f} s"]
     if run.out is not None:
@@ -339,6 +394,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("build/client"),
                    help="folder for results.json, images.json, overlays (default build/client)")
     p.add_argument("--no-overlay", action="store_true", help="write no overlay PNGs")
+    p.add_argument("--retries", type=int, default=Retry.attempts - 1,
+                   help="retries of a request answered UNAVAILABLE, with backoff "
+                        f"(default {Retry.attempts - 1}; 0: none)")
     w = sub.add_parser("watch", help="live statistics and alerts from the monitoring model "
                                      "(gRPC stream)")
     w.add_argument("--url", default=DEFAULT_URLS["grpc"], help="gRPC HOST:PORT (default "
@@ -356,6 +414,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.url = args.url.split("://", 1)[-1]
         return args
     args.url = (args.url or DEFAULT_URLS[args.protocol]).split("://", 1)[-1]
+    if not 0 <= args.retries <= 20:
+        parser.error(f"--retries must be in [0, 20], got {args.retries}")
     return args
 
 
@@ -385,7 +445,8 @@ def run_infer(args: argparse.Namespace, paths: list[Path] | None = None) -> Run:
         run = asyncio.run(infer_images(paths, args.url, args.protocol, args.model,
                                        args.concurrency, parameters, after, on_result,
                                        lambda model: tqdm.write(describe_model(model),
-                                                                file=sys.stdout)))
+                                                                file=sys.stdout),
+                                       Retry(attempts=args.retries + 1)))
     run.out = args.out
     write_results(run, args.out)
     for line in summary_lines(run):

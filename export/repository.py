@@ -36,8 +36,9 @@ BLS_PACKAGE = ROOT / "bls"
 EMBEDDED_CONFIG = "embedded"
 VERSION = "1"
 
-# Python models that import bls (mask_rcnn's runner reads its names from its config).
-USES_BLS = (PIPELINE_NAME, PREPROCESS_NAME, POSTPROCESS_NAME, MONITORING_NAME)
+# Python models that import bls (mask_rcnn's runner for its config parameters; the
+# libtorch backend ignores the copy).
+USES_BLS = (PIPELINE_NAME, PREPROCESS_NAME, POSTPROCESS_NAME, MONITORING_NAME, MODEL_NAME)
 # Models whose inputs are all optional (monitoring takes an event or a command).
 OPTIONAL_INPUTS = (MONITORING_NAME,)
 # Parameters that name a place on the serving machine, set by the operator at assembly
@@ -157,7 +158,8 @@ def assemble(model_file: Path, repository: Path, overrides: dict[str, str] | Non
                 _write_config(config, config_path, template_path)
             if name in USES_BLS:
                 shutil.copytree(BLS_PACKAGE, target / VERSION / "bls",
-                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                                # bls.testing is for users' unit tests, not for the server.
+                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "testing"))
         shutil.copyfile(model_file, staging / MODEL_NAME / VERSION / MODEL_FILENAME)
         if env is not None:
             xenv.place(env, staging)

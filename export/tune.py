@@ -20,8 +20,8 @@ refuses, naming the option and its value, when it means something nowhere:
   contract (pipeline_bls) may switch between batched and unbatched.
 * ``--intra-op-threads`` / ``--inter-op-threads``: where torch runs: the libtorch
   backend's INTRA_OP_THREAD_COUNT / INTER_OP_THREAD_COUNT (process-global there: the first
-  model that sets one wins), and a Python-backend runner only if its ``model.py`` reads a
-  parameter of that name (mask_rcnn's 1/model.py reads ``intra_op_threads``). 0 leaves
+  model that sets one wins), and a Python-backend runner only if it reads a parameter of
+  that name (declared in bls/config.py: mask_rcnn's runner reads ``intra_op_threads``). 0 leaves
   torch's default.
 * ``--worker-threads``: the ``worker_threads`` parameter, read by pipeline_bls.
 * ``--max-in-flight``: ``max_in_flight_requests``, read by pipeline_bls: requests one
@@ -47,6 +47,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from bls.config import PYTHON_MODELS
 from bls.contract import PIPELINE_NAME
 
 KINDS = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU}
@@ -54,7 +55,7 @@ KINDS = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIN
 # other model's contract is unbatched (mask_rcnn takes one [3, H, W] image of any size).
 BATCHING_MODELS = (PIPELINE_NAME,)
 # option -> the parameter it sets, per backend. A Python backend model gets the parameter
-# only if its model.py reads it (the name appears quoted in the file).
+# only if it reads it (reads_parameter).
 PARAMETERS = {
     "intra_op_threads": {"python": "intra_op_threads", "pytorch": "INTRA_OP_THREAD_COUNT"},
     "inter_op_threads": {"python": "inter_op_threads", "pytorch": "INTER_OP_THREAD_COUNT"},
@@ -199,7 +200,12 @@ def config_files(repository: Path, model: str, config_name: str | None = None) -
 
 
 def reads_parameter(model_dir: Path, name: str) -> bool:
-    """Whether a Python model's code reads the parameter ``name``."""
+    """Whether a Python model reads the parameter ``name``: for this project's models,
+    their declared parameters (bls/config.py); for another model, whether its model.py
+    quotes the name."""
+    declared = PYTHON_MODELS.get(model_dir.name)
+    if declared is not None:
+        return name in declared.names
     quoted = (f'"{name}"', f"'{name}'")
     return any(q in p.read_text(errors="replace") for p in model_dir.glob("*/model.py")
                for q in quoted)
@@ -331,7 +337,7 @@ def _tune_parameters(file: ConfigFile, model_dir: Path, options: TuneOptions,
             continue
         if backend == "python" and not reads_parameter(model_dir, key):
             skipped.setdefault(name, []).append(f"{file.label}: its Python model "
-                                                f"({model_dir.name}/*/model.py) reads no "
+                                                f"({model_dir.name}, bls/config.py) reads no "
                                                 f"{key!r} parameter")
             continue
         config.parameters[key].string_value = str(value)

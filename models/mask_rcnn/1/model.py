@@ -14,12 +14,14 @@ import torchvision  # noqa: F401  registers torchvision::nms and roi_align, whic
 import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
+from bls.config import RUNNER_PARAMETERS
+
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        threads = int(params.get("intra_op_threads") or 0)
+        params = RUNNER_PARAMETERS.read(config)
+        threads = params["intra_op_threads"]
         if threads > 0:
             torch.set_num_threads(threads)
         if args["model_instance_kind"] == "GPU":
@@ -29,7 +31,7 @@ class TritonPythonModel:
         # The libtorch backend's default file name (default_model_filename is this
         # backend's own model.py here).
         path = os.path.join(args["model_repository"], args["model_version"],
-                            params.get("model_file") or "model.pt")
+                            params["model_file"])
         # Exported files are saved in eval mode; no .eval() here: a detectron2 scripted
         # module holds `training` as a constant and refuses it (as libtorch never calls it).
         self.model = torch.jit.load(path, map_location=self.device)

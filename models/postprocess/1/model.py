@@ -5,6 +5,7 @@ import json
 
 import triton_python_backend_utils as pb_utils
 
+from bls.config import POSTPROCESS_PARAMETERS
 from bls.contract import ORIGINAL_SIZE, POSTPROCESS_NAME
 from bls.metadata import ModelMetadata
 from bls.pipeline import finish
@@ -14,7 +15,9 @@ from bls.responses import error_response, output_response
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.meta = ModelMetadata.from_model_config(json.loads(args["model_config"]))
+        config = json.loads(args["model_config"])
+        self.meta = ModelMetadata.from_model_config(config)
+        self.max_answer_bytes = POSTPROCESS_PARAMETERS.read(config)["max_answer_bytes"]
         self.input_names = [spec.name for spec in self.meta.outputs]
 
     def execute(self, requests):
@@ -27,7 +30,8 @@ class TritonPythonModel:
                     request, ORIGINAL_SIZE.name).as_numpy().tolist()
                 options = parse_options(request.parameters(), self.meta.score_threshold)
                 responses.append(output_response(
-                    pb_utils, finish(outputs, (height, width), self.meta, options), False))
+                    pb_utils, finish(outputs, (height, width), self.meta, options,
+                                     self.max_answer_bytes), False))
             except Exception as e:
                 responses.append(error_response(pb_utils, e, POSTPROCESS_NAME))
         return responses

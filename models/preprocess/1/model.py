@@ -6,8 +6,9 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from bls import config as cfg
+from bls.config import PREPROCESS_PARAMETERS
 from bls.contract import MODEL_INPUT, ORIGINAL_SIZE, PIPELINE_INPUT, PREPROCESS_NAME
+from bls.image import decode_limits
 from bls.metadata import ModelMetadata
 from bls.pipeline import prepare
 from bls.request import image_bytes
@@ -18,7 +19,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.meta = ModelMetadata.from_model_config(config)
-        self.limits = cfg.decode_limits(cfg.parameters(config))
+        self.limits = decode_limits(PREPROCESS_PARAMETERS.read(config))
 
     def execute(self, requests):
         responses = []

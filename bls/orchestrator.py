@@ -1,0 +1,382 @@
+"""pipeline_bls's orchestration: read each request, answer it once, keep the promises
+under load, faults and stops. ``pb_utils`` is passed in, so bls.testing's double tests
+this exactly as the stub runs it (models/pipeline_bls/1/model.py is a thin adapter).
+
+Request lifecycle, as Triton's Python backend defines it (its README; measured on 2.51):
+Triton releases the requests when ``execute`` returns. So ``execute`` reads everything a
+request holds (the image bytes, the parameters, the response sender), answers a malformed
+request at once, and hands the rest to this model's own event loop as plain data
+(``Job``). Each job is answered on its own, through its response sender, when it is
+ready; cancellation is read from the sender, which stays valid after the release.
+
+Threads, and what each may hold:
+- Triton's thread runs ``execute``; it blocks while ``max_in_flight_requests`` jobs are
+  held, so further requests wait in Triton's queue, not here.
+- One asyncio loop (its own thread) runs the jobs. BLS ``async_exec`` runs on the loop's
+  default executor, which has one thread per job that can be held: a model call never
+  waits for a thread.
+- ``worker_threads`` threads decode, resize, paste and encode.
+- Monitoring events have their own thread and bounded queue (bls/events.py): a hung or
+  dead monitoring model can hold nothing that an answer needs.
+
+Every accepted request gets exactly one final response: ``Reply`` sends at most once and
+is claimed by whoever answers first (its job, or ``finalize`` when the job cannot finish).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from bls.config import PIPELINE_PARAMETERS
+from bls.contract import MODEL_INPUT, MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
+from bls.errors import Cancelled, ModelTimeout, Unavailable, model_call_error
+from bls.events import EventSender
+from bls.image import decode_limits
+from bls.metadata import ModelMetadata
+from bls.metrics import RequestMetrics
+from bls.pipeline import finish, prepare
+from bls.policy import MonitoringCalls, MonitoringPolicy
+from bls.request import RequestOptions, image_bytes, parse_options
+from bls.responses import code_name, error_response, output_response
+
+# How long finalize waits for jobs still held before answering them UNAVAILABLE. Triton
+# itself waits for every open response sender before it unloads a model (measured), so
+# in practice nothing is left by then; this bounds the rare case where something is.
+DRAIN_S = 5.0
+
+
+class Reply:
+    """The one final response of one request, through the response sender read in
+    ``execute``. ``claim()`` once, then ``send``; thread-safe."""
+
+    def __init__(self, pb_utils, sender, unsent_metric):
+        self._pb = pb_utils
+        self._sender = sender
+        self._unsent = unsent_metric
+        self._lock = threading.Lock()
+        self.claimed = False
+
+    def claim(self) -> bool:
+        """True for the first caller only: it must send."""
+        with self._lock:
+            first, self.claimed = not self.claimed, True
+            return first
+
+    def cancelled(self) -> bool:
+        try:
+            return bool(self._sender.is_cancelled())
+        except Exception:  # the sender cannot tell: carry on, the send will say
+            return False
+
+    def send(self, response) -> bool:
+        """Send ``response`` with the final flag. A send that fails (the backend marks the
+        sender closed before it serialises, so it cannot be retried) is logged and
+        counted: nothing is lost silently."""
+        try:
+            self._sender.send(response, flags=self._pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return True
+        except Exception as e:
+            try:
+                self._unsent.increment(1)
+                self._pb.Logger.log_error(f"{PIPELINE_NAME}: answer not sent: "
+                                          f"{type(e).__name__}: {e}")
+            except Exception:
+                pass
+            return False
+
+
+@dataclass(eq=False)  # hashed by identity: held in a set
+class Job:
+    """One accepted request, as plain data. data: the encoded image; started: its
+    perf_counter at execute; model_call: the BLS future while it outlives the answer
+    (after a timeout), so its slot stays taken until mask_rcnn lets go."""
+
+    data: bytes
+    options: RequestOptions
+    reply: Reply
+    started: float
+    seconds: dict[str, float] = field(default_factory=dict)
+    model_call: Any = None
+
+
+class PipelineOrchestrator:
+    """``execute(requests)`` and ``finalize()`` of pipeline_bls.
+
+    model_config: the config as Triton hands it to ``initialize`` (a dict); its
+    parameters are read strictly (bls/config.py PIPELINE_PARAMETERS).
+    """
+
+    def __init__(self, pb_utils, model_config: dict):
+        self.pb = pb_utils
+        values = PIPELINE_PARAMETERS.read(model_config)
+        self.meta = ModelMetadata.from_model_config(model_config)
+        self.limits = decode_limits(values)
+        self.max_answer_bytes = values["max_answer_bytes"]
+        self.timeout_us = values["mask_rcnn_timeout_us"]
+        self.forwarded_headers = values["header_forward_pattern"]
+        self.policy = MonitoringPolicy.from_json(values["monitoring_policy"])
+        batch = model_config.get("max_batch_size", 0)
+        self.batched = batch > 0
+        self.max_in_flight = values["max_in_flight_requests"] or 2 * max(batch, 1)
+        self.output_names = [spec.name for spec in self.meta.outputs]
+        self.device = self.device_ops = None
+        if values["device"]:
+            from bls import device as device_ops  # torch, only on the device path
+
+            self.device_ops = device_ops
+            self.device = device_ops.parse_device(values["device"])
+        self.metrics = RequestMetrics(pb_utils)
+        self.monitoring_calls = MonitoringCalls(pb_utils)
+        self.events = (EventSender(pb_utils, self.policy, self.monitoring_calls)
+                       if self.policy.enabled else None)
+        self.workers = ThreadPoolExecutor(values["worker_threads"],
+                                          thread_name_prefix=f"{PIPELINE_NAME}-worker")
+        self.model_calls = ThreadPoolExecutor(self.max_in_flight,
+                                              thread_name_prefix=f"{PIPELINE_NAME}-model")
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_default_executor(self.model_calls)  # where async_exec runs
+        self._loop_thread = threading.Thread(target=self.loop.run_forever,
+                                             name=f"{PIPELINE_NAME}-loop", daemon=True)
+        self._loop_thread.start()
+        self._cv = threading.Condition()
+        self._slots = 0  # jobs started and not let go (answered and model call ended)
+        self._held: set[Job] = set()  # jobs not answered yet
+        self._stopping = False
+
+    # ------------------------------------------------------------------ execute
+    def execute(self, requests) -> None:
+        """Read every request, answer the malformed ones, start the rest; returns None
+        (each request is answered by its own response sender).
+
+        Never raises. If execute raises, the backend answers every request of the batch
+        with that error, and for a request whose sender has already sent its final
+        response it deletes the response factory a second time: Triton 2.51 then dies
+        of a segmentation fault (measured). Each request is handled on its own."""
+        for request in requests:
+            try:
+                reply = Reply(self.pb, request.get_response_sender(), self.metrics.unsent)
+            except Exception as e:  # no sender: nothing can answer this request
+                self._log_error(f"no response sender: {type(e).__name__}: {e}")
+                continue
+            job = Job(b"", RequestOptions(self.meta.score_threshold), reply,
+                      time.perf_counter())
+            try:
+                job.data, job.options = self._read(request)
+                self._start(job)
+            except Exception as e:
+                self._conclude(job, None, e)
+        return None
+
+    def _log_error(self, message: str) -> None:
+        try:
+            self.pb.Logger.log_error(f"{PIPELINE_NAME}: {message}")
+        except Exception:  # logging must not be what breaks an answer
+            pass
+
+    def _read(self, request) -> tuple[bytes, RequestOptions]:
+        tensor = self.pb.get_input_tensor_by_name(request, PIPELINE_INPUT.name)
+        data = image_bytes(None if tensor is None else tensor.as_numpy())
+        options = parse_options(request.parameters(), self.meta.score_threshold,
+                                self.forwarded_headers)
+        return data, options
+
+    def _start(self, job: Job) -> None:
+        """Take a slot (waiting while max_in_flight are taken) and run the job."""
+        with self._cv:
+            while self._slots >= self.max_in_flight and not self._stopping:
+                self._cv.wait()
+            if self._stopping:
+                raise Unavailable(f"{PIPELINE_NAME} is stopping")
+            self._slots += 1
+            self._held.add(job)
+        asyncio.run_coroutine_threadsafe(self._answer(job), self.loop)
+
+    # ------------------------------------------------------------------ one job
+    async def _answer(self, job: Job) -> None:
+        try:
+            answer = await self._run(job)
+        except asyncio.CancelledError:  # the loop is being stopped under it
+            self._conclude(job, None, Unavailable(f"{PIPELINE_NAME} is stopping"))
+            raise
+        except Exception as e:
+            self._conclude(job, None, e)
+        else:
+            self._conclude(job, answer, None)
+
+    async def _run(self, job: Job) -> dict:
+        """The pipeline's answer arrays for one job; each stage's wall time goes into
+        ``job.seconds`` (bls/metrics.py)."""
+        loop = asyncio.get_running_loop()
+        mark = time.perf_counter()
+        if self.device is None:
+            prepared = await loop.run_in_executor(self.workers, prepare, job.data, self.meta,
+                                                  self.limits)
+            model_input, original_size = prepared.model_input, prepared.original_size
+            finish_on = finish
+        else:
+            model_input, original_size = await loop.run_in_executor(
+                self.workers, self.device_ops.prepare, job.data, self.meta, self.limits,
+                self.device)
+            finish_on = self.device_ops.finish
+        job.seconds["prepare"], mark = time.perf_counter() - mark, time.perf_counter()
+        # A cancelled (or disconnected) client's request goes no further: the model call
+        # is the expensive part.
+        if job.reply.cancelled():
+            raise Cancelled(f"before the {MODEL_NAME} call")
+        outputs = await self._call_model(job, model_input)
+        job.seconds["model"], mark = time.perf_counter() - mark, time.perf_counter()
+        if job.reply.cancelled():
+            raise Cancelled("before the postprocess")
+        answer = await loop.run_in_executor(self.workers, finish_on, outputs, original_size,
+                                            self.meta, job.options, self.max_answer_bytes)
+        job.seconds["finish"] = time.perf_counter() - mark
+        return answer
+
+    async def _call_model(self, job: Job, model_input) -> dict:
+        """numpy in and out on the host; or, on a device, torch tensors both ways by DLPack
+        (on a GPU nothing crosses to the host). Raises what the client should see
+        (bls/errors.py model_call_error)."""
+        pb = self.pb
+        on_gpu = self.device is not None and self.device.type == "cuda"
+        if self.device is None:
+            tensor = pb.Tensor(MODEL_INPUT.name, model_input)
+        else:
+            from torch.utils.dlpack import to_dlpack
+
+            tensor = pb.Tensor.from_dlpack(MODEL_INPUT.name, to_dlpack(model_input))
+        request = pb.InferenceRequest(
+            model_name=MODEL_NAME, requested_output_names=self.output_names, inputs=[tensor],
+            timeout=self.timeout_us,
+            # mask_rcnn on a GPU (libtorch, KIND_GPU) answers in GPU memory: the numpy
+            # path asks for its outputs on the host, the cuda path on its GPU.
+            preferred_memory=pb.PreferredMemory(
+                pb.TRITONSERVER_MEMORY_GPU if on_gpu else pb.TRITONSERVER_MEMORY_CPU,
+                self.device.index or 0 if on_gpu else 0))
+        try:
+            call = asyncio.ensure_future(request.async_exec())
+            if self.timeout_us:
+                # Triton 2.51 does not enforce a BLS timeout on a model without dynamic
+                # batching (measured), so it is enforced here.
+                done, _ = await asyncio.wait({call}, timeout=self.timeout_us / 1e6)
+                if not done:
+                    job.model_call = call
+                    raise ModelTimeout(f"{MODEL_NAME} did not answer within "
+                                       f"mask_rcnn_timeout_us={self.timeout_us}")
+            response = await call
+        except (ModelTimeout, asyncio.CancelledError):
+            raise
+        except Exception as e:  # the call itself failed: the stub refuses BLS while
+            # it finalizes, or its IPC failed
+            if self._stopping:
+                raise Unavailable(f"{PIPELINE_NAME} is stopping") from None
+            raise model_call_error(MODEL_NAME, "INTERNAL", f"{type(e).__name__}: {e}") from None
+        if response.has_error():
+            error = response.error()
+            raise model_call_error(MODEL_NAME, code_name(pb, error.code()), error.message())
+        tensors = {name: pb.get_output_tensor_by_name(response, name)
+                   for name in self.output_names}
+        if self.device is None:
+            return {name: t.as_numpy() for name, t in tensors.items()}
+        import torch
+
+        return {name: torch.from_dlpack(t.to_dlpack()).to(self.device)
+                for name, t in tensors.items()}
+
+    def _conclude(self, job: Job, answer: dict | None, error: Exception | None) -> None:
+        """Answer the job once (if nobody has), count it, let its slot go, then offer
+        the monitoring event. Never raises (see execute)."""
+        try:
+            self._conclude_once(job, answer, error)
+        except Exception as e:  # a bug here must still not escape into execute
+            self._log_error(f"while answering: {type(e).__name__}: {e}")
+
+    def _conclude_once(self, job: Job, answer: dict | None, error: Exception | None) -> None:
+        if not job.reply.claim():
+            return
+        if answer is not None:
+            try:
+                response = output_response(self.pb, answer, self.batched)
+            except Exception as e:  # an answer that cannot be built is a bug: INTERNAL
+                answer, error = None, e
+        if answer is None:
+            response = error_response(self.pb, error, PIPELINE_NAME)
+        job.seconds["total"] = time.perf_counter() - job.started
+        try:  # before the send, so a client that has its answer reads it counted
+            self.metrics.record(error, job.seconds)
+        except Exception as e:  # never holds back the answer
+            self._log_error(f"request metrics not recorded: {e}")
+        sent = job.reply.send(response)
+        self._let_go(job)
+        if sent and answer is not None and self.events is not None:
+            self._monitor(job, answer)
+
+    def _let_go(self, job: Job) -> None:
+        """The job is answered; its slot is free once its model call has ended too."""
+        with self._cv:
+            if job not in self._held:  # never started (answered from execute)
+                return
+            self._held.discard(job)
+            self._cv.notify_all()
+        call = job.model_call
+        if call is not None and not call.done():
+            self.loop.call_soon_threadsafe(call.add_done_callback, lambda _: self._free_slot())
+        else:
+            self._free_slot()
+
+    def _free_slot(self) -> None:
+        with self._cv:
+            self._slots -= 1
+            self._cv.notify_all()
+
+    def _monitor(self, job: Job, answer: dict) -> None:
+        """Offer the event the policy asks for; never blocks, never raises."""
+        try:
+            latency_ms = job.seconds["total"] * 1000
+            names = [n.decode() for n in answer["class_names"]]
+            reasons = self.policy.reasons(answer["scores"], names, latency_ms, random.random())
+            if reasons:
+                image = job.data if self.policy.captures(reasons) else None
+                self.events.offer(reasons, answer, latency_ms, image)
+        except Exception as e:  # monitoring never breaks an answer
+            self.monitoring_calls.count("failed")
+            self._log_error(f"monitoring event not sent: {e}")
+
+    # ------------------------------------------------------------------ stop
+    def finalize(self) -> None:
+        """Stop: wait up to DRAIN_S for the jobs still held, answer any left UNAVAILABLE
+        (the client may retry elsewhere), count the monitoring events left behind, and
+        stop the threads."""
+        deadline = time.monotonic() + DRAIN_S
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+            while self._held and time.monotonic() < deadline:
+                self._cv.wait(max(0.0, deadline - time.monotonic()))
+            left = list(self._held)
+        for job in left:
+            self._conclude(job, None, Unavailable(
+                f"{PIPELINE_NAME} is unloading and the request did not finish within "
+                f"{DRAIN_S:g} s"))
+        if self.events is not None:
+            self.events.close()
+
+        def cancel_then_stop():  # tasks still waiting on a model call are all answered
+            for task in asyncio.all_tasks(self.loop):
+                task.cancel()
+            self.loop.call_soon(self.loop.stop)
+
+        self.loop.call_soon_threadsafe(cancel_then_stop)
+        self._loop_thread.join(timeout=2)
+        self.workers.shutdown(wait=False, cancel_futures=True)
+        self.model_calls.shutdown(wait=False, cancel_futures=True)
+
+    def held(self) -> int:
+        """Jobs accepted and not answered yet."""
+        with self._cv:
+            return len(self._held)

@@ -1,0 +1,423 @@
+"""pipeline_bls's orchestration (bls/orchestrator.py) through its model.py and the
+bls.testing double, with BLS routed to the exported TorchScript file in process.
+
+The double behaves like the stub where these tests look: requests unusable once execute
+returns, response senders that close before they serialise, one persistent loop whose
+default executor (6 threads, as on this 2-core machine) serves ``async_exec``, BLS
+refused in finalize. So the lifecycle and isolation promises are checked here without a
+server; the same paths run against the real server in test_server.py,
+test_reliability_server.py and test_stops_server.py."""
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import bls.orchestrator
+from bls.config import MAX_ANSWER_BYTES, PIPELINE_PARAMETERS
+from bls.contract import (MODEL_INPUT, MODEL_NAME, MONITORING_NAME, MONITORING_OUTPUT,
+                          PIPELINE_INPUT, PIPELINE_NAME, PIPELINE_OUTPUTS, MaskFormat,
+                          model_output)
+from bls.metrics import DURATION_METRIC, REQUESTS_METRIC, STAGES, UNSENT_METRIC
+from bls.policy import POLICY_PARAMETER
+from bls.request import RequestOptions
+from bls.testing import TRITONSERVER_MEMORY_CPU, TritonDouble, TritonError, model_config_dict
+
+CALLS = "pipeline_monitoring_calls_total"
+STUB_EXECUTOR_THREADS = 6  # min(32, cpus + 4) on the 2-core machines this runs on
+
+
+def image_tensor(data: bytes) -> np.ndarray:
+    return np.array([[data]], dtype=object)  # [batch 1, 1]
+
+
+def with_parameters(config: dict, **values) -> dict:
+    config = json.loads(json.dumps(config))
+    for key, value in values.items():
+        config.setdefault("parameters", {})[key] = {"string_value": str(value)}
+    return config
+
+
+class Gate:
+    """A routed model that waits for ``open()`` (a hung model, until the test says)."""
+
+    def __init__(self, route):
+        self.route, self.opened, self.entered = route, threading.Event(), threading.Semaphore(0)
+
+    def __call__(self, inputs, params):
+        self.entered.release()
+        assert self.opened.wait(60), "the test never opened the gate"
+        return self.route(inputs, params)
+
+    def open(self):
+        self.opened.set()
+
+
+@pytest.fixture
+def double(torchscript):
+    def mask_rcnn(inputs, _params):
+        return torchscript(inputs[MODEL_INPUT.name])
+
+    with TritonDouble({MODEL_NAME: mask_rcnn}, executor_threads=STUB_EXECUTOR_THREADS
+                      ).installed() as d:
+        yield d
+
+
+@pytest.fixture
+def load(double, exported):
+    """load(**config parameters) -> pipeline_bls's model, finalized at the end."""
+    loaded = []
+
+    def load(**parameters):
+        config = with_parameters(
+            model_config_dict(exported.repository / PIPELINE_NAME / "config.pbtxt"), **parameters)
+        model = double.load_model(exported.repository / PIPELINE_NAME, config)
+        loaded.append(model)
+        return model
+
+    yield load
+    for model in loaded:
+        model.finalize()
+
+
+def request(double, data: bytes, parameters=None):
+    return double.request({PIPELINE_INPUT.name: image_tensor(data)}, parameters)
+
+
+def outputs_of(response):
+    assert not response.has_error(), response.error().message()
+    values = {t.name(): t.as_numpy() for t in response.output_tensors()}
+    assert list(values) == [s.name for s in PIPELINE_OUTPUTS]
+    return {k: v[0] for k, v in values.items()}  # pipeline_bls is batched: dim 0 is 1
+
+
+def assert_same_answer(got, expected):
+    assert got["classes"].tolist() == expected["classes"].tolist()
+    np.testing.assert_allclose(got["boxes"], expected["boxes"], atol=1e-3, rtol=0)
+    assert got["masks_rle"].tolist() == expected["masks_rle"].tolist()
+    np.testing.assert_array_equal(got["masks"], expected["masks"])
+    assert got["image_size"].tolist() == expected["image_size"].tolist()
+
+
+def model_calls(double):
+    return [c for c in double.calls if c.model_name == MODEL_NAME]
+
+
+# --------------------------------------------------------------------------- answers
+def test_a_batch_with_bad_requests_answers_each_on_its_own(double, load, reference, images,
+                                                          exported):
+    """Each request is read in execute (the double releases them when it returns, as
+    Triton does) and answered once, by its sender."""
+    model = load()
+    requests = [
+        request(double, images["scene.jpg"]),
+        request(double, b"\x89PNG broken"),
+        request(double, images["tall.png"], {"mask_format": "dense", "score_threshold": 0.2,
+                                              "max_detections": 4}),
+        double.request({"wrong_name": image_tensor(images["tall.png"])}),
+        request(double, images["gray.png"], {"score_threshold": 7}),
+    ]
+    responses = double.execute(model, requests)
+    first = outputs_of(responses[0])
+    assert len(first["scores"]) > 0, "the seeded model should detect something here"
+    assert_same_answer(first, reference(images["scene.jpg"]))
+    third = outputs_of(responses[2])
+    assert_same_answer(third, reference(images["tall.png"], RequestOptions(0.2, 4, MaskFormat.DENSE)))
+    assert 0 < len(third["scores"]) <= 4 and third["masks"].shape[0] == len(third["scores"])
+    for i, message in [(1, "pipeline_bls: input 'image': cannot be decoded"),
+                       (3, "pipeline_bls: input 'image': is missing"),
+                       (4, "pipeline_bls: parameter 'score_threshold': must be in [0, 1], got 7.0")]:
+        assert responses[i].error().code() == TritonError.INVALID_ARG
+        assert responses[i].error().message().startswith(message), responses[i].error().message()
+    calls = model_calls(double)
+    assert len(calls) == 2  # only the good ones reached the model, asking for host memory
+    assert calls[0].requested_output_names == [s.name for s in exported.meta.outputs]
+    assert calls[0].preferred_memory.preferred_memory_type == TRITONSERVER_MEMORY_CPU
+    assert [t.name() for t in calls[0].inputs()] == [MODEL_INPUT.name]
+    assert double.metric(REQUESTS_METRIC, outcome="ok") == 2
+    assert double.metric(REQUESTS_METRIC, outcome="invalid") == 3
+    spent = {stage: double.metric(DURATION_METRIC, stage=stage) for stage in STAGES}
+    assert min(spent.values()) > 0
+    assert spent["total"] >= spent["prepare"] + spent["model"] + spent["finish"]
+
+
+def test_malformed_requests_are_answered_before_execute_returns(double, load, images):
+    model = load()
+    missing = double.request({"wrong_name": image_tensor(images["tall.png"])})
+    misspelt = request(double, images["tall.png"], {"score_treshold": 0.1})
+    model.execute([missing, misspelt])  # straight, not through double.execute
+    for bad in (missing, misspelt):
+        assert bad.sender.final_sent, bad.sender.summary()
+        assert bad.sender.responses[0].error().code() == TritonError.INVALID_ARG
+
+
+def test_zero_detections_answer_empty(double, load, empty_image, torchscript, exported):
+    from bls.pipeline import prepare
+
+    model_input = prepare(empty_image, exported.meta).model_input
+    scores = torchscript(model_input)[model_output(exported.meta.outputs, "scores").name]
+    assert len(scores) == 0, "precondition: the model finds nothing"
+    [response] = double.execute(load(), [request(double, empty_image, {"score_threshold": 0})])
+    out = outputs_of(response)
+    assert out["boxes"].shape == (0, 4) and out["masks_rle"].shape == (0,)
+    assert out["image_size"].tolist() == [120, 160]
+
+
+def test_dense_answers_over_the_bound_are_refused_before_they_are_built(double, load, images):
+    model = load(max_answer_bytes=1000)
+    [small, dense, rle] = double.execute(model, [
+        request(double, images["scene.jpg"], {"mask_format": "dense", "max_detections": 0}),
+        request(double, images["scene.jpg"], {"mask_format": "dense", "score_threshold": 0}),
+        request(double, images["scene.jpg"], {"score_threshold": 0})])
+    assert outputs_of(small)["masks"].shape == (0, 240, 320)
+    assert dense.error().code() == TritonError.INVALID_ARG
+    message = dense.error().message()
+    assert message.startswith("pipeline_bls: parameter 'mask_format': the answer would be ")
+    assert "dense masks of 240x320" in message and "max_answer_bytes of 1,000" in message
+    assert "mask_format=rle" in message
+    assert len(outputs_of(rle)["masks_rle"]) > 0
+    assert PIPELINE_PARAMETERS.read({})["max_answer_bytes"] == MAX_ANSWER_BYTES
+
+
+# --------------------------------------------------------------------------- errors
+def test_model_errors_map_to_codes_a_client_can_act_on(double, load, images):
+    model = load()
+
+    def broken(inputs, params):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    double.models[MODEL_NAME] = broken
+    [failed] = double.execute(model, [request(double, images["scene.jpg"])])
+    assert failed.error().code() == TritonError.INTERNAL
+    assert failed.error().message() == ("pipeline_bls: mask_rcnn failed: "
+                                        "CUDA out of memory (simulated)")
+    for message in ("Failed for execute the inference request. Model 'mask_rcnn' is not ready.",
+                    "Stub process 'mask_rcnn_0_0' is not healthy.", "Server not ready"):
+        def unavailable(inputs, params, message=message):
+            raise RuntimeError(message)  # the real server's BLS errors, all code INTERNAL
+
+        double.models[MODEL_NAME] = unavailable
+        [response] = double.execute(model, [request(double, images["scene.jpg"])])
+        assert response.error().code() == TritonError.UNAVAILABLE, message
+        assert response.error().message() == f"pipeline_bls: mask_rcnn is unavailable: {message}"
+    assert double.metric(REQUESTS_METRIC, outcome="failed") == 1
+    assert double.metric(REQUESTS_METRIC, outcome="unavailable") == 3
+
+
+def test_a_timeout_is_answered_unavailable_and_holds_its_slot_until_the_model_lets_go(
+        double, load, images, torchscript):
+    gate = Gate(lambda inputs, _: torchscript(inputs[MODEL_INPUT.name]))
+    double.models[MODEL_NAME] = gate
+    model = load(mask_rcnn_timeout_us=1_500_000, max_in_flight_requests=1)
+    started = time.monotonic()
+    [response] = double.execute(model, [request(double, images["scene.jpg"])])
+    assert time.monotonic() - started < 20
+    assert response.error().code() == TritonError.UNAVAILABLE
+    assert response.error().message() == ("pipeline_bls: mask_rcnn did not answer within "
+                                          "mask_rcnn_timeout_us=1500000")
+    assert double.metric(REQUESTS_METRIC, outcome="timeout") == 1
+    # The call still runs in mask_rcnn: the one slot stays taken, the next execute waits.
+    nxt = request(double, images["tall.png"])
+    waiting = threading.Thread(target=model.execute, args=([nxt],))
+    waiting.start()
+    waiting.join(0.3)
+    assert waiting.is_alive(), "execute took a slot that a timed-out call still holds"
+    gate.open()
+    waiting.join(30)
+    double.wait_closed([nxt])
+    assert not nxt.sender.responses[0].has_error()
+
+
+def test_cancellation_is_read_from_the_sender_after_execute_returned(double, load, images,
+                                                                     torchscript):
+    gate = Gate(lambda inputs, _: torchscript(inputs[MODEL_INPUT.name]))
+    double.models[MODEL_NAME] = gate
+    model = load()
+    cancelled, live = request(double, images["scene.jpg"]), request(double, images["tall.png"])
+    model.execute([cancelled, live])  # returns at once; the requests are released now
+    double._release([cancelled, live])
+    assert gate.entered.acquire(timeout=30) and gate.entered.acquire(timeout=30)
+    double.cancel(cancelled)  # the client gives up while mask_rcnn works
+    gate.open()
+    double.wait_closed([cancelled, live])
+    [first], [second] = cancelled.sender.responses, live.sender.responses
+    assert first.error().code() == TritonError.CANCELLED
+    assert first.error().message() == "pipeline_bls: cancelled: before the postprocess"
+    assert not second.has_error()
+    assert double.metric(REQUESTS_METRIC, outcome="cancelled") == 1
+
+
+def test_a_send_that_fails_is_counted_and_spares_its_neighbours(double, load, images):
+    model = load()
+    double.fail_sends(lambda response, flags: not response.has_error()
+                      and outputs_of(response)["image_size"].tolist() == [330, 210])
+    requests = [request(double, images["scene.jpg"]), request(double, images["tall.png"]),
+                request(double, b"junk")]
+    with pytest.raises(AssertionError, match=r"request 1: 0 response\(s\).*lost"):
+        double.execute(model, requests)
+    assert not requests[0].sender.responses[0].has_error()
+    assert requests[2].sender.responses[0].error().code() == TritonError.INVALID_ARG
+    assert double.metric(UNSENT_METRIC) == 1
+
+
+# --------------------------------------------------------------------------- load and stops
+def test_execute_returns_while_answers_run_and_holds_at_max_in_flight(double, load, images,
+                                                                      torchscript):
+    gate = Gate(lambda inputs, _: torchscript(inputs[MODEL_INPUT.name]))
+    double.models[MODEL_NAME] = gate
+    model = load(max_in_flight_requests=2)
+    first = [request(double, images["scene.jpg"]), request(double, images["tall.png"])]
+    model.execute(first)  # returns: both started
+    third = request(double, images["gray.png"])
+    held = threading.Thread(target=model.execute, args=([third],))
+    held.start()
+    held.join(0.3)
+    assert held.is_alive(), "a third request was started beyond max_in_flight_requests=2"
+    assert model.pipeline.held() == 2
+    gate.open()
+    held.join(30)
+    double.wait_closed(first + [third])
+    assert all(not r.sender.responses[0].has_error() for r in first + [third])
+
+
+def test_finalize_answers_what_it_holds(double, load, images, torchscript, monkeypatch):
+    """Triton waits for open senders before it unloads a model, so this is the rare case;
+    still nothing may be left unanswered: UNAVAILABLE, so the client retries elsewhere."""
+    monkeypatch.setattr(bls.orchestrator, "DRAIN_S", 0.3)
+    gate = Gate(lambda inputs, _: torchscript(inputs[MODEL_INPUT.name]))
+    double.models[MODEL_NAME] = gate
+    model = load()
+    held = [request(double, images["scene.jpg"]), request(double, images["tall.png"])]
+    model.execute(held)
+    assert gate.entered.acquire(timeout=30)
+    double.finalize(model)  # BLS is refused from now on, as in the stub
+    for r in held:  # in mask_rcnn still, or refused its call: UNAVAILABLE either way
+        [response] = r.sender.responses
+        assert response.error().code() == TritonError.UNAVAILABLE
+        assert response.error().message() in (
+            "pipeline_bls: pipeline_bls is unloading and the request did not finish within 0.3 s",
+            "pipeline_bls: pipeline_bls is stopping")
+    gate.open()  # the call that was in mask_rcnn ends; its answer is not sent twice
+    time.sleep(0.2)
+    assert all(len(r.sender.responses) == 1 for r in held)
+
+
+# --------------------------------------------------------------------------- parameters
+def test_unknown_config_parameters_fail_the_load_by_name(load):
+    with pytest.raises(ValueError, match=r"pipeline_bls: unknown config parameter\(s\) "
+                                         r"\['worker_thread'\]; known: \[.*'worker_threads'"):
+        load(worker_thread=3)
+
+
+def test_reserved_and_forwarded_parameters_are_skipped_misspelt_ones_refused(double, load,
+                                                                             images):
+    model = load(header_forward_pattern="x-.*|traceparent")
+    ok, forwarded, misspelt = double.execute(model, [
+        request(double, images["scene.jpg"], {"headers": "{}", "score_threshold": 0.1}),
+        request(double, images["scene.jpg"], {"X-Request-Id": "a1", "traceparent": "00-1"}),
+        request(double, images["scene.jpg"], {"score_treshold": 0.1})])
+    assert not ok.has_error() and not forwarded.has_error()
+    assert misspelt.error().code() == TritonError.INVALID_ARG
+    assert "parameter 'score_treshold': is not a known request parameter" in \
+        misspelt.error().message()
+
+
+# --------------------------------------------------------------------------- monitoring
+@pytest.fixture
+def monitored(double, load):
+    """pipeline_bls with every request monitored and captured, monitoring routed to a
+    recording callable."""
+    events = []
+
+    def monitoring(inputs, _params):
+        events.append(inputs)
+        return {MONITORING_OUTPUT.name: np.zeros(0, dtype=object)}
+
+    double.models[MONITORING_NAME] = monitoring
+    model = load(**{POLICY_PARAMETER: json.dumps({"sample_rate": 1.0, "capture": "all"})})
+    return model, events
+
+
+def wait_for(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_events_carry_the_answer_and_monitoring_changes_no_answer(double, monitored, images):
+    model, events = monitored
+    data = images["scene.jpg"]
+    [response] = double.execute(model, [request(double, data, {"score_threshold": 0.0})])
+    first = outputs_of(response)
+    wait_for(lambda: double.metric(CALLS, outcome="ok") == 1)
+    [event] = events
+    assert event["reasons"].tolist() == [b"sampled"]
+    np.testing.assert_array_equal(event["scores"], first["scores"])
+    np.testing.assert_array_equal(event["classes"], first["classes"])
+    assert event["image"].tolist() == [data]
+    assert json.loads(event["predictions"][0])["masks_rle"] == [m.decode() for m in first["masks_rle"]]
+
+    def raising(inputs, params):
+        raise RuntimeError("monitoring is broken")
+
+    double.models[MONITORING_NAME] = raising
+    [broken] = double.execute(model, [request(double, data, {"score_threshold": 0.0})])
+    del double.models[MONITORING_NAME]
+    [unloaded] = double.execute(model, [request(double, data, {"score_threshold": 0.0})])
+    for other in (broken, unloaded):
+        for name, value in outputs_of(other).items():
+            np.testing.assert_array_equal(value, first[name])
+    wait_for(lambda: double.metric(CALLS, outcome="failed") == 2)
+
+
+def test_a_hung_monitoring_holds_no_answer(double, monitored, images):
+    """Monitoring never answers: more requests than the stub's executor has threads are
+    all answered, each in its own time. (Sending events with async_exec, as before, held
+    one executor thread per event, and the seventh answer waited for them.)"""
+    model, _ = monitored
+    gate = Gate(lambda inputs, params: {MONITORING_OUTPUT.name: np.zeros(0, dtype=object)})
+    double.models[MONITORING_NAME] = gate
+    count = 2 * STUB_EXECUTOR_THREADS
+    for _ in range(count):
+        [response] = double.execute(model, [request(double, images["tall.png"])], timeout=20)
+        assert not response.has_error()
+    assert double.metric(CALLS, outcome="ok") == 0  # monitoring has acknowledged nothing
+    assert model.pipeline.events.pending() == count
+    gate.open()  # the first event, held past timeout_ms, counts as late; the rest are ok
+    wait_for(lambda: (double.metric(CALLS, outcome="timeout"),
+                      double.metric(CALLS, outcome="ok")) == (1, count - 1))
+
+
+def test_events_that_do_not_fit_are_dropped_late_ones_and_leftovers_counted(double, load,
+                                                                           images):
+    gate = Gate(lambda inputs, params: {MONITORING_OUTPUT.name: np.zeros(0, dtype=object)})
+    double.models[MONITORING_NAME] = gate
+    model = load(**{POLICY_PARAMETER: json.dumps({"sample_rate": 1.0, "max_in_flight": 2,
+                                                  "timeout_ms": 50})})
+    for _ in range(4):
+        double.execute(model, [request(double, images["tall.png"])])
+    assert double.metric(CALLS, outcome="dropped") == 2
+    gate.open()
+    wait_for(lambda: double.metric(CALLS, outcome="timeout") == 1)  # acknowledged late
+    wait_for(lambda: double.metric(CALLS, outcome="ok") == 1)
+    gate.opened.clear()
+    double.execute(model, [request(double, images["tall.png"])])
+    double.execute(model, [request(double, images["tall.png"])])
+    model.finalize()
+    assert double.metric(CALLS, outcome="abandoned") == 2
+    gate.open()
+
+
+def test_captures_over_their_bound_go_without_the_image(double, load, images):
+    events = []
+    double.models[MONITORING_NAME] = lambda inputs, params: (
+        events.append(inputs) or {MONITORING_OUTPUT.name: np.zeros(0, dtype=object)})
+    model = load(**{POLICY_PARAMETER: json.dumps({"sample_rate": 1.0, "capture": "all",
+                                                  "max_capture_bytes": 100})})
+    double.execute(model, [request(double, images["tall.png"])])
+    wait_for(lambda: len(events) == 1)
+    assert events[0]["image"].shape == (0,) and events[0]["predictions"].shape == (0,)
+    assert double.metric("pipeline_monitoring_captures_skipped_total") == 1
