@@ -80,6 +80,9 @@ class DriftMonitor:
     """
 
     SIGNALS = {"scores": SCORE_EDGES, "detections": COUNT_EDGES}
+    # Every kind of alert it raises (DriftAlert.to_dict): a fixed set, so a metric
+    # labelled by kind has these series and no others.
+    ALERT_KINDS = tuple(f"drift_{signal}" for signal in SIGNALS)
 
     def __init__(self, settings: DriftSettings = DriftSettings()):
         self.settings = settings

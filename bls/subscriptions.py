@@ -4,7 +4,9 @@ A watcher sends ``command = subscribe`` over a gRPC stream; the model keeps the
 request's response sender and sends each alert on it as it happens, then a final
 ``{"type": "end"}`` response with the FINAL flag after ``max_alerts`` alerts or
 ``duration_s`` seconds, whichever comes first. This is what decoupled mode is for: any
-number of responses to one request, at any time. ``pb_utils`` is passed in.
+number of responses to one request, at any time. Each open stream holds a sender until
+it ends, so at most max_subscriptions are open; one more is answered UNAVAILABLE.
+``pb_utils`` is passed in.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bls.contract import MONITORING_OUTPUT
-from bls.errors import InvalidInput
+from bls.errors import InvalidInput, Unavailable
 
 MAX_DURATION_S = 24 * 3600.0
 
@@ -52,56 +54,78 @@ def message_response(pb_utils, message: dict):
     return pb_utils.InferenceResponse([pb_utils.Tensor(MONITORING_OUTPUT.name, data)])
 
 
-class Subscribers:
-    """Open alert streams; thread-safe (execute adds, the worker publishes and expires)."""
+@dataclass
+class _Stream:
+    sender: object
+    alerts_left: int
+    deadline: float
 
-    def __init__(self, pb_utils, clock=time.monotonic):
+
+class Subscribers:
+    """Open alert streams, at most ``max_open``; thread-safe (execute adds, the worker
+    publishes and expires). A stream that ends (max_alerts, duration_s, its client gone,
+    the model unloaded) frees its slot."""
+
+    def __init__(self, pb_utils, max_open: int, clock=time.monotonic):
         self._pb = pb_utils
+        self.max_open = max_open
         self._clock = clock
         self._lock = threading.Lock()
-        self._open: list[list] = []  # [sender, alerts left, deadline]
+        self._open: list[_Stream] = []
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._open)
 
     def add(self, sender, subscription: Subscription) -> None:
-        sender.send(message_response(self._pb, {
-            "type": "subscribed", "max_alerts": subscription.max_alerts,
-            "duration_s": subscription.duration_s}))
+        """Open a stream on ``sender``; raises Unavailable (answered UNAVAILABLE) when
+        ``max_open`` are open."""
         with self._lock:
-            self._open.append([sender, subscription.max_alerts,
-                               self._clock() + subscription.duration_s])
+            if len(self._open) >= self.max_open:
+                raise Unavailable(f"{len(self._open)} alert streams are open, the limit "
+                                  f"(max_subscriptions) is {self.max_open}; subscribe again "
+                                  f"when one ends (max_alerts, duration_s) or raise "
+                                  f"max_subscriptions")
+            sender.send(message_response(self._pb, {
+                "type": "subscribed", "max_alerts": subscription.max_alerts,
+                "duration_s": subscription.duration_s}))
+            self._open.append(_Stream(sender, subscription.max_alerts,
+                                      self._clock() + subscription.duration_s))
 
     def publish(self, alert: dict) -> None:
         """Send ``alert`` to every stream; a stream whose client is gone is dropped."""
         with self._lock:
-            for entry in list(self._open):
-                sender = entry[0]
+            for stream in list(self._open):
                 try:
-                    sender.send(message_response(self._pb, alert))
+                    stream.sender.send(message_response(self._pb, alert))
                 except Exception:  # the client went away: nothing left to tell
-                    self._open.remove(entry)
+                    self._open.remove(stream)
                     continue
-                entry[1] -= 1
-                if entry[1] == 0:
-                    self._end(entry, "max_alerts reached")
+                stream.alerts_left -= 1
+                if stream.alerts_left == 0:
+                    self._end(stream, "max_alerts reached")
 
     def expire(self) -> None:
+        """End the streams past their duration_s, and those whose requests Triton
+        cancelled (the client cancelled its gRPC stream or went away; the final flag is
+        still owed)."""
         now = self._clock()
         with self._lock:
-            for entry in [e for e in self._open if e[2] <= now]:
-                self._end(entry, "duration_s elapsed")
+            for stream in list(self._open):
+                if stream.sender.is_cancelled():
+                    self._end(stream, "cancelled")
+                elif stream.deadline <= now:
+                    self._end(stream, "duration_s elapsed")
 
     def close_all(self, why: str) -> None:
         with self._lock:
-            for entry in list(self._open):
-                self._end(entry, why)
+            for stream in list(self._open):
+                self._end(stream, why)
 
-    def _end(self, entry: list, why: str) -> None:
-        self._open.remove(entry)
+    def _end(self, stream: _Stream, why: str) -> None:
+        self._open.remove(stream)
         try:
-            entry[0].send(message_response(self._pb, {"type": "end", "reason": why}),
-                          flags=self._pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            stream.sender.send(message_response(self._pb, {"type": "end", "reason": why}),
+                               flags=self._pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         except Exception:
             pass

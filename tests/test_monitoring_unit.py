@@ -1,11 +1,14 @@
 """Monitoring logic without a server: the policy, the drift math, the capture quota, the
-statistics and metrics, the alert streams, and both model.py files through the
-triton_python_backend_utils double. The real server runs them in
-test_monitoring_server.py."""
+event checks, the queue, the statistics and metrics (bounded labels, snapshots taken
+while the worker records), the alert streams and their cap, and the monitoring model.py
+through the triton_python_backend_utils double. The real server runs them in
+test_monitoring_server.py and test_monitoring_hygiene_server.py."""
 
 import json
 import re
+import threading
 import time
+from contextlib import ExitStack
 
 import numpy as np
 import pytest
@@ -13,14 +16,31 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bls.capture import CaptureSettings, CaptureStore, image_extension
-from bls.contract import (MODEL_INPUT, MODEL_NAME, MONITORING_INPUTS, MONITORING_NAME,
-                          MONITORING_OUTPUT, PIPELINE_INPUT, PIPELINE_NAME)
+from bls.config import MONITORING_PARAMETERS
+from bls.contract import MAX_DETECTIONS_LIMIT, MONITORING_INPUTS, MONITORING_NAME
 from bls.drift import DriftMonitor, DriftSettings, psi, shares
-from bls.monitor import Event, Monitor, MonitorSettings, TritonMetrics
+from bls.errors import Unavailable
+from bls.monitor import (MAX_LABEL_VALUES, OTHER, Event, EventQueue, Monitor,
+                         MonitorSettings, TritonMetrics)
 from bls.policy import (POLICY_PARAMETER, Capture, MonitoringPolicy, Reason, event_inputs,
                         predictions_json)
 from bls.subscriptions import Subscribers, Subscription
 from tests.triton_double import ResponseSender, TritonDouble, TritonError, model_config_dict
+
+DEFAULTS = MONITORING_PARAMETERS.read({})
+NAMES = ["background", "cat", "dog"]
+
+
+def with_parameters(config: dict, **values) -> dict:
+    config = json.loads(json.dumps(config))
+    for key, value in values.items():
+        config.setdefault("parameters", {})[key] = {"string_value": str(value)}
+    return config
+
+
+def monitor_settings(**values) -> MonitorSettings:
+    """MonitorSettings from config parameters, through the registry."""
+    return MonitorSettings.from_config(with_parameters({}, **values))
 
 
 # --------------------------------------------------------------------------- policy
@@ -79,19 +99,107 @@ def test_event_inputs_follow_the_contract_and_carry_the_answer():
     predictions = json.loads(captured["predictions"][0])
     assert predictions["class_names"] == ["c1", "c2"] and predictions["image_size"] == [5, 6]
     assert predictions["masks_rle"] == ["abc", "abc"]
-    event = Event.from_arrays(captured)
+    event = Event.from_arrays(captured, len(NAMES), DEFAULTS["max_event_bytes"])
     assert event.reasons == ("slow",) and event.latency_ms == 12.5
     assert json.loads(event.predictions) == json.loads(predictions_json(answer()))
+
+
+
+# --------------------------------------------------------------------------- events
+def parse(arrays, max_event_bytes=DEFAULTS["max_event_bytes"]):
+    return Event.from_arrays(arrays, len(NAMES), max_event_bytes)
 
 
 def test_event_errors_name_the_input():
     good = event_inputs([Reason.SAMPLED], answer(), 1.0, None)
     with pytest.raises(ValueError, match="input 'scores': is missing"):
-        Event.from_arrays({**good, "scores": None})
+        parse({**good, "scores": None})
     with pytest.raises(ValueError, match="input 'classes': has 1 values for 2 scores"):
-        Event.from_arrays({**good, "classes": np.array([1], np.int64)})
+        parse({**good, "classes": np.array([1], np.int64)})
     with pytest.raises(ValueError, match="input 'latency_ms'"):
-        Event.from_arrays({**good, "latency_ms": np.array([np.nan], np.float32)})
+        parse({**good, "latency_ms": np.array([np.nan], np.float32)})
+
+
+def detections(scores, classes) -> dict:
+    return event_inputs([Reason.SAMPLED], {**answer(len(scores)),
+                                           "scores": np.array(scores, np.float32),
+                                           "classes": np.array(classes, np.int64)}, 1.0, None)
+
+
+REASON_LIST = str([r.value for r in Reason])
+
+
+@pytest.mark.parametrize("arrays,message", [
+    ({**detections([0.9], [1]), "reasons": np.array([b"made_up"], dtype=object)},
+     f"input 'reasons': 'made_up' is not a reason; known: {REASON_LIST}"),
+    ({**detections([0.9], [1]), "reasons": np.array([b"sampled", b"x" * 10_000], dtype=object)},
+     f"input 'reasons': '{'x' * 64}'... is not a reason"),
+    ({**detections([0.9], [1]), "reasons": np.zeros(0, dtype=object)},
+     f"input 'reasons': is empty; an event has one or more of {REASON_LIST}"),
+    (detections([0.9, 0.8], [1, len(NAMES)]),
+     f"input 'classes': class index {len(NAMES)} (detection 1) is outside [0, {len(NAMES)})"),
+    (detections([0.9], [-1]), f"input 'classes': class index -1 (detection 0) is outside"),
+    (detections([0.9, np.nan], [1, 1]), "input 'scores': score nan (detection 1) is not in [0, 1]"),
+    (detections([np.inf], [1]), "input 'scores': score inf (detection 0) is not in [0, 1]"),
+    (detections([1.5], [1]), "input 'scores': score 1.5 (detection 0) is not in [0, 1]"),
+    (detections([-0.25], [1]), "input 'scores': score -0.25 (detection 0) is not in [0, 1]"),
+    (detections([0.5] * (MAX_DETECTIONS_LIMIT + 1), [1] * (MAX_DETECTIONS_LIMIT + 1)),
+     f"input 'scores': has {MAX_DETECTIONS_LIMIT + 1} detections, more than "
+     f"{MAX_DETECTIONS_LIMIT}"),
+])
+def test_events_outside_the_known_sets_are_refused(arrays, message):
+    with pytest.raises(ValueError) as info:
+        parse(arrays)
+    assert message in str(info.value)
+    assert len(str(info.value)) < 300  # no request echoed whole
+
+
+def test_event_size_counts_every_input_and_is_bounded():
+    arrays = event_inputs([Reason.SAMPLED], answer(2), 1.0, b"\xff\xd8\xff" + bytes(1000))
+    size = sum(v.nbytes for k, v in arrays.items() if v.dtype != object) + \
+        sum(len(b) for k, v in arrays.items() if v.dtype == object for b in v)
+    assert size > 1000 + len(arrays["predictions"][0])
+    assert parse(arrays, max_event_bytes=size).nbytes == size  # at the bound: accepted
+    with pytest.raises(ValueError) as info:
+        parse(arrays, max_event_bytes=size - 1)
+    assert str(info.value) == (f"input 'image': the event is {size} bytes (image: 1003), more "
+                               f"than the limit (max_event_bytes) of {size - 1}")
+
+
+def test_settings_are_read_through_the_registry(tmp_path):
+    read = monitor_settings()
+    assert (read.queue_size, read.queue_max_bytes, read.max_event_bytes, read.max_subscriptions) \
+        == (DEFAULTS["queue_size"], DEFAULTS["queue_max_bytes"], DEFAULTS["max_event_bytes"],
+            DEFAULTS["max_subscriptions"])
+    assert read.drift == DriftSettings(DEFAULTS["drift_reference_size"],
+                                       DEFAULTS["drift_window_size"],
+                                       DEFAULTS["drift_check_every"], DEFAULTS["drift_threshold"])
+    assert read.capture is None
+    chosen = monitor_settings(queue_size=7, queue_max_bytes=900, max_event_bytes=800,
+                              max_subscriptions=3, drift_threshold=0.5, capture_dir=tmp_path,
+                              capture_max_files=5)
+    assert (chosen.queue_size, chosen.queue_max_bytes, chosen.max_event_bytes,
+            chosen.max_subscriptions, chosen.drift.threshold) == (7, 900, 800, 3, 0.5)
+    assert chosen.capture == CaptureSettings(tmp_path, DEFAULTS["capture_max_bytes"], 5)
+    with pytest.raises(ValueError, match=r"unknown config parameter\(s\) \['queue_sise'\]"):
+        monitor_settings(queue_sise=5)
+    with pytest.raises(ValueError, match="max_event_bytes=800 must be <= queue_max_bytes=700"):
+        monitor_settings(queue_max_bytes=700, max_event_bytes=800)
+
+
+def test_event_queue_is_bounded_by_count_and_bytes():
+    q = EventQueue(max_items=3, max_bytes=100)
+    assert q.put("a", 60) and q.put("b", 40)
+    assert not q.put("c", 1)  # 101 bytes
+    assert q.put("d", 0) and not q.put("e", 0)  # 4 items
+    assert q.usage() == (3, 100)
+    assert q.get(0) == "a" and q.put("f", 60) and q.usage() == (3, 100)
+    room = threading.Timer(0.2, q.get, args=(0,))
+    room.start()
+    assert q.put("g", 0, timeout=5)  # waits until the timer takes "b"
+    q.close()
+    assert not q.put("h", 0)
+    assert [q.get(0), q.get(0), q.get(0), q.get(5)] == ["d", "f", "g", None]  # drained, then None
 
 
 # --------------------------------------------------------------------------- drift
@@ -160,16 +268,16 @@ def test_capture_keeps_the_newest_refuses_oversize_and_resumes(tmp_path):
         ["webp", "bmp", "tif", "bin"]
 
 
+
 # --------------------------------------------------------------------------- statistics
 def test_monitor_statistics_and_metrics(tmp_path):
     double = TritonDouble()
     with double.installed():
-        metrics = TritonMetrics(double.module)
-        monitor = Monitor(["background", "cat", "dog"],
-                          MonitorSettings(capture=CaptureSettings(tmp_path)), metrics)
-        monitor.record(Event.from_arrays(event_inputs(
+        metrics = TritonMetrics(double.module, NAMES)
+        monitor = Monitor(NAMES, monitor_settings(capture_dir=tmp_path), metrics)
+        monitor.record(monitor.parse(event_inputs(
             [Reason.SAMPLED], {**answer(2), "classes": np.array([1, 2], np.int64)}, 40.0, None)))
-        monitor.record(Event.from_arrays(event_inputs(
+        monitor.record(monitor.parse(event_inputs(
             [Reason.NO_DETECTIONS], answer(0), 700.0, b"\xff\xd8\xffjpeg")))
         monitor.drop()
     stats = monitor.snapshot()
@@ -191,16 +299,98 @@ def test_monitor_statistics_and_metrics(tmp_path):
     assert double.metric("monitoring_capture_bytes") == stats["capture"]["bytes"]
 
 
+def series(double, family) -> dict:
+    """label value -> metric value, for a family with one label."""
+    return {dict(key).popitem()[1]: m.value() for key, m in double.metrics[family].metrics.items()}
+
+
+def test_metric_labels_come_only_from_fixed_sets():
+    double = TritonDouble()
+    with double.installed():
+        metrics = TritonMetrics(double.module, NAMES)
+        forged = Event(("sampled", "made_up"), np.array([0.5, 0.5], np.float32),
+                       np.array([1, 1], np.int64), 1.0, 0)
+        metrics.event(forged, ["cat", "class_99"], {"scores": 0.1, "made_up": 0.2},
+                      [{"kind": DriftMonitor.ALERT_KINDS[0]}, {"kind": "made_up"}])
+    assert series(double, "monitoring_events_total") == {"sampled": 1, OTHER: 1}
+    assert series(double, "monitoring_detections_total") == {"cat": 1, OTHER: 1}
+    assert series(double, "monitoring_drift_psi") == {"scores": 0.1, OTHER: 0.2}
+    assert series(double, "monitoring_alerts_total") == {DriftMonitor.ALERT_KINDS[0]: 1, OTHER: 1}
+
+
+def test_metric_label_values_are_capped_per_family():
+    names = [f"class{i}" for i in range(MAX_LABEL_VALUES + 40)]
+    double = TritonDouble()
+    with double.installed():
+        monitor = Monitor(names, monitor_settings(), TritonMetrics(double.module, names))
+        for i in range(len(names)):
+            monitor.record(monitor.parse(detections([0.5, 0.5], [i, i])))
+    counted = series(double, "monitoring_detections_total")
+    assert len(counted) == MAX_LABEL_VALUES + 1
+    assert counted[OTHER] == 2 * (len(names) - MAX_LABEL_VALUES)
+    assert sum(counted.values()) == 2 * len(names)  # nothing lost, only folded
+    assert monitor.snapshot()["detections_per_class"][names[-1]] == 2  # stats keep every name
+
+
+def test_snapshot_is_consistent_while_the_worker_records(tmp_path):
+    reference, window = 5, 5
+    settings_ = monitor_settings(drift_reference_size=reference, drift_window_size=window,
+                                 drift_check_every=1, capture_dir=tmp_path,
+                                 capture_max_files=20)
+    double = TritonDouble()
+    rng = np.random.default_rng(0)
+    count = 400
+    events = [detections(rng.uniform(0, 1, n).tolist(), rng.integers(0, len(NAMES), n).tolist())
+              for n in rng.integers(0, 12, count)]
+    with double.installed():
+        monitor = Monitor(NAMES, settings_, TritonMetrics(double.module, NAMES))
+        parsed = [monitor.parse({**e, "image": np.array([b"\xff\xd8\xff" + bytes(50)], object),
+                                 "predictions": np.array([b"{}"], object)}) for e in events]
+        failures = []
+
+        def work():
+            try:
+                for event in parsed:
+                    monitor.record(event)
+            except Exception as e:  # reported below: the main thread asserts
+                failures.append(e)
+
+        worker = threading.Thread(target=work)
+        worker.start()
+        seen = []
+        while worker.is_alive() or not seen or seen[-1]["events"] < count:
+            stats = monitor.snapshot()
+            json.dumps(stats)
+            scored = sum(stats["score_histogram"]["counts"])
+            assert scored == sum(stats["detections_per_class"].values())
+            assert scored == sum(len(e.scores) for e in parsed[:stats["events"]])
+            assert sum(stats["detections_per_request"]["counts"]) == stats["events"]
+            assert sum(stats["reasons"].values()) == stats["events"] == \
+                stats["latency_ms"]["count"]
+            assert bool(stats["drift_psi"]) == (stats["events"] >= reference + window)
+            assert stats["events"] - 1 <= stats["capture"]["saved"] <= stats["events"]
+            seen.append(stats)
+            assert not failures, failures
+        worker.join()
+    assert [s["events"] for s in seen] == sorted(s["events"] for s in seen)
+    assert len({s["events"] for s in seen}) > 10, "the snapshots never met the worker"
+    assert double.metric("monitoring_detection_score") == sum(len(e.scores) for e in parsed)
+
+
 # --------------------------------------------------------------------------- streams
 class GoneSender(ResponseSender):
     def send(self, response=None, flags=0):
         raise TritonError("stream closed by the client")
 
 
+def text_of(response) -> dict:
+    return json.loads(response.output_tensors()[0].as_numpy()[0])
+
+
 def test_subscribers_get_alerts_then_an_end():
     double = TritonDouble()
     now = [0.0]
-    subs = Subscribers(double.module, clock=lambda: now[0])
+    subs = Subscribers(double.module, max_open=3, clock=lambda: now[0])
     two, timed, gone = ResponseSender(), ResponseSender(), ResponseSender()
     subs.add(two, Subscription(max_alerts=2))
     subs.add(timed, Subscription(duration_s=5))
@@ -208,98 +398,64 @@ def test_subscribers_get_alerts_then_an_end():
     gone.send = GoneSender().send
     for i in range(3):
         subs.publish({"type": "alert", "kind": f"k{i}"})
-    messages = [json.loads(r.output_tensors()[0].as_numpy()[0]) for r in two.responses]
-    assert [m["type"] for m in messages] == ["subscribed", "alert", "alert", "end"]
+    assert [text_of(r)["type"] for r in two.responses] == ["subscribed", "alert", "alert", "end"]
     assert two.closed and not timed.closed and len(subs) == 1
     now[0] = 6
     subs.expire()
     assert timed.closed and len(subs) == 0
-    assert json.loads(timed.responses[-1].output_tensors()[0].as_numpy()[0]) == \
-        {"type": "end", "reason": "duration_s elapsed"}
+    assert text_of(timed.responses[-1]) == {"type": "end", "reason": "duration_s elapsed"}
     with pytest.raises(ValueError, match="parameter 'max_alert"):
         Subscription.from_parameters({"max_alert": 3})
 
 
-# --------------------------------------------------------------------------- model.py
-def with_parameters(config: dict, **values) -> dict:
-    config = json.loads(json.dumps(config))
-    for key, value in values.items():
-        config.setdefault("parameters", {})[key] = {"string_value": value}
-    return config
-
-
-@pytest.fixture
-def monitored(torchscript, exported):
-    """pipeline_bls (every request monitored) with mask_rcnn routed to the TorchScript
-    file and monitoring to a recording callable (or absent, or raising)."""
-    events = []
-    behaviour = {"raise": False}
-
-    def monitoring(inputs, _params):
-        if behaviour["raise"]:
-            raise RuntimeError("monitoring is broken")
-        events.append(inputs)
-        return {MONITORING_OUTPUT.name: np.zeros(0, dtype=object)}
-
-    double = TritonDouble({MODEL_NAME: lambda inputs, _: torchscript(inputs[MODEL_INPUT.name]),
-                           MONITORING_NAME: monitoring})
-    config = with_parameters(model_config_dict(exported.repository / PIPELINE_NAME / "config.pbtxt"),
-                             **{POLICY_PARAMETER: '{"sample_rate": 1.0, "capture": "all"}'})
-    with double.installed():
-        model = double.load_model(exported.repository / PIPELINE_NAME, config)
-        yield double, model, events, behaviour
-        model.finalize()
-
-
-def send(double, model, data):
-    request = double.request({PIPELINE_INPUT.name: np.array([[data]], dtype=object)},
-                             {"score_threshold": 0.0})
-    [response] = double.execute(model, [request])
-    assert not response.has_error(), response.error().message()
-    return {t.name(): t.as_numpy()[0] for t in response.output_tensors()}
-
-
-def test_pipeline_sends_events_and_answers_the_same_without_monitoring(monitored, images):
-    double, model, events, behaviour = monitored
-    data = images["scene.jpg"]
-    first = send(double, model, data)
-    assert len(events) == 1 and double.metric("pipeline_monitoring_calls_total", outcome="ok") == 1
-    event = events[0]
-    assert event["reasons"].tolist() == [b"sampled"]
-    np.testing.assert_array_equal(event["scores"], first["scores"])
-    np.testing.assert_array_equal(event["classes"], first["classes"])
-    assert event["image"].tolist() == [data]
-    assert json.loads(event["predictions"][0])["masks_rle"] == [m.decode() for m in first["masks_rle"]]
-
-    behaviour["raise"] = True
-    broken = send(double, model, data)
-    del double.models[MONITORING_NAME]
-    unloaded = send(double, model, data)
-    for other in (broken, unloaded):
-        for name in first:
-            np.testing.assert_array_equal(other[name], first[name])
-    assert double.metric("pipeline_monitoring_calls_total", outcome="failed") == 2
-
-
-def test_pipeline_drops_events_beyond_max_in_flight(monitored, images):
-    double, model, events, _ = monitored
-    model.in_flight.update(object() for _ in range(model.policy.max_in_flight))
-    send(double, model, images["scene.jpg"])
-    assert events == []
-    assert double.metric("pipeline_monitoring_calls_total", outcome="dropped") == 1
-
-
-@pytest.fixture
-def monitoring_model(exported, tmp_path):
+def test_subscriptions_are_capped_and_ended_streams_free_their_slot():
     double = TritonDouble()
-    config = with_parameters(
-        model_config_dict(exported.repository / MONITORING_NAME / "config.pbtxt"),
-        drift_reference_size="5", drift_window_size="5", drift_check_every="5",
-        capture_dir=str(tmp_path / "capture"))
-    with double.installed():
-        model = double.load_model(exported.repository / MONITORING_NAME, config)
-        yield double, model
-        model.finalize()
+    subs = Subscribers(double.module, max_open=2)
+    first, cancelled = double.request({}), double.request({})
+    subs.add(first.sender, Subscription(max_alerts=1))
+    subs.add(cancelled.sender, Subscription())
+    refused = ResponseSender()
+    with pytest.raises(Unavailable, match=r"^2 alert streams are open, the limit "
+                                          r"\(max_subscriptions\) is 2; "):
+        subs.add(refused, Subscription())
+    assert refused.responses == [] and len(subs) == 2
+    subs.publish({"type": "alert"})  # first has had its one alert: ended
+    assert first.sender.closed and len(subs) == 1
+    subs.add(ResponseSender(), Subscription())
+    double.cancel(cancelled)  # its client went away
+    subs.expire()
+    assert cancelled.sender.closed and len(subs) == 1
+    subs.add(ResponseSender(), Subscription())
+    assert len(subs) == 2
+    subs.close_all("unloaded")
+    assert len(subs) == 0
+
+
+# --------------------------------------------------------------------------- model.py
+@pytest.fixture
+def load_monitoring(exported):
+    """load(**parameters) -> (double, model): the monitoring model.py with those config
+    parameters, its double installed until the test ends; finalized then."""
+    with ExitStack() as stack:
+        loaded = []
+
+        def load(**parameters):
+            double = stack.enter_context(TritonDouble().installed())
+            config = with_parameters(
+                model_config_dict(exported.repository / MONITORING_NAME / "config.pbtxt"),
+                **parameters)
+            loaded.append(double.load_model(exported.repository / MONITORING_NAME, config))
+            return double, loaded[-1]
+
+        yield load
+        for model in loaded:
+            model.finalize()
+
+
+@pytest.fixture
+def monitoring_model(load_monitoring, tmp_path):
+    return load_monitoring(drift_reference_size=5, drift_window_size=5, drift_check_every=5,
+                           capture_dir=tmp_path / "capture")
 
 
 def command(double, text, parameters=None):
@@ -307,8 +463,8 @@ def command(double, text, parameters=None):
 
 
 def messages(request):
-    return [json.loads(r.output_tensors()[0].as_numpy()[0]) if not r.has_error()
-            else r.error().message() for r in request.sender.responses]
+    return [text_of(r) if not r.has_error() else r.error().message()
+            for r in request.sender.responses]
 
 
 def wait_for(condition, timeout=10.0):
@@ -316,6 +472,11 @@ def wait_for(condition, timeout=10.0):
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def acknowledged(request) -> bool:
+    """The event's answer: the FINAL flag alone, no data."""
+    return request.sender.closed and request.sender.responses == []
 
 
 def test_monitoring_acknowledges_counts_alerts_and_captures(monitoring_model, tmp_path):
@@ -328,27 +489,119 @@ def test_monitoring_acknowledges_counts_alerts_and_captures(monitoring_model, tm
                            30.0, b"\xff\xd8\xffjpeg")
     requests = [double.request(steady) for _ in range(5)] + [double.request(shifted) for _ in range(5)]
     double.execute(model, requests)
-    for r in requests:  # acknowledged at once: FINAL, no data
-        assert r.sender.closed and r.sender.responses == []
+    assert all(acknowledged(r) for r in requests)
     wait_for(lambda: model.monitor.events == 10 and subscribe.sender.closed)
     alert, end = messages(subscribe)[1:]
-    assert alert["type"] == "alert" and alert["kind"] in ("drift_scores", "drift_detections")
+    assert alert["type"] == "alert" and alert["kind"] in DriftMonitor.ALERT_KINDS
     assert alert["psi"] > alert["threshold"] and end == {"type": "end", "reason": "max_alerts reached"}
     stats = command(double, "stats")
     double.execute(model, [stats])
     [snapshot] = messages(stats)
     assert snapshot["events"] == 10 and snapshot["reasons"] == {"sampled": 5, "low_score": 5}
     assert snapshot["capture"]["saved"] == 5 and len(list((tmp_path / "capture").iterdir())) == 10
+    assert snapshot["subscriptions"] == 0 and snapshot["queue"] == {"events": 0, "bytes": 0}
     assert double.metric("monitoring_alerts_total", kind=alert["kind"]) == 1
 
 
-def test_monitoring_refuses_bad_commands_and_events(monitoring_model):
+def test_monitoring_refuses_bad_commands_and_events(monitoring_model, exported):
     double, model = monitoring_model
+    class_count = len(exported.meta.class_names)
     bad = command(double, "explode")
     missing = double.request({"reasons": np.array([b"sampled"], dtype=object)})
-    double.execute(model, [bad, missing])
-    assert bad.sender.closed and missing.sender.closed
-    assert "monitoring: input 'command': must be 'stats', 'subscribe' or 'reset_reference'" \
-        in messages(bad)[0]
-    assert "monitoring: input 'scores': is missing" in messages(missing)[0]
-    assert bad.sender.responses[0].error().code() == TritonError.INVALID_ARG
+    reason = double.request({**detections([0.9], [1]),
+                             "reasons": np.array([b"made_up"], dtype=object)})
+    out_of_range = double.request(detections([0.9], [class_count]))
+    huge = double.request(event_inputs([Reason.SAMPLED], answer(1), 1.0,
+                                       bytes(model.monitor.settings.max_event_bytes)))
+    requests = [bad, missing, reason, out_of_range, huge]
+    double.execute(model, requests)
+    assert all(r.sender.closed and len(r.sender.responses) == 1 for r in requests)
+    assert all(r.sender.responses[0].error().code() == TritonError.INVALID_ARG for r in requests)
+    bad_, missing_, reason_, range_, huge_ = (messages(r)[0] for r in requests)
+    assert "monitoring: input 'command': must be 'stats', 'subscribe' or 'reset_reference'" in bad_
+    assert "monitoring: input 'scores': is missing" in missing_
+    assert "monitoring: input 'reasons': 'made_up' is not a reason" in reason_
+    assert f"monitoring: input 'classes': class index {class_count} (detection 0) is outside " \
+           f"[0, {class_count})" in range_
+    assert re.search(r"monitoring: input 'image': the event is \d+ bytes \(image: "
+                     rf"{model.monitor.settings.max_event_bytes}\), more than the limit "
+                     rf"\(max_event_bytes\) of {model.monitor.settings.max_event_bytes}$", huge_)
+    stats = command(double, "stats")
+    double.execute(model, [stats])
+    assert messages(stats)[0]["events"] == 0
+    assert series(double, "monitoring_events_total") == {}
+    assert series(double, "monitoring_detections_total") == {}
+
+
+class Blocked:
+    """Holds the worker inside Monitor.record until ``release``, so the queue fills."""
+
+    def __init__(self, model):
+        self.entered, self.released = threading.Event(), threading.Event()
+        record = model.monitor.record
+
+        def blocking(event):
+            self.entered.set()
+            self.released.wait(10)
+            return record(event)
+
+        model.monitor.record = blocking
+
+
+@pytest.mark.parametrize("bound", ["count", "bytes"])
+def test_monitoring_drops_events_past_either_queue_bound(load_monitoring, bound):
+    size = Event.from_arrays(detections([0.9], [1]), len(NAMES), DEFAULTS["max_event_bytes"]).nbytes
+    limits = ({"queue_size": 2, "queue_max_bytes": 100 * size} if bound == "count" else
+              {"queue_size": 100, "queue_max_bytes": 2 * size + size // 2})
+    double, model = load_monitoring(max_event_bytes=size, **limits)
+    blocked = Blocked(model)
+    first = double.request(detections([0.9], [1]))
+    double.execute(model, [first])
+    assert blocked.entered.wait(10)  # the worker holds it: the queue is empty again
+    waiting = [double.request(detections([0.9], [1])) for _ in range(4)]
+    double.execute(model, waiting)
+    assert acknowledged(first) and all(acknowledged(r) for r in waiting)  # dropped ones too
+    stats = command(double, "stats")
+    double.execute(model, [stats])
+    [snapshot] = messages(stats)
+    assert snapshot["dropped"] == 2 and snapshot["queue"] == {"events": 2, "bytes": 2 * size}
+    assert double.metric("monitoring_dropped_total") == 2
+    blocked.released.set()
+    wait_for(lambda: model.monitor.events == 3)
+
+
+def test_reset_reference_waits_for_room_then_answers_unavailable(load_monitoring):
+    double, model = load_monitoring(queue_size=1)
+    model.execute.__globals__["RESET_WAIT_S"] = 0.2  # the model's wait, shortened
+    blocked = Blocked(model)
+    double.execute(model, [double.request(detections([0.9], [1]))])
+    assert blocked.entered.wait(10)
+    double.execute(model, [double.request(detections([0.9], [1]))])  # the queue is full
+    reset = command(double, "reset_reference")
+    double.execute(model, [reset])
+    [error] = reset.sender.responses
+    assert reset.sender.closed and error.error().code() == TritonError.UNAVAILABLE
+    assert error.error().message() == ("monitoring: reset_reference not queued: the event "
+                                       "queue stayed full for 0.2 s; try again")
+    blocked.released.set()
+    again = command(double, "reset_reference")
+    double.execute(model, [again])
+    assert messages(again) == [{"type": "reset_reference"}]
+
+
+def test_monitoring_refuses_a_subscription_past_max_subscriptions(load_monitoring):
+    double, model = load_monitoring(max_subscriptions=2)
+    limit = model.monitor.settings.max_subscriptions
+    streams = [command(double, "subscribe", {"max_alerts": 1}) for _ in range(limit + 1)]
+    double.execute(model, streams)
+    assert [messages(s)[0]["type"] for s in streams[:limit]] == ["subscribed"] * limit
+    refused = streams[limit].sender
+    assert refused.closed and len(refused.responses) == 1
+    assert refused.responses[0].error().code() == TritonError.UNAVAILABLE
+    assert refused.responses[0].error().message().startswith(
+        f"monitoring: {limit} alert streams are open, the limit (max_subscriptions) is {limit}; ")
+    double.cancel(streams[0])  # its client goes away; the worker notices within 0.5 s
+    wait_for(lambda: streams[0].sender.closed)
+    again = command(double, "subscribe")
+    double.execute(model, [again])
+    assert messages(again)[0]["type"] == "subscribed"

@@ -237,7 +237,7 @@ def test_cancellation_is_read_from_the_sender_after_execute_returned(double, loa
     model = load()
     cancelled, live = request(double, images["scene.jpg"]), request(double, images["tall.png"])
     model.execute([cancelled, live])  # returns at once; the requests are released now
-    double._release([cancelled, live])
+    double.release([cancelled, live])
     assert gate.entered.acquire(timeout=30) and gate.entered.acquire(timeout=30)
     double.cancel(cancelled)  # the client gives up while mask_rcnn works
     gate.open()

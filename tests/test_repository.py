@@ -81,7 +81,7 @@ def test_repository_is_self_contained_and_carries_bls(exported):
     check_self_contained(exported.repository)
     for name in ("pipeline_bls", "preprocess", "postprocess"):
         copy = exported.repository / name / "1" / "bls"
-        comparison = filecmp.dircmp(BLS_PACKAGE, copy, ignore=["__pycache__"])
+        comparison = filecmp.dircmp(BLS_PACKAGE, copy, ignore=["__pycache__", "testing"])
         assert not comparison.left_only and not comparison.diff_files, name
     for path in exported.repository.rglob("*"):
         assert not path.is_symlink(), path
