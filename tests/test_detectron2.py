@@ -355,7 +355,7 @@ def test_scripted_export_equals_default_predictor(d2, mask_cfg, mask_weights, wo
 @needs_d2
 def test_scripted_file_loads_in_the_embedded_runner(d2, mask_cfg, mask_weights, workdir):
     from export.repository import assemble
-    from tests.triton_double import TritonDouble, model_config_dict
+    from bls.testing import TritonDouble, model_config_dict
 
     out = workdir / "scripted" / "model.pt"
     if not out.exists():

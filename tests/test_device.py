@@ -21,7 +21,7 @@ from bls.pipeline import finish
 from bls.request import RequestOptions
 from export import samples
 from tests.test_masks import random_case
-from tests.triton_double import TritonDouble, model_config_dict
+from bls.testing import TritonDouble, model_config_dict
 
 CPU = torch.device("cpu")
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")

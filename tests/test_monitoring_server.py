@@ -35,18 +35,24 @@ POLICY = {"sample_rate": 1.0, "capture": "all", "timeout_ms": 500}
 # Stands in for monitoring/1/model.py in the fault tests: its config parameter "fault"
 # says what goes wrong.
 FAULTY_MONITORING = '''
-import json, time
+import json, os, time
 import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def initialize(self, args):
         params = json.loads(args["model_config"]).get("parameters", {})
         self.fault = params.get("fault", {}).get("string_value", "raise")
+        self.release = params.get("release", {}).get("string_value", "")
 
     def execute(self, requests):
         if self.fault == "raise":
             raise RuntimeError("monitoring fault injected by the test")
-        time.sleep(15)  # "slow": far longer than the policy's 500 ms timeout
+        if self.fault == "hang":  # 30 s per event, or until the test lets go
+            deadline = time.monotonic() + 30
+            while not os.path.exists(self.release) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        else:
+            time.sleep(15)  # "slow": far longer than the policy's 500 ms timeout
         for request in requests:
             request.get_response_sender().send(
                 flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
@@ -91,11 +97,12 @@ def wait_until(condition, timeout=60.0, what="condition"):
         time.sleep(0.2)
 
 
-def infer(server, data: bytes, parameters=None) -> dict:
+def infer(server, data: bytes, parameters=None, timeout=None) -> dict:
     with grpcclient.InferenceServerClient(server.grpc_url) as client:
         tensor = grpcclient.InferInput(PIPELINE_INPUT.name, [1, 1], PIPELINE_INPUT.dtype)
         tensor.set_data_from_numpy(np.array([[data]], dtype=object))
-        result = client.infer(PIPELINE_NAME, [tensor], parameters=parameters)
+        result = client.infer(PIPELINE_NAME, [tensor], parameters=parameters,
+                              client_timeout=timeout)
     return {name: result.as_numpy(name)[0] for name in
             ("boxes", "scores", "classes", "masks_rle", "image_size")}
 
@@ -229,7 +236,7 @@ def test_watch_command_shows_statistics_and_alerts(setup, capsys):
 def outcomes(server) -> dict:
     values = metrics(server)
     return {o: value(values, "pipeline_monitoring_calls_total", outcome=o)
-            for o in ("ok", "failed", "timeout", "dropped")}
+            for o in ("ok", "failed", "timeout", "dropped", "abandoned")}
 
 
 def answers_unchanged(server, reference, images, outcome, count=2):
@@ -265,5 +272,48 @@ def test_answers_are_the_same_with_monitoring_unloaded_raising_or_slow(setup, re
                 client.load_model(MONITORING_NAME, config=json.dumps(config))
                 answers_unchanged(server, reference, images, outcome, count)
         finally:
+            model_py.write_text(real)
+            client.load_model(MONITORING_NAME)
+
+
+def test_a_hung_monitoring_delays_no_answer(setup, reference, images, tmp_path):
+    """Monitoring takes 30 s per event. More sequential requests than the stub's default
+    executor has threads (6 on 2 cores; events sent with async_exec held one each, and
+    from the 7th on every answer waited ~30 s), then a concurrent burst: every answer
+    comes at its own speed, within a client deadline far below 30 s."""
+    server, repository, _ = setup
+    model_py = repository / MONITORING_NAME / "1" / "model.py"
+    real = model_py.read_text()
+    release = tmp_path / "release"
+    data = images["scene.jpg"]
+    expected = reference(data, RequestOptions(0.0))
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        config = client.get_model_config(MONITORING_NAME)
+        config["parameters"].update(fault={"string_value": "hang"},
+                                    release={"string_value": str(release)})
+        model_py.write_text(FAULTY_MONITORING)
+        try:
+            client.load_model(MONITORING_NAME, config=json.dumps(config))
+            for _ in range(12):
+                assert_same(infer(server, data, {"score_threshold": 0.0}, timeout=20), expected)
+            answers: queue.Queue = queue.Queue()
+
+            def one():
+                try:
+                    answers.put(infer(server, data, {"score_threshold": 0.0}, timeout=20))
+                except Exception as e:  # noqa: BLE001  the assertion below names it
+                    answers.put(e)
+
+            burst = [threading.Thread(target=one) for _ in range(8)]
+            for thread in burst:
+                thread.start()
+            for thread in burst:
+                thread.join()
+            for _ in burst:
+                answer = answers.get_nowait()
+                assert isinstance(answer, dict), answer
+                assert_same(answer, expected)
+        finally:
+            release.touch()
             model_py.write_text(real)
             client.load_model(MONITORING_NAME)

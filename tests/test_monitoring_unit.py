@@ -25,7 +25,7 @@ from bls.monitor import (MAX_LABEL_VALUES, OTHER, Event, EventQueue, Monitor,
 from bls.policy import (POLICY_PARAMETER, Capture, MonitoringPolicy, Reason, event_inputs,
                         predictions_json)
 from bls.subscriptions import Subscribers, Subscription
-from tests.triton_double import ResponseSender, TritonDouble, TritonError, model_config_dict
+from bls.testing import InferenceResponseSender, TritonDouble, TritonError, model_config_dict
 
 DEFAULTS = MONITORING_PARAMETERS.read({})
 NAMES = ["background", "cat", "dog"]
@@ -138,7 +138,7 @@ REASON_LIST = str([r.value for r in Reason])
      f"input 'reasons': is empty; an event has one or more of {REASON_LIST}"),
     (detections([0.9, 0.8], [1, len(NAMES)]),
      f"input 'classes': class index {len(NAMES)} (detection 1) is outside [0, {len(NAMES)})"),
-    (detections([0.9], [-1]), f"input 'classes': class index -1 (detection 0) is outside"),
+    (detections([0.9], [-1]), "input 'classes': class index -1 (detection 0) is outside"),
     (detections([0.9, np.nan], [1, 1]), "input 'scores': score nan (detection 1) is not in [0, 1]"),
     (detections([np.inf], [1]), "input 'scores': score inf (detection 0) is not in [0, 1]"),
     (detections([1.5], [1]), "input 'scores': score 1.5 (detection 0) is not in [0, 1]"),
@@ -378,7 +378,7 @@ def test_snapshot_is_consistent_while_the_worker_records(tmp_path):
 
 
 # --------------------------------------------------------------------------- streams
-class GoneSender(ResponseSender):
+class GoneSender(InferenceResponseSender):
     def send(self, response=None, flags=0):
         raise TritonError("stream closed by the client")
 
@@ -391,7 +391,7 @@ def test_subscribers_get_alerts_then_an_end():
     double = TritonDouble()
     now = [0.0]
     subs = Subscribers(double.module, max_open=3, clock=lambda: now[0])
-    two, timed, gone = ResponseSender(), ResponseSender(), ResponseSender()
+    two, timed, gone = InferenceResponseSender(), InferenceResponseSender(), InferenceResponseSender()
     subs.add(two, Subscription(max_alerts=2))
     subs.add(timed, Subscription(duration_s=5))
     subs.add(gone, Subscription())
@@ -414,18 +414,18 @@ def test_subscriptions_are_capped_and_ended_streams_free_their_slot():
     first, cancelled = double.request({}), double.request({})
     subs.add(first.sender, Subscription(max_alerts=1))
     subs.add(cancelled.sender, Subscription())
-    refused = ResponseSender()
+    refused = InferenceResponseSender()
     with pytest.raises(Unavailable, match=r"^2 alert streams are open, the limit "
                                           r"\(max_subscriptions\) is 2; "):
         subs.add(refused, Subscription())
     assert refused.responses == [] and len(subs) == 2
     subs.publish({"type": "alert"})  # first has had its one alert: ended
     assert first.sender.closed and len(subs) == 1
-    subs.add(ResponseSender(), Subscription())
+    subs.add(InferenceResponseSender(), Subscription())
     double.cancel(cancelled)  # its client went away
     subs.expire()
     assert cancelled.sender.closed and len(subs) == 1
-    subs.add(ResponseSender(), Subscription())
+    subs.add(InferenceResponseSender(), Subscription())
     assert len(subs) == 2
     subs.close_all("unloaded")
     assert len(subs) == 0

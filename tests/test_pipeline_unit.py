@@ -385,7 +385,6 @@ def test_a_hung_monitoring_holds_no_answer(double, monitored, images):
         [response] = double.execute(model, [request(double, images["tall.png"])], timeout=20)
         assert not response.has_error()
     assert double.metric(CALLS, outcome="ok") == 0  # monitoring has acknowledged nothing
-    assert model.pipeline.events.pending() == count
     gate.open()  # the first event, held past timeout_ms, counts as late; the rest are ok
     wait_for(lambda: (double.metric(CALLS, outcome="timeout"),
                       double.metric(CALLS, outcome="ok")) == (1, count - 1))

@@ -1,7 +1,7 @@
 """Bad input, faults and stops on the real embedded server: every kind of input gets an
 answer or a clear INVALID_ARG naming it, in one batch; tensor-level mistakes are refused
-by name; a killed mask_rcnn or monitoring process, a raising mask_rcnn, a cancelled
-request and a server stop under load are survived (see README, "Reliability")."""
+by name; a killed mask_rcnn or monitoring process, a raising mask_rcnn and a cancelled
+request are survived (see README, "Reliability"; stops: test_stops_server.py)."""
 
 import io
 import json
@@ -10,7 +10,6 @@ import queue
 import signal
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from bls.contract import MODEL_NAME, MONITORING_NAME, PIPELINE_INPUT, PIPELINE_NAME
 from bls.request import RequestOptions
-from client.server import TritonServer, live_members
+from client.server import TritonServer
 from client.watchdog import stubs
 from export import samples
 from export.repository import assemble
@@ -201,7 +200,7 @@ class Load:
                                           parameters={"score_threshold": 0.0})
                     self.outcomes.append((time.monotonic(), result, None))
                 except InferenceServerException as e:
-                    self.outcomes.append((time.monotonic(), None, e.message()))
+                    self.outcomes.append((time.monotonic(), None, f"{e.status()} {e.message()}"))
                     time.sleep(0.2)
 
     def __enter__(self):
@@ -234,8 +233,9 @@ def test_killed_mask_rcnn_fails_clearly_then_recovers_without_restart(supervised
             time.sleep(0.5)
     after = [(t, result, error) for t, result, error in load.outcomes if t > killed_at]
     errors = [error for _, _, error in after if error]
-    assert errors and all(e.startswith("pipeline_bls: ModelCallFailed: mask_rcnn failed: ")
-                          for e in errors), errors
+    # UNAVAILABLE: the request was fine, its model could not serve it (retry elsewhere)
+    assert errors and all(e.startswith("StatusCode.UNAVAILABLE pipeline_bls: mask_rcnn is "
+                                       "unavailable: ") for e in errors), errors
     first_ok = next(i for i, (_, result, _) in enumerate(after) if result is not None)
     assert all(result is not None for _, result, _ in after[first_ok:]), "recovered, then failed again"
     for _, result, _ in after[first_ok:]:
@@ -274,7 +274,7 @@ def test_raising_mask_rcnn_is_an_internal_error_naming_it(exported, reference, i
         with pytest.raises(InferenceServerException) as info:
             client.infer(PIPELINE_NAME, [image_tensor(data)])
         assert info.value.status() == "StatusCode.INTERNAL"
-        assert info.value.message().startswith("pipeline_bls: ModelCallFailed: mask_rcnn failed: ")
+        assert info.value.message().startswith("pipeline_bls: mask_rcnn failed: ")
         assert "injected fault" in info.value.message()
         runner.write_text(real)
         admin.unload_model(MODEL_NAME)
@@ -282,31 +282,3 @@ def test_raising_mask_rcnn_is_an_internal_error_naming_it(exported, reference, i
         assert_same(client.infer(PIPELINE_NAME, [image_tensor(data)],
                                  parameters={"score_threshold": 0.0}),
                     reference(data, RequestOptions(0.0)))
-
-
-def test_stopping_the_server_under_load_ends_every_request(exported, images, tmp_path):
-    server = TritonServer(exported.repository, log=tmp_path / "server.log").start()
-    pgid = os.getpgid(server.pid)
-    outcomes: queue.Queue = queue.Queue()
-    client = grpcclient.InferenceServerClient(server.grpc_url)
-    try:
-        for _ in range(12):
-            client.async_infer(PIPELINE_NAME, [image_tensor(images["scene.jpg"])],
-                               callback=lambda result, error: outcomes.put((result, error)),
-                               client_timeout=300)
-        time.sleep(1.0)  # some are executing, the rest queued
-        start = time.monotonic()
-        server.stop()
-        stopped_in = time.monotonic() - start
-        ended = [outcomes.get(timeout=120) for _ in range(12)]
-    finally:
-        client.close()
-        server.stop()
-    answered = sum(result is not None for result, _ in ended)
-    failed = [error.message() for result, error in ended if result is None]
-    assert answered + len(failed) == 12
-    assert stopped_in < 90, stopped_in
-    assert live_members(pgid) == []
-    assert not list(Path("/dev/shm").glob(f"triton_bls_{pgid}_*")), "shared memory left behind"
-    print(f"stop under load: {answered} answered, {len(failed)} failed "
-          f"({sorted(set(failed))}), server gone in {stopped_in:.1f} s")

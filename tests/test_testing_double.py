@@ -264,7 +264,6 @@ def test_an_execute_that_raises_answers_every_open_request_with_the_stubs_error(
     class Plain:
         def execute(self, requests):
             self.senders = [r.get_response_sender() for r in requests]
-            self.senders[0].send(pb.InferenceResponse([pb.Tensor("y", np.ones(1))]), FINAL)
             raise ValueError("boom")
 
     class Async(Plain):
@@ -272,11 +271,10 @@ def test_an_execute_that_raises_answers_every_open_request_with_the_stubs_error(
             return super().execute(requests)
 
     model = setup(double, Async() if is_async else Plain())
-    first, second = double.execute(model, [double.request({}), double.request({})])
-    assert values(first) == {"y": [1.0]}
-    assert second.error().message() == \
-        "Failed to process the request(s) for model 'toy_0_0', message: ValueError: boom"
-    assert second.error().code() == TritonError.INTERNAL
+    for response in double.execute(model, [double.request({}), double.request({})]):
+        assert response.error().message() == \
+            "Failed to process the request(s) for model 'toy_0_0', message: ValueError: boom"
+        assert response.error().code() == TritonError.INTERNAL
     with pytest.raises(TritonModelException, match="Response sender has been closed"):
         model.senders[1].send(pb.InferenceResponse([]), FINAL)
     double.close()
@@ -508,3 +506,19 @@ def test_load_model_imports_model_py_with_its_folder_and_reads_the_config(tmp_pa
     assert model.name == "toy_0_0" and model.dtype is np.float32
     assert [values(r) for r in request.sender.responses] == [{"y": [6.0]}, {"y": [6.0]}]
     assert request.sender.final_sent
+
+
+def test_execute_raising_after_a_final_response_is_the_crash_it_is_on_the_server():
+    """Measured on 2.51: a non-decoupled execute that sends a final response, then raises,
+    makes tritonserver die of SIGSEGV. The double refuses it loudly."""
+    class SendsThenRaises:
+        def execute(self, requests):
+            for request in requests:
+                request.get_response_sender().send(InferenceResponse([]), flags=FINAL)
+            raise RuntimeError("a bug after the answers")
+
+    double = TritonDouble()
+    with double.installed():
+        model = double.initialize(SendsThenRaises(), {"name": "toy"})
+        with pytest.raises(AssertionError, match="segmentation fault"):
+            double.execute(model, [double.request({})])

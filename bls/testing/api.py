@@ -200,7 +200,6 @@ class InferenceResponseSender:
                 f"sender {'closed' if self._closed else 'open'}{lost}")
 
 
-ResponseSender = InferenceResponseSender  # the name the first version of the double used
 
 
 class InferenceRequest:

@@ -169,6 +169,12 @@ class TritonDouble:
         self.release(requests)
         if error is not None:
             Logger.log_error(error)
+            if not decoupled and any(r.sender.closed for r in requests):
+                raise AssertionError(
+                    f"{name}: execute raised ({error}) after a request of its batch had sent "
+                    "its final response: the backend then deletes that response factory a "
+                    "second time and Triton 2.51 dies of a segmentation fault (measured). "
+                    "Catch errors per request inside execute.")
             for request in requests:
                 request.sender._abort(InferenceResponse(error=TritonError(
                     f"Failed to process the request(s) for model '{name}', message: {error}",
