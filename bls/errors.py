@@ -47,6 +47,20 @@ class ModelCallFailed(RuntimeError):
     """The called model ran and failed (it raised, or answered an error). INTERNAL."""
 
 
+def classify(error: Exception | None) -> tuple[str, str]:
+    """(Triton error code name, outcome label) of an error, the table above; None is an
+    answer: ("", "ok")."""
+    if error is None:
+        return "", "ok"
+    for kind, code, outcome in _KINDS:
+        if isinstance(error, kind):
+            return code, outcome
+    return "INTERNAL", "failed"
+
+
+_KINDS = ((InvalidInput, "INVALID_ARG", "invalid"), (Cancelled, "CANCELLED", "cancelled"),
+          (ModelTimeout, "UNAVAILABLE", "timeout"), (Unavailable, "UNAVAILABLE", "unavailable"))
+
 # Triton 2.51 answers a BLS call whose target cannot serve with code INTERNAL, whatever
 # the reason (measured): "Model 'mask_rcnn' is not ready.", "Stub process 'mask_rcnn_0_0'
 # is not healthy.", "Server not ready" during a stop. These phrases tell them apart from

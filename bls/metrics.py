@@ -23,27 +23,13 @@ differences. ``pb_utils`` is passed in, so this imports without the backend.
 
 from __future__ import annotations
 
-from bls.errors import Cancelled, InvalidInput, ModelTimeout, Unavailable
+from bls.errors import classify
 
 OUTCOMES = ("ok", "invalid", "cancelled", "unavailable", "timeout", "failed")
 STAGES = ("prepare", "model", "finish", "total")
 REQUESTS_METRIC = "pipeline_requests_total"
 DURATION_METRIC = "pipeline_request_duration_us"
 UNSENT_METRIC = "pipeline_responses_unsent_total"
-
-
-def outcome_of(error: Exception | None) -> str:
-    if error is None:
-        return "ok"
-    if isinstance(error, InvalidInput):
-        return "invalid"
-    if isinstance(error, Cancelled):
-        return "cancelled"
-    if isinstance(error, ModelTimeout):
-        return "timeout"
-    if isinstance(error, Unavailable):
-        return "unavailable"
-    return "failed"
 
 
 class RequestMetrics:
@@ -64,6 +50,6 @@ class RequestMetrics:
 
     def record(self, error: Exception | None, seconds: dict[str, float]) -> None:
         """One answered request: its outcome and the seconds of each stage it went through."""
-        self.requests[outcome_of(error)].increment(1)
+        self.requests[classify(error)[1]].increment(1)
         for stage, value in seconds.items():
             self.durations[stage].increment(value * 1e6)

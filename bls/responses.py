@@ -7,18 +7,7 @@ from typing import Mapping
 
 import numpy as np
 
-from bls.errors import Cancelled, InvalidInput, ModelCallFailed, Unavailable
-
-
-def error_code(error: Exception) -> str:
-    """The TritonError code name for ``error`` (the table in bls/errors.py)."""
-    if isinstance(error, InvalidInput):
-        return "INVALID_ARG"
-    if isinstance(error, Cancelled):
-        return "CANCELLED"
-    if isinstance(error, Unavailable):
-        return "UNAVAILABLE"
-    return "INTERNAL"
+from bls.errors import Cancelled, InvalidInput, ModelCallFailed, Unavailable, classify
 
 
 def error_message(error: Exception, model: str) -> str:
@@ -33,7 +22,7 @@ def error_message(error: Exception, model: str) -> str:
 
 def error_response(pb_utils, error: Exception, model: str):
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(
-        error_message(error, model), getattr(pb_utils.TritonError, error_code(error))))
+        error_message(error, model), getattr(pb_utils.TritonError, classify(error)[0])))
 
 
 CODES = ("UNKNOWN", "INTERNAL", "NOT_FOUND", "INVALID_ARG", "UNAVAILABLE", "UNSUPPORTED",

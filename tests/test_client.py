@@ -203,6 +203,48 @@ def test_overlay_names_never_collide(tmp_path):
     assert cli.overlay_names(paths) == ["a.0.overlay.png", "a.1.overlay.png", "b.overlay.png"]
 
 
+def test_only_unavailable_and_refused_connections_are_retried_with_bounded_backoff():
+    from tritonclient.utils import InferenceServerException
+
+    assert cli.retryable(InferenceServerException("x", status="StatusCode.UNAVAILABLE"))
+    assert cli.retryable(InferenceServerException("x", status="503"))
+    assert cli.retryable(ConnectionRefusedError())
+    for status in ("StatusCode.INVALID_ARGUMENT", "400", "StatusCode.INTERNAL", "500",
+                   "StatusCode.CANCELLED"):
+        assert not cli.retryable(InferenceServerException("x", status=status)), status
+    retry = cli.Retry(attempts=8, first_delay_s=0.25, max_delay_s=4.0)
+    for attempt in range(8):
+        ceiling = min(4.0, 0.25 * 2 ** attempt)
+        assert ceiling / 2 <= retry.delay(attempt) <= ceiling
+
+    class Flaky:  # UNAVAILABLE twice, then an answer; INVALID_ARG is never retried
+        def __init__(self, errors):
+            self.errors, self.calls = list(errors), 0
+
+        async def infer(self, *args, **kwargs):
+            self.calls += 1
+            if self.errors:
+                raise self.errors.pop(0)
+            raise LookupError("answered")  # stands for the result; stops infer_one here
+
+    model = cli.ServedModel(PIPELINE_NAME, True, 8, None)
+    fast = cli.Retry(attempts=4, first_delay_s=0.001, max_delay_s=0.001)
+    unavailable = InferenceServerException("busy", status="StatusCode.UNAVAILABLE")
+    flaky, seen = Flaky([unavailable, unavailable]), []
+    with pytest.raises(LookupError):
+        asyncio.run(cli.infer_one(flaky, cli.client_module("grpc"), model, b"x", None, fast,
+                                  seen.append))
+    assert flaky.calls == 3 and seen == [unavailable, unavailable]
+    wrong = Flaky([InferenceServerException("bad", status="StatusCode.INVALID_ARGUMENT")])
+    with pytest.raises(InferenceServerException):
+        asyncio.run(cli.infer_one(wrong, cli.client_module("grpc"), model, b"x", None, fast))
+    assert wrong.calls == 1
+    exhausted = Flaky([unavailable] * 4)
+    with pytest.raises(InferenceServerException):
+        asyncio.run(cli.infer_one(exhausted, cli.client_module("grpc"), model, b"x", None, fast))
+    assert exhausted.calls == 4
+
+
 def test_arguments_defaults():
     assert cli.parse_args(["infer", "x"]).url == "127.0.0.1:8001"
     args = cli.parse_args(["infer", "x", "--protocol", "http"])

@@ -152,7 +152,11 @@ def test_rollout_never_drops_capacity_or_requests():
     sleep = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
     exit_timeout = int(next(a for a in container["args"] if a.startswith("--exit-timeout-secs="))
                        .split("=")[1])
-    assert sleep > 0 and pod["terminationGracePeriodSeconds"] > sleep + exit_timeout
+    # preStop, then Triton's wait for the models to unload, then pipeline_bls's own drain
+    # of what it still holds (bls/orchestrator.py DRAIN_S), within the grace period.
+    from bls.orchestrator import DRAIN_S
+
+    assert sleep > 0 and pod["terminationGracePeriodSeconds"] > sleep + exit_timeout + DRAIN_S
     # A new repository path changes the pod template, which is what rolls the pods.
     first = deployment["spec"]["template"]["metadata"]["annotations"]
     second = by_kind(render({"modelRepository": {"volume": {"subPath": "releases/v2"}}}), "Deployment")

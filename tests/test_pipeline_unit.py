@@ -24,6 +24,7 @@ from bls.metrics import DURATION_METRIC, REQUESTS_METRIC, STAGES, UNSENT_METRIC
 from bls.policy import POLICY_PARAMETER
 from bls.request import RequestOptions
 from bls.testing import TRITONSERVER_MEMORY_CPU, TritonDouble, TritonError, model_config_dict
+from tests.test_models_unit import assert_same_answer
 
 CALLS = "pipeline_monitoring_calls_total"
 STUB_EXECUTOR_THREADS = 6  # min(32, cpus + 4) on the 2-core machines this runs on
@@ -91,14 +92,6 @@ def outputs_of(response):
     values = {t.name(): t.as_numpy() for t in response.output_tensors()}
     assert list(values) == [s.name for s in PIPELINE_OUTPUTS]
     return {k: v[0] for k, v in values.items()}  # pipeline_bls is batched: dim 0 is 1
-
-
-def assert_same_answer(got, expected):
-    assert got["classes"].tolist() == expected["classes"].tolist()
-    np.testing.assert_allclose(got["boxes"], expected["boxes"], atol=1e-3, rtol=0)
-    assert got["masks_rle"].tolist() == expected["masks_rle"].tolist()
-    np.testing.assert_array_equal(got["masks"], expected["masks"])
-    assert got["image_size"].tolist() == expected["image_size"].tolist()
 
 
 def model_calls(double):
@@ -373,13 +366,15 @@ def test_events_carry_the_answer_and_monitoring_changes_no_answer(double, monito
     wait_for(lambda: double.metric(CALLS, outcome="failed") == 2)
 
 
-def test_a_hung_monitoring_holds_no_answer(double, monitored, images):
+def test_a_hung_monitoring_holds_no_answer(double, load, images):
     """Monitoring never answers: more requests than the stub's executor has threads are
     all answered, each in its own time. (Sending events with async_exec, as before, held
     one executor thread per event, and the seventh answer waited for them.)"""
-    model, _ = monitored
     gate = Gate(lambda inputs, params: {MONITORING_OUTPUT.name: np.zeros(0, dtype=object)})
     double.models[MONITORING_NAME] = gate
+    # Fewer model-call threads than requests too: events may hold none of them either.
+    model = load(max_in_flight_requests=4,
+                 **{POLICY_PARAMETER: json.dumps({"sample_rate": 1.0})})
     count = 2 * STUB_EXECUTOR_THREADS
     for _ in range(count):
         [response] = double.execute(model, [request(double, images["tall.png"])], timeout=20)
