@@ -163,19 +163,27 @@ def retryable(error: Exception) -> bool:
 
     if isinstance(error, InferenceServerException):
         return str(error.status()) in ("StatusCode.UNAVAILABLE", "503")
-    return isinstance(error, (ConnectionError, asyncio.TimeoutError)) or \
+    return isinstance(error, ConnectionError) or \
         type(error).__name__ in ("ClientConnectorError", "ServerDisconnectedError",
                                  "ClientOSError")
 
 
 async def infer_one(client, module, model: ServedModel, data: bytes,
                     parameters: dict | None = None, retry: Retry = NO_RETRY,
-                    on_retry: Callable[[Exception], None] | None = None) -> Detections:
-    """One request; retried as ``retry`` says while its error is ``retryable``."""
+                    on_retry: Callable[[Exception], None] | None = None,
+                    timeout_s: float | None = None) -> Detections:
+    """One request; retried as ``retry`` says while its error is ``retryable``. Each try
+    waits at most ``timeout_s`` (a request the server lost, e.g. with a killed
+    pipeline_bls process, is never answered: README, "Reliability"); a timeout is not
+    retried."""
     for attempt in range(retry.attempts):
         try:
-            result = await client.infer(model.name, [make_input(module, data, model.batched)],
-                                        parameters=parameters or None)
+            call = client.infer(model.name, [make_input(module, data, model.batched)],
+                                parameters=parameters or None)
+            try:
+                result = await asyncio.wait_for(call, timeout_s)
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"no answer within {timeout_s:g} s") from None
             return Detections.from_result(result, model.batched)
         except Exception as e:
             if attempt + 1 >= retry.attempts or not retryable(e):
@@ -258,7 +266,7 @@ async def infer_images(paths: list[Path], url: str, protocol: str, model: str,
                        after: Callable[[ImageResult, bytes], None] | None = None,
                        on_result: Callable[[ImageResult], None] | None = None,
                        on_model: Callable[[ServedModel], None] | None = None,
-                       retry: Retry = Retry()) -> Run:
+                       retry: Retry = Retry(), timeout_s: float | None = None) -> Run:
     """Send every image, at most ``concurrency`` requests in flight, each retried as
     ``retry`` says while answered UNAVAILABLE.
 
@@ -288,7 +296,7 @@ async def infer_images(paths: list[Path], url: str, protocol: str, model: str,
                         result.retries += 1
 
                     result.detections = await infer_one(client, module, served, data,
-                                                        parameters, retry, count)
+                                                        parameters, retry, count, timeout_s)
                     result.latency_s = time.perf_counter() - start
             except Exception as e:  # one image's failure never stops the run
                 result.error = _error_text(e)
@@ -394,6 +402,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("build/client"),
                    help="folder for results.json, images.json, overlays (default build/client)")
     p.add_argument("--no-overlay", action="store_true", help="write no overlay PNGs")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds to wait for each answer (default 300)")
     p.add_argument("--retries", type=int, default=Retry.attempts - 1,
                    help="retries of a request answered UNAVAILABLE, with backoff "
                         f"(default {Retry.attempts - 1}; 0: none)")
@@ -416,6 +426,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.url = (args.url or DEFAULT_URLS[args.protocol]).split("://", 1)[-1]
     if not 0 <= args.retries <= 20:
         parser.error(f"--retries must be in [0, 20], got {args.retries}")
+    if not args.timeout > 0:
+        parser.error(f"--timeout must be > 0, got {args.timeout}")
     return args
 
 
@@ -446,7 +458,7 @@ def run_infer(args: argparse.Namespace, paths: list[Path] | None = None) -> Run:
                                        args.concurrency, parameters, after, on_result,
                                        lambda model: tqdm.write(describe_model(model),
                                                                 file=sys.stdout),
-                                       Retry(attempts=args.retries + 1)))
+                                       Retry(attempts=args.retries + 1), args.timeout))
     run.out = args.out
     write_results(run, args.out)
     for line in summary_lines(run):

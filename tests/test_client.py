@@ -244,6 +244,19 @@ def test_only_unavailable_and_refused_connections_are_retried_with_bounded_backo
         asyncio.run(cli.infer_one(exhausted, cli.client_module("grpc"), model, b"x", None, fast))
     assert exhausted.calls == 4
 
+    class Silent:  # a request the server lost: never answered
+        calls = 0
+
+        async def infer(self, *args, **kwargs):
+            Silent.calls += 1
+            await asyncio.sleep(60)
+
+    with pytest.raises(TimeoutError, match=r"no answer within 0.05 s"):
+        asyncio.run(cli.infer_one(Silent(), cli.client_module("grpc"), model, b"x", None, fast,
+                                  timeout_s=0.05))
+    assert Silent.calls == 1  # a timeout is not retried
+    assert cli.parse_args(["infer", "x.jpg"]).timeout == 300.0
+
 
 def test_arguments_defaults():
     assert cli.parse_args(["infer", "x"]).url == "127.0.0.1:8001"
