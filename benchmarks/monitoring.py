@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from itertools import count
 from pathlib import Path
 
 import numpy as np
@@ -122,12 +123,12 @@ def concurrent(server, image, clients: int, requests: int) -> dict:
     def client_loop(offset: int):
         with grpcclient.InferenceServerClient(server.grpc_url) as client:
             inputs = [grpc_bytes_input(grpcclient, image.data, [1])]
-            while True:
+            for k in count(offset):  # this client alternates; its neighbour starts on the other
                 with lock:
                     i = next(left, None)
                 if i is None:
                     return
-                model = (PIPELINE_NAME, UNMONITORED)[(i + offset) % 2]
+                model = (PIPELINE_NAME, UNMONITORED)[k % 2]
                 start = time.perf_counter()
                 client.infer(model, inputs, client_timeout=REQUEST_TIMEOUT_S)
                 with lock:
