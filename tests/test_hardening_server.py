@@ -161,7 +161,7 @@ def test_client_infer_retries_unavailable_until_the_model_is_back(server, admin,
     try:
         with redirect_stdout(printed):
             status = cli.main(["infer", str(tmp_path / "scene.jpg"), "--url", server.grpc_url,
-                               "--retries", "10", "--no-overlay", "--out", str(tmp_path / "out")])
+                               "--retries", "15", "--no-overlay", "--out", str(tmp_path / "out")])
     finally:
         reload.join()
     text = printed.getvalue()
