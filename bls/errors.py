@@ -65,9 +65,8 @@ _KINDS = ((InvalidInput, "INVALID_ARG", "invalid"), (Cancelled, "CANCELLED", "ca
 # the reason (measured): "Model 'mask_rcnn' is not ready.", "Stub process 'mask_rcnn_0_0'
 # is not healthy.", "Server not ready" during a stop. These phrases tell them apart from
 # a model that ran and failed.
-_UNAVAILABLE_PHRASES = ("is not ready", "not ready", "is not healthy", "is stopping",
-                        "unavailable")
-_TIMEOUT_PHRASES = ("timeout expired", "timed out")
+_UNAVAILABLE_PHRASES = ("not ready", "is not healthy", "is stopping")
+_TIMEOUT_PHRASES = ("request timeout expired",)  # Triton's own, where it enforces one
 
 
 def model_call_error(model: str, code: str, message: str) -> Exception:
