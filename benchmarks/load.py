@@ -161,6 +161,10 @@ def fingerprint(det) -> dict[str, str]:
         "masks_rle": digest(len(det.masks_rle), *det.masks_rle),
         "masks": digest(det.masks.shape, np.ascontiguousarray(det.masks).tobytes()),
         "image_size": digest(det.image_size),
+        "masks_polygon": digest(len(det.masks_polygon), *det.masks_polygon),
+        "masks_box": digest(det.masks_box.shape, np.ascontiguousarray(det.masks_box).tobytes()),
+        "mask_windows": digest(det.mask_windows.shape,
+                               np.ascontiguousarray(det.mask_windows).tobytes()),
     }
 
 

@@ -101,6 +101,18 @@ PIPELINE_OUTPUTS = (
     TensorSpec("masks", "UINT8", (-1, -1, -1),
                "dense 0/1 masks [N,H,W]; N=0 unless mask_format=dense"),
     TensorSpec("image_size", "INT64", (2,), "height,width of the original image"),
+    TensorSpec("masks_polygon", "BYTES", (-1,),
+               "COCO polygons per detection, JSON: a list of [x1,y1,x2,y2,...] outlines in "
+               "original-image pixel coordinates, one per separate part, holes joined in "
+               "by keyholes (pycocotools decodes them to the exact mask); empty unless "
+               "mask_format=polygon"),
+    TensorSpec("masks_box", "UINT8", (-1,),
+               "each mask cropped to its window, 0/1, row-major, the crops one after the "
+               "other (mask i: mask_windows[i] height x width values); empty unless "
+               "mask_format=box"),
+    TensorSpec("mask_windows", "INT64", (-1, 4),
+               "x0,y0,width,height of each crop of masks_box in original-image pixels; "
+               "N rows when mask_format=box, else 0"),
 )
 
 # The ensemble's internal tensor between preprocess and postprocess (the model's own
@@ -109,8 +121,13 @@ ORIGINAL_SIZE = TensorSpec("original_size", "INT64", (2,), "height,width of the 
 
 
 class MaskFormat(str, Enum):
+    """How the answer carries the masks (outputs above): rle (masks_rle), dense (masks),
+    polygon (masks_polygon), box (masks_box + mask_windows), none."""
+
     RLE = "rle"
     DENSE = "dense"
+    POLYGON = "polygon"
+    BOX = "box"
     NONE = "none"
 
 
@@ -126,8 +143,14 @@ REQUEST_PARAMETERS = (
                      "keep detections with score >= this, in [0, 1]; default from the export"),
     RequestParameter("max_detections", int,
                      "keep at most this many (highest scores first); default: all"),
-    RequestParameter("mask_format", str, "rle (default) | dense | none"),
+    RequestParameter("mask_format", str, "rle (default) | dense | polygon | box | none"),
+    RequestParameter("polygon_tolerance", float,
+                     "mask_format=polygon: simplify outlines to within this many pixels "
+                     "(Douglas-Peucker), in [0, 100]; default 0, exact"),
 )
+
+# Upper bound on polygon_tolerance: a coarser outline is not a mask any more.
+MAX_POLYGON_TOLERANCE = 100.0
 
 # Upper bound on max_detections: the models emit at most 100 per image
 # (detectron2's TEST.DETECTIONS_PER_IMAGE, torchvision's box_detections_per_img);

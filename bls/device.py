@@ -126,4 +126,5 @@ def finish(outputs: dict[str, torch.Tensor], original_size: tuple[int, int],
     det, input_size = postprocess.from_model_outputs(host, meta)
     det = postprocess.select(det, options.score_threshold, options.max_detections)
     det = postprocess.rescale(det, input_size, original_size)
-    return postprocess.answer(det, original_size, meta, options.mask_format, max_answer_bytes)
+    return postprocess.answer(det, original_size, meta, options.mask_format, max_answer_bytes,
+                              options.polygon_tolerance)

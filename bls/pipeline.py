@@ -46,7 +46,8 @@ def finish(model_outputs: Mapping[str, np.ndarray], original_size: tuple[int, in
     det, input_size = postprocess.from_model_outputs(model_outputs, meta)
     det = postprocess.select(det, options.score_threshold, options.max_detections)
     det = postprocess.rescale(det, input_size, original_size)
-    return postprocess.answer(det, original_size, meta, options.mask_format, max_answer_bytes)
+    return postprocess.answer(det, original_size, meta, options.mask_format, max_answer_bytes,
+                              options.polygon_tolerance)
 
 
 ModelCall = Callable[[np.ndarray], Mapping[str, np.ndarray]]

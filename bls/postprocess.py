@@ -7,6 +7,7 @@ detection cap. ``answer`` pastes and encodes masks into the pipeline's output te
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -90,22 +91,36 @@ def rescale(det: Detections, input_size: tuple[int, int], output_size: tuple[int
     return rescaled if nonempty.all() else rescaled.take(nonempty)
 
 
-def dense_bytes(det: Detections, original_size: tuple[int, int], mask_format: MaskFormat) -> int:
-    """Bytes of the ``masks`` output: N x H x W uint8 for dense masks of a model with
-    masks, else 0. The one output whose size grows with the image times the detections."""
-    if mask_format is not MaskFormat.DENSE or det.masks is None:
+def mask_bytes(det: Detections, original_size: tuple[int, int], mask_format: MaskFormat) -> int:
+    """Bytes of the mask outputs whose size grows with the pixels, known from the boxes
+    alone: dense N x H x W; box the window areas plus 32 per window. RLE and polygon
+    strings are not counted here: a few values per column of each box (polygons are
+    bounded as they are built, answer)."""
+    if det.masks is None or not len(det):
         return 0
-    return len(det) * original_size[0] * original_size[1]
+    if mask_format is MaskFormat.DENSE:
+        return len(det) * original_size[0] * original_size[1]
+    if mask_format is MaskFormat.BOX:
+        x_lo, y_lo, x_hi, y_hi = mask_ops.window_bounds(det.boxes, *original_size).T
+        return int(((x_hi - x_lo) * (y_hi - y_lo)).sum()) + 32 * len(det)
+    return 0
 
 
 def answer_bytes(det: Detections, original_size: tuple[int, int], meta: ModelMetadata,
                  mask_format: MaskFormat) -> int:
     """The answer's size before it is built: the fixed-size outputs (boxes 16, scores 4,
     classes 8 bytes per detection, class names as UTF-8 with a 4-byte length each,
-    image_size 16) plus dense masks. RLE strings are not counted: they hold a few
-    runs per column of each box, kilobytes per mask."""
+    image_size 16) plus mask_bytes."""
     names = sum(len(meta.class_name(int(c)).encode()) + 4 for c in det.classes)
-    return 28 * len(det) + names + 16 + dense_bytes(det, original_size, mask_format)
+    return 28 * len(det) + names + 16 + mask_bytes(det, original_size, mask_format)
+
+
+def _too_large(size: int, what: str, max_answer_bytes: int) -> InvalidInput:
+    return InvalidInput(
+        "mask_format",
+        f"the answer would be {size:,} bytes ({what}), over this server's max_answer_bytes "
+        f"of {max_answer_bytes:,}; ask mask_format=rle (the same masks as COCO RLE, a few "
+        f"KB each), or fewer detections (max_detections, score_threshold)", "parameter")
 
 
 def check_answer_size(det: Detections, original_size: tuple[int, int], meta: ModelMetadata,
@@ -119,40 +134,52 @@ def check_answer_size(det: Detections, original_size: tuple[int, int], meta: Mod
     size = answer_bytes(det, original_size, meta, mask_format)
     if size > max_answer_bytes:
         height, width = original_size
-        raise InvalidInput(
-            "mask_format",
-            f"the answer would be {size:,} bytes ({len(det)} dense masks of {height}x{width} "
-            f"= {dense_bytes(det, original_size, mask_format):,} bytes), over this server's "
-            f"max_answer_bytes of {max_answer_bytes:,}; ask mask_format=rle (the same masks "
-            f"as COCO RLE, a few KB each), or fewer detections (max_detections, "
-            f"score_threshold)", "parameter")
+        masks = mask_bytes(det, original_size, mask_format)
+        what = (f"{len(det)} dense masks of {height}x{width} = {masks:,} bytes"
+                if mask_format is MaskFormat.DENSE
+                else f"{len(det)} box-cropped masks, {masks:,} bytes")
+        raise _too_large(size, what, max_answer_bytes)
 
 
 def answer(det: Detections, original_size: tuple[int, int], meta: ModelMetadata,
-           mask_format: MaskFormat, max_answer_bytes: int | None = None) -> dict[str, np.ndarray]:
+           mask_format: MaskFormat, max_answer_bytes: int | None = None,
+           polygon_tolerance: float = 0.0) -> dict[str, np.ndarray]:
     """Detections in original pixels -> the pipeline's output tensors (no batch dim),
     named and typed as contract.PIPELINE_OUTPUTS. Refuses an answer over
-    ``max_answer_bytes`` before building it (check_answer_size)."""
+    ``max_answer_bytes``: before building it (check_answer_size), or for polygons as
+    soon as their text passes the bound."""
     check_answer_size(det, original_size, meta, mask_format, max_answer_bytes)
     height, width = original_size
     n = len(det)
     rle: list[bytes] = []
+    polygons: list[bytes] = []
     dense = np.zeros((0, height, width), np.uint8)
-    if det.masks is not None and n and _on_device(det.masks):
+    box_data, box_windows = np.zeros(0, np.uint8), np.zeros((0, 4), np.int64)
+    masks = det.masks
+    if masks is not None and n and _on_device(masks) and \
+            mask_format in (MaskFormat.RLE, MaskFormat.DENSE):
         from bls import device as device_ops  # torch: only for the device path
 
-        if mask_format is not MaskFormat.NONE:
-            pasted = device_ops.paste(det.masks, det.boxes, height, width)
-            if mask_format is MaskFormat.RLE:
-                rle = device_ops.encode_rle(pasted)
-            else:
-                dense = device_ops.dense(pasted)
-    elif det.masks is not None and n:
+        pasted = device_ops.paste(masks, det.boxes, height, width)
         if mask_format is MaskFormat.RLE:
-            rle = mask_ops.encode_rle(det.masks, det.boxes, height, width)
+            rle = device_ops.encode_rle(pasted)
+        else:
+            dense = device_ops.dense(pasted)
+    elif masks is not None and n and mask_format is not MaskFormat.NONE:
+        if _on_device(masks):  # polygons and crops are traced on the host
+            masks = masks.cpu().numpy()
+        if mask_format is MaskFormat.RLE:
+            rle = mask_ops.encode_rle(masks, det.boxes, height, width)
         elif mask_format is MaskFormat.DENSE:
-            windows = mask_ops.paste_windows(det.masks, det.boxes, height, width)
+            windows = mask_ops.paste_windows(masks, det.boxes, height, width)
             dense = mask_ops.dense_masks(windows, height, width)
+        elif mask_format is MaskFormat.BOX:
+            box_data, box_windows = mask_ops.crops(
+                mask_ops.iter_windows(masks, det.boxes, height, width))
+        else:
+            polygons = _polygon_texts(masks, det.boxes, original_size, polygon_tolerance,
+                                      answer_bytes(det, original_size, meta, mask_format),
+                                      max_answer_bytes)
     values = {
         "boxes": det.boxes.reshape(n, 4),
         "scores": det.scores,
@@ -161,8 +188,27 @@ def answer(det: Detections, original_size: tuple[int, int], meta: ModelMetadata,
         "masks_rle": rle,
         "masks": dense,
         "image_size": [height, width],
+        "masks_polygon": polygons,
+        "masks_box": box_data,
+        "mask_windows": box_windows,
     }
     return {spec.name: _as_array(values[spec.name], spec.numpy_dtype) for spec in PIPELINE_OUTPUTS}
+
+
+def _polygon_texts(masks: np.ndarray, boxes: np.ndarray, original_size: tuple[int, int],
+                   tolerance: float, fixed_bytes: int, max_answer_bytes: int | None
+                   ) -> list[bytes]:
+    """Each mask's polygons as JSON, traced one window at a time, refused as soon as the
+    answer passes ``max_answer_bytes``."""
+    texts, total = [], fixed_bytes
+    for window in mask_ops.iter_windows(masks, boxes, *original_size):
+        text = json.dumps(mask_ops.polygons(window, tolerance), separators=(",", ":")).encode()
+        total += len(text) + 4
+        if max_answer_bytes is not None and total > max_answer_bytes:
+            raise _too_large(total, f"polygons of the first {len(texts) + 1} of {len(boxes)} "
+                                    f"masks alone", max_answer_bytes)
+        texts.append(text)
+    return texts
 
 
 def _on_device(value) -> bool:

@@ -14,7 +14,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from bls.contract import MAX_DETECTIONS_LIMIT, PIPELINE_INPUT, REQUEST_PARAMETERS, MaskFormat
+from bls.contract import (MAX_DETECTIONS_LIMIT, MAX_POLYGON_TOLERANCE, PIPELINE_INPUT,
+                          REQUEST_PARAMETERS, MaskFormat)
 from bls.errors import InvalidInput
 
 _KNOWN = {p.name for p in REQUEST_PARAMETERS}
@@ -31,6 +32,7 @@ class RequestOptions:
     score_threshold: float
     max_detections: int | None = None
     mask_format: MaskFormat = MaskFormat.RLE
+    polygon_tolerance: float = 0.0
 
 
 def image_bytes(tensor: np.ndarray | None, name: str = PIPELINE_INPUT.name) -> bytes:
@@ -94,7 +96,14 @@ def parse_options(parameters: str | Mapping[str, Any] | None,
             raise InvalidInput("mask_format",
                                f"must be one of {[f.value for f in MaskFormat]}, got {value!r}",
                                "parameter") from None
-    return RequestOptions(threshold, max_detections, mask_format)
+    tolerance = 0.0
+    if "polygon_tolerance" in parameters:
+        tolerance = _number("polygon_tolerance", parameters["polygon_tolerance"], float)
+        if not 0.0 <= tolerance <= MAX_POLYGON_TOLERANCE:
+            raise InvalidInput("polygon_tolerance",
+                               f"must be in [0, {MAX_POLYGON_TOLERANCE:g}] pixels, got {tolerance}",
+                               "parameter")
+    return RequestOptions(threshold, max_detections, mask_format, tolerance)
 
 
 def _number(name: str, value: Any, kind: type) -> float | int:

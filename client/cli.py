@@ -69,10 +69,11 @@ def overlay_names(paths: list[Path]) -> list[str]:
 
 
 def request_parameters(score_threshold: float | None = None, max_detections: int | None = None,
-                       mask_format: str | None = None) -> dict:
+                       mask_format: str | None = None,
+                       polygon_tolerance: float | None = None) -> dict:
     """The request parameters that were set; the rest take the server's defaults."""
     params = {"score_threshold": score_threshold, "max_detections": max_detections,
-              "mask_format": mask_format}
+              "mask_format": mask_format, "polygon_tolerance": polygon_tolerance}
     return {k: v for k, v in params.items() if v is not None}
 
 
@@ -398,7 +399,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-detections", type=int, help="default: all")
     p.add_argument("--mask-format", choices=[f.value for f in MaskFormat],
                    help="rle (default): compact, decoded here; dense: full masks on the "
-                        "wire; none: boxes only")
+                        "wire; polygon: COCO outlines; box: masks cropped to their boxes; "
+                        "none: boxes only. Every format gives the same results.json and "
+                        "overlays")
+    p.add_argument("--polygon-tolerance", type=float,
+                   help="with --mask-format polygon: simplify outlines to within this many "
+                        "pixels (default 0: exact)")
     p.add_argument("--out", type=Path, default=Path("build/client"),
                    help="folder for results.json, images.json, overlays (default build/client)")
     p.add_argument("--no-overlay", action="store_true", help="write no overlay PNGs")
@@ -445,7 +451,8 @@ def run_infer(args: argparse.Namespace, paths: list[Path] | None = None) -> Run:
     if not paths:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in "
                          f"{' '.join(map(str, args.paths))}")
-    parameters = request_parameters(args.score_threshold, args.max_detections, args.mask_format)
+    parameters = request_parameters(args.score_threshold, args.max_detections, args.mask_format,
+                                    args.polygon_tolerance)
     after = None if args.no_overlay else overlay_writer(args.out, overlay_names(paths))
     print(f"sending {len(paths)} image(s) to {args.model} at {args.url} ({args.protocol}), "
           f"{args.concurrency} at a time" + (f", parameters {parameters}" if parameters else ""))

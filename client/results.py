@@ -8,6 +8,7 @@ here loudly rather than reading as an empty answer.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
@@ -33,6 +34,9 @@ class Detections:
         request asked for mask_format=rle (the default), else empty.
     masks: uint8 [N, H, W] 0/1 when mask_format=dense, else [0, H, W].
     image_size: (height, width) of the original image.
+    masks_polygon: tuple of N bytes (JSON lists of COCO polygons) for mask_format=polygon.
+    masks_box: uint8 [sum of crop areas], the crops one after the other, for
+        mask_format=box; mask_windows: int64 [N, 4] x0, y0, width, height of each crop.
     """
 
     boxes: np.ndarray
@@ -42,16 +46,20 @@ class Detections:
     masks_rle: tuple[bytes, ...]
     masks: np.ndarray
     image_size: tuple[int, int]
+    masks_polygon: tuple[bytes, ...]
+    masks_box: np.ndarray
+    mask_windows: np.ndarray
 
     def __len__(self) -> int:
         return len(self.scores)
 
     @property
     def has_masks(self) -> bool:
-        """Whether the answer carries one mask per detection (RLE or dense); false for
+        """Whether the answer carries one mask per detection (in any format); false for
         mask_format=none or a model without masks (unless there is nothing to mask)."""
         n = len(self)
-        return len(self.masks_rle) == n or len(self.masks) == n
+        return n in (len(self.masks_rle), len(self.masks), len(self.masks_polygon),
+                     len(self.mask_windows))
 
     @classmethod
     def from_arrays(cls, outputs: Mapping[str, np.ndarray | None], batched: bool = False
@@ -98,18 +106,38 @@ def _convert(spec: TensorSpec, value: np.ndarray):
 
 
 def decode_masks(det: Detections) -> np.ndarray:
-    """uint8 [N, H, W] 0/1 masks, from the dense output or by decoding the RLE.
+    """uint8 [N, H, W] 0/1 masks from whichever format the answer carries: dense as it
+    is, RLE and polygons decoded by pycocotools, box crops placed in their windows.
 
     Raises ValueError when the answer holds no masks (mask_format=none)."""
     height, width = det.image_size
-    if len(det) == 0:
+    n = len(det)
+    if n == 0:
         return np.zeros((0, height, width), np.uint8)
-    if len(det.masks) == len(det):
+    if len(det.masks) == n:
         return np.ascontiguousarray(det.masks, np.uint8)
-    if len(det.masks_rle) == len(det):
+    if len(det.masks_rle) == n:
         rles = [{"size": [height, width], "counts": c} for c in det.masks_rle]
         # pycocotools decodes to [H, W, N] in Fortran order
         return np.ascontiguousarray(mask_utils.decode(rles).transpose(2, 0, 1))
+    if len(det.masks_polygon) == n:
+        out = np.zeros((n, height, width), np.uint8)
+        for i, text in enumerate(det.masks_polygon):
+            outlines = json.loads(text)
+            if outlines:
+                rle = mask_utils.merge(mask_utils.frPyObjects(outlines, height, width))
+                out[i] = mask_utils.decode(rle)
+        return out
+    if len(det.mask_windows) == n:
+        out = np.zeros((n, height, width), np.uint8)
+        offset = 0
+        for i, (x0, y0, w, h) in enumerate(det.mask_windows.tolist()):
+            out[i, y0:y0 + h, x0:x0 + w] = det.masks_box[offset:offset + h * w].reshape(h, w)
+            offset += h * w
+        if offset != len(det.masks_box):
+            raise AnswerError(f"masks_box holds {len(det.masks_box)} values, its windows "
+                              f"{offset}")
+        return out
     raise ValueError("the answer holds no masks (requested with mask_format=none, or the "
                      "model has no mask head)")
 
@@ -150,7 +178,7 @@ def coco_results(det: Detections, image_id: int, category_ids: Sequence[int]) ->
 def differences(a: Detections, b: Detections, box_atol: float = 0.0,
                 score_atol: float = 0.0) -> list[str]:
     """How two answers for the same image differ (empty: they agree): detection count,
-    image size, classes, boxes/scores beyond the tolerances, masks (RLE or dense)."""
+    image size, classes, boxes/scores beyond the tolerances, masks (in any format)."""
     if a.image_size != b.image_size:
         return [f"image_size {a.image_size} != {b.image_size}"]
     if len(a) != len(b):
@@ -163,7 +191,9 @@ def differences(a: Detections, b: Detections, box_atol: float = 0.0,
         gap = float(np.abs(x - y).max(initial=0.0))
         if gap > tol:
             found.append(f"{name} differ by up to {gap:.3g} (tolerance {tol:g})")
-    if a.masks_rle != b.masks_rle or not np.array_equal(a.masks, b.masks):
+    if (a.masks_rle != b.masks_rle or not np.array_equal(a.masks, b.masks)
+            or a.masks_polygon != b.masks_polygon or not np.array_equal(a.masks_box, b.masks_box)
+            or not np.array_equal(a.mask_windows, b.mask_windows)):
         found.append("masks differ")
     return found
 

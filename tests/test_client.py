@@ -24,19 +24,35 @@ H, W = 23, 31
 
 
 # --------------------------------------------------------------------------- helpers
+NO_POLYGON_OR_BOX = {"masks_polygon": [], "masks_box": [], "mask_windows": np.zeros((0, 4))}
+
+
 def answer(**values) -> dict[str, np.ndarray]:
-    """Output arrays by contract name (no batch dim); keywords are the output names."""
+    """Output arrays by contract name (no batch dim); keywords are the output names (the
+    polygon and box outputs default to empty)."""
+    values = {**NO_POLYGON_OR_BOX, **values}
     assert set(values) == {s.name for s in PIPELINE_OUTPUTS}
-    return {s.name: np.asarray(values[s.name], dtype=s.numpy_dtype) for s in PIPELINE_OUTPUTS}
+    out = {}
+    for spec in PIPELINE_OUTPUTS:
+        value = values[spec.name]
+        if spec.dtype == "BYTES":
+            array = np.empty(len(value), dtype=object)
+            array[:] = list(value)
+            value = array
+        out[spec.name] = np.asarray(value, dtype=spec.numpy_dtype)
+    return out
 
 
 def blobs(n: int = 3, height: int = H, width: int = W, seed: int = 0) -> np.ndarray:
-    """uint8 [n, height, width]: a filled rectangle per mask, plus a hole in the first."""
+    """uint8 [n, height, width]: a rectangle per mask with a one-pixel hole, and a stripe
+    along the first row of the first."""
     rng = np.random.default_rng(seed)
     masks = np.zeros((n, height, width), np.uint8)
     for m in masks:
         y0, x0 = rng.integers(0, height // 2), rng.integers(0, width // 2)
-        m[y0:y0 + rng.integers(3, height // 2), x0:x0 + rng.integers(3, width // 2)] = 1
+        h, w = rng.integers(3, height // 2), rng.integers(3, width // 2)
+        m[y0:y0 + h, x0:x0 + w] = 1
+        m[y0 + h // 2, x0 + w // 2] = 0  # a hole: the rectangle is at least 3x3
     if n:
         masks[0, 0, :] = 1
         masks[0, 1, 1] = 0
@@ -44,16 +60,26 @@ def blobs(n: int = 3, height: int = H, width: int = W, seed: int = 0) -> np.ndar
 
 
 def synthetic(mask_format: MaskFormat = MaskFormat.RLE, n: int = 3) -> Detections:
+    """An answer carrying blobs(n) in ``mask_format``, made by the server's own encoders
+    (bls.masks) from whole-image windows."""
+    from bls.masks import MaskWindow, crops, polygons
+
     masks = blobs(n)
     boxes = np.array([[2, 3, 12, 9], [0.5, 1.25, 30, 22], [5, 5, 6, 7]][:n], np.float32).reshape(n, 4)
-    rle = [r["counts"] for r in mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0)))] \
-        if mask_format is MaskFormat.RLE and n else []
-    dense = masks if mask_format is MaskFormat.DENSE else np.zeros((0, H, W), np.uint8)
-    return Detections.from_arrays(answer(
-        boxes=boxes, scores=np.array([0.9, 0.6, 0.55][:n]), classes=np.array([1, 2, 1][:n]),
-        class_names=np.array([b"cat", b"dog", b"cat"][:n], dtype=object).reshape(n),
-        masks_rle=np.array(rle, dtype=object).reshape(len(rle)), masks=dense,
-        image_size=[H, W]))
+    windows = [MaskWindow(0, 0, m.astype(bool)) for m in masks]
+    formats = {
+        MaskFormat.RLE: {"masks_rle": [r["counts"] for r in mask_utils.encode(
+            np.asfortranarray(masks.transpose(1, 2, 0)))] if n else []},
+        MaskFormat.DENSE: {"masks": masks},
+        MaskFormat.POLYGON: {"masks_polygon": [json.dumps(polygons(w)).encode() for w in windows]},
+        MaskFormat.BOX: dict(zip(("masks_box", "mask_windows"), crops(windows))),
+        MaskFormat.NONE: {},
+    }
+    return Detections.from_arrays(answer(**{
+        "boxes": boxes, "scores": np.array([0.9, 0.6, 0.55][:n]),
+        "classes": np.array([1, 2, 1][:n]), "class_names": [b"cat", b"dog", b"cat"][:n],
+        "masks_rle": [], "masks": np.zeros((0, H, W)), "image_size": [H, W],
+        **formats[mask_format]}))
 
 
 class FakeResult:
@@ -100,13 +126,16 @@ def test_answers_off_contract_are_refused():
         Detections.from_arrays(good, batched=True)
 
 
-def test_decode_masks_from_rle_and_dense_agree_with_pycocotools():
+def test_decode_masks_from_every_format_agree_with_pycocotools():
     expected = blobs(3)
-    for fmt in (MaskFormat.RLE, MaskFormat.DENSE):
+    from tests.test_masks import holes_filled
+
+    assert any((holes_filled(m) != m).any() for m in expected), "precondition: holes"
+    for fmt in (MaskFormat.RLE, MaskFormat.DENSE, MaskFormat.BOX, MaskFormat.POLYGON):
         det = synthetic(fmt)
         got = decode_masks(det)
         assert got.dtype == np.uint8 and got.shape == (3, H, W)
-        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(got, expected, err_msg=fmt.value)
     with pytest.raises(ValueError, match="no masks"):
         decode_masks(synthetic(MaskFormat.NONE))
     assert decode_masks(synthetic(MaskFormat.NONE, n=0)).shape == (0, H, W)
@@ -333,6 +362,27 @@ def test_cli_over_a_folder_matches_the_reference(protocol, server, exported, ima
         check_entries(per_image.get(image["file_name"], []), det, exported.meta)
         overlay = cv2.imread(str(out / f"{name.rsplit('.', 1)[0]}.overlay.png"))
         assert overlay is not None and overlay.shape == (*det.image_size, 3)
+
+
+@pytest.mark.server
+def test_every_mask_format_writes_the_same_results_and_overlays(server, images, tmp_path):
+    """rle, box and polygon answers of one image give the same results.json and
+    overlays of the same size."""
+    folder = write_images(tmp_path / "images", images, ["scene.jpg"])
+    runs = {}
+    for fmt in ("rle", "box", "polygon"):
+        out = tmp_path / fmt
+        assert cli.main(["infer", str(folder), "--url", server.grpc_url, "--mask-format", fmt,
+                         "--score-threshold", "0", "--out", str(out)]) == 0
+        _, per_image = load_run(out)
+        [entries] = per_image.values()
+        runs[fmt] = [mask_utils.decode(e["segmentation"]).astype(bool) for e in entries]
+        overlay = cv2.imread(str(out / "scene.overlay.png"))
+        assert overlay is not None and overlay.shape == (240, 320, 3)
+    assert len(runs["rle"]) > 0
+    for want, box, polygon in zip(runs["rle"], runs["box"], runs["polygon"]):
+        np.testing.assert_array_equal(box, want)
+        np.testing.assert_array_equal(polygon, want)
 
 
 @pytest.mark.server

@@ -36,7 +36,9 @@ def test_schedule_cycles_every_image_with_every_parameter_set():
 def _answer(**changes) -> Detections:
     fields = dict(boxes=np.array([[1, 2, 30, 40]], np.float32), scores=np.array([0.9], np.float32),
                   classes=np.array([3], np.int64), class_names=("car",), masks_rle=(b"ab3",),
-                  masks=np.zeros((0, 50, 60), np.uint8), image_size=(50, 60))
+                  masks=np.zeros((0, 50, 60), np.uint8), image_size=(50, 60),
+                  masks_polygon=(), masks_box=np.zeros(0, np.uint8),
+                  mask_windows=np.zeros((0, 4), np.int64))
     return Detections(**(fields | changes))
 
 
@@ -48,6 +50,9 @@ def _answer(**changes) -> Detections:
     ("masks_rle", (b"ab4",)),
     ("masks", np.zeros((0, 50, 61), np.uint8)),
     ("image_size", (50, 61)),
+    ("masks_polygon", (b"[[1,2,3,4,5,6]]",)),
+    ("masks_box", np.ones(1, np.uint8)),
+    ("mask_windows", np.zeros((1, 4), np.int64)),
 ])
 def test_fingerprint_tells_any_output_apart(field, value):
     same, other = load.fingerprint(_answer()), load.fingerprint(_answer(**{field: value}))

@@ -1,6 +1,7 @@
 """Mask paste and RLE against independent references: torch's grid_sample over the full
 image (detectron2's paste_masks_in_image semantics) and pycocotools' own encoder."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -9,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 
-from bls.masks import dense_masks, encode_rle, paste_windows, run_counts
+from bls.masks import (crops, dense_masks, encode_rle, iter_windows, paste_windows, polygons,
+                       run_counts, window_bounds)
 
 
 def grid_sample_paste(masks: np.ndarray, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -142,3 +144,69 @@ def test_rle_property_against_the_dense_paste(seed, height, width, n):
     got = rle_masks(masks, boxes, height, width)
     assert got.shape == dense.shape
     assert (got != dense).sum(axis=(1, 2)).max(initial=0) <= 1
+
+
+# --------------------------------------------------------------------------- polygons, crops
+def holes_filled(mask: np.ndarray) -> np.ndarray:
+    """The mask with its holes filled (OpenCV's outer contours, filled): what plain COCO
+    polygons would carry."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_NONE)
+    out = np.zeros(mask.shape, np.uint8)
+    cv2.drawContours(out, contours, -1, 1, thickness=-1)
+    return out.astype(bool)
+
+
+def decode_polygons(outlines, height, width) -> np.ndarray:
+    if not outlines:
+        return np.zeros((height, width), bool)
+    return mask_utils.decode(mask_utils.merge(
+        mask_utils.frPyObjects(outlines, height, width))).astype(bool)
+
+
+@pytest.mark.parametrize("seed,height,width", [(0, 120, 160), (1, 97, 61), (2, 33, 250)])
+def test_polygons_decode_to_exactly_the_mask_holes_included(seed, height, width):
+    rng = np.random.default_rng(seed)
+    masks, boxes = random_case(rng, 40, height, width)
+    dense = dense_masks(paste_windows(masks, boxes, height, width), height, width).astype(bool)
+    holes = 0
+    for window, expected in zip(iter_windows(masks, boxes, height, width), dense):
+        outlines = polygons(window)
+        assert all(len(p) >= 6 and len(p) % 2 == 0 for p in outlines)
+        holes += int((holes_filled(expected) != expected).sum())
+        np.testing.assert_array_equal(decode_polygons(outlines, height, width), expected)
+    if seed == 0:
+        assert holes > 0, "precondition: some of these masks have holes"
+
+
+def test_a_polygon_tolerance_simplifies_and_stays_close():
+    rng = np.random.default_rng(3)
+    masks, boxes = random_case(rng, 20, 300, 400)
+    for window in iter_windows(masks[::2], boxes[::2], 300, 400):  # the smooth blobs
+        exact, coarse = polygons(window), polygons(window, tolerance=1.0)
+        if not exact:
+            continue
+        assert sum(map(len, coarse)) <= sum(map(len, exact))
+        a, b = decode_polygons(exact, 300, 400), decode_polygons(coarse, 300, 400)
+        if a.sum() >= 400:  # a 20x20 mask or larger: a 1 px outline shift is small
+            assert (a & b).sum() / (a | b).sum() >= 0.85
+
+
+def test_crops_are_lossless_and_windows_match_the_paste():
+    rng = np.random.default_rng(4)
+    masks, boxes = random_case(rng, 30, 90, 130)
+    windows = paste_windows(masks, boxes, 90, 130)
+    data, bounds = crops(windows)
+    assert bounds.tolist() == [[w.x0, w.y0, w.mask.shape[1], w.mask.shape[0]] for w in windows]
+    x_lo, y_lo, x_hi, y_hi = window_bounds(boxes, 90, 130).T
+    nonempty = bounds[:, 2] > 0
+    np.testing.assert_array_equal((x_hi - x_lo)[nonempty], bounds[nonempty, 2])
+    np.testing.assert_array_equal((y_hi - y_lo)[nonempty], bounds[nonempty, 3])
+    assert len(data) == int((bounds[:, 2] * bounds[:, 3]).sum())
+    dense = dense_masks(windows, 90, 130)
+    offset = 0
+    for (x0, y0, w, h), expected in zip(bounds.tolist(), dense):
+        rebuilt = np.zeros((90, 130), np.uint8)
+        rebuilt[y0:y0 + h, x0:x0 + w] = data[offset:offset + w * h].reshape(h, w)
+        offset += w * h
+        np.testing.assert_array_equal(rebuilt, expected)

@@ -5,6 +5,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from bls.contract import PIPELINE_OUTPUTS, MaskFormat, model_outputs
+from bls.errors import InvalidInput
 from bls.metadata import ModelMetadata
 from bls.pipeline import finish
 from bls.postprocess import Detections, answer, from_model_outputs, rescale, select
@@ -89,3 +90,44 @@ def test_disagreeing_model_outputs_are_reported():
     arrays["scores__3"] = arrays["scores__3"][:3]
     with pytest.raises(ValueError, match="boxes 4, classes 4, scores 3, masks 4"):
         from_model_outputs(arrays, META)
+
+
+def test_every_mask_format_carries_the_same_masks_in_its_own_outputs():
+    """rle, dense, box and polygon decode to the same masks; each format fills only its
+    own outputs."""
+    from client.results import Detections as Answer, decode_masks
+
+    det = detections(6)
+    outputs = {fmt: finish(model_arrays(det), (80, 120), META, RequestOptions(0.0, None, fmt))
+               for fmt in MaskFormat}
+    own = {MaskFormat.RLE: {"masks_rle"}, MaskFormat.DENSE: {"masks"},
+           MaskFormat.POLYGON: {"masks_polygon"}, MaskFormat.BOX: {"masks_box", "mask_windows"},
+           MaskFormat.NONE: set()}
+    mask_outputs = set().union(*own.values())
+    for fmt, out in outputs.items():
+        assert [k for k in out] == [s.name for s in PIPELINE_OUTPUTS]
+        filled_outputs = {k for k in mask_outputs if len(out[k])}
+        assert filled_outputs == own[fmt], fmt
+    decoded = {fmt: decode_masks(Answer.from_arrays(out)) for fmt, out in outputs.items()
+               if fmt is not MaskFormat.NONE}
+    np.testing.assert_array_equal(decoded[MaskFormat.RLE], decoded[MaskFormat.DENSE])
+    np.testing.assert_array_equal(decoded[MaskFormat.BOX], decoded[MaskFormat.DENSE])
+    np.testing.assert_array_equal(decoded[MaskFormat.POLYGON], decoded[MaskFormat.DENSE])
+
+
+def test_box_and_polygon_answers_are_bounded_too():
+    det = detections(6)
+    box = finish(model_arrays(det), (80, 120), META, RequestOptions(0.0, None, MaskFormat.BOX))
+    size = box["masks_box"].nbytes
+    with pytest.raises(InvalidInput, match=r"box-cropped masks.*max_answer_bytes of 100;"):
+        finish(model_arrays(det), (80, 120), META, RequestOptions(0.0, None, MaskFormat.BOX),
+               max_answer_bytes=100)
+    assert size > 100
+    polygon = finish(model_arrays(det), (80, 120), META,
+                     RequestOptions(0.0, None, MaskFormat.POLYGON))
+    text = sum(len(p) for p in polygon["masks_polygon"])
+    with pytest.raises(InvalidInput, match=r"polygons of the first \d+ of 6 masks alone.*"
+                                           r"max_answer_bytes of 300;"):
+        finish(model_arrays(det), (80, 120), META,
+               RequestOptions(0.0, None, MaskFormat.POLYGON), max_answer_bytes=300)
+    assert text > 300

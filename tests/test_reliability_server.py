@@ -84,7 +84,7 @@ def inputs_to_try() -> tuple[dict, dict]:
                                "pipeline_bls: parameter 'score_threshold': must be in [0, 1], got -0.1"),
         "threshold over 1": (jpeg, {"score_threshold": 1.5},
                              "pipeline_bls: parameter 'score_threshold': must be in [0, 1], got 1.5"),
-        "unknown mask format": (jpeg, {"mask_format": "polygon"},
+        "unknown mask format": (jpeg, {"mask_format": "svg"},
                                 "pipeline_bls: parameter 'mask_format': must be one of"),
         "huge max detections": (jpeg, {"max_detections": 10**9},
                                 "pipeline_bls: parameter 'max_detections': must be in [0, 1000]"),

@@ -1,5 +1,7 @@
 """Request parsing: good values pass, every bad one names the parameter or input."""
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -28,7 +30,10 @@ def test_defaults_and_values():
     ({"max_detections": -1}, "max_detections", "must be in"),
     ({"max_detections": MAX_DETECTIONS_LIMIT + 1}, "max_detections", "must be in"),
     ({"max_detections": 2.5}, "max_detections", "whole number"),
-    ({"mask_format": "png"}, "mask_format", r"must be one of \['rle', 'dense', 'none'\], got 'png'"),
+    ({"mask_format": "png"}, "mask_format",
+     re.escape(f"must be one of {[f.value for f in MaskFormat]}, got 'png'")),
+    ({"polygon_tolerance": -1}, "polygon_tolerance", "must be in"),
+    ({"polygon_tolerance": "a"}, "polygon_tolerance", "must be a number"),
     ({"score_treshold": 0.1}, "score_treshold", "not a known request parameter"),
 ])
 def test_bad_parameters_name_the_parameter(params, name, problem):

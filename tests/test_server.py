@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from pycocotools import mask as mask_utils
 from tritonclient.utils import InferenceServerException
 
 from bls.contract import ENSEMBLE_NAME, PIPELINE_INPUT, PIPELINE_NAME, PIPELINE_OUTPUTS, MaskFormat
@@ -50,11 +49,13 @@ def infer(server, protocol, data, parameters=None, model=PIPELINE_NAME):
 
 
 def masks_of(answer) -> np.ndarray:
-    h, w = answer["image_size"].tolist()
-    if len(answer["masks_rle"]) == 0:
-        return np.asarray(answer["masks"], bool)
-    rles = [{"size": [h, w], "counts": c} for c in answer["masks_rle"]]
-    return mask_utils.decode(rles).transpose(2, 0, 1).astype(bool)
+    """bool [N, H, W] from whichever mask format the answer carries (client.results)."""
+    from client.results import Detections, decode_masks
+
+    det = Detections.from_arrays(answer)
+    if not det.has_masks:
+        return np.zeros((0, *det.image_size), bool)
+    return decode_masks(det).astype(bool)
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -101,6 +102,28 @@ def test_dense_masks_and_request_parameters(server, reference, images, protocol)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("model", [PIPELINE_NAME, ENSEMBLE_NAME])
+def test_polygon_and_box_masks_decode_to_the_reference_masks(server, reference, images,
+                                                             protocol, model):
+    """box and polygon decode to exactly the RLE masks (holes included), each in its own
+    outputs only."""
+    expected = reference(images["scene.jpg"], RequestOptions(0.0))
+    rle = masks_of(expected)
+    assert len(rle) > 0, "precondition: the seeded model detects something"
+    box = infer(server, protocol, images["scene.jpg"], {"score_threshold": 0.0,
+                                                        "mask_format": "box"}, model)
+    assert box["mask_windows"].shape == (len(rle), 4) and box["masks_rle"].shape == (0,)
+    np.testing.assert_array_equal(masks_of(box), rle)
+    polygon = infer(server, protocol, images["scene.jpg"], {"score_threshold": 0.0,
+                                                            "mask_format": "polygon"}, model)
+    assert polygon["masks_polygon"].shape == (len(rle),) and polygon["masks_box"].shape == (0,)
+    np.testing.assert_array_equal(masks_of(polygon), rle)
+    coarse = infer(server, protocol, images["scene.jpg"], {
+        "score_threshold": 0.0, "mask_format": "polygon", "polygon_tolerance": 2}, model)
+    assert sum(map(len, coarse["masks_polygon"])) < sum(map(len, polygon["masks_polygon"]))
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_zero_detections_answer_empty_outputs(server, reference, empty_image, protocol):
     assert len(reference(empty_image, RequestOptions(0.0))["scores"]) == 0, \
         "precondition: the model itself returns no detections for this image"
@@ -114,7 +137,7 @@ def test_zero_detections_answer_empty_outputs(server, reference, empty_image, pr
 @pytest.mark.parametrize("data,parameters,message", [
     (b"definitely not an image", None, "pipeline_bls: input 'image': cannot be decoded"),
     (b"", None, "pipeline_bls: input 'image': is empty"),
-    (None, {"mask_format": "polygon"}, "pipeline_bls: parameter 'mask_format': must be one of"),
+    (None, {"mask_format": "svg"}, "pipeline_bls: parameter 'mask_format': must be one of"),
     (None, {"score_threshold": -1}, "pipeline_bls: parameter 'score_threshold': must be in [0, 1]"),
     (None, {"max_detection": 3}, "pipeline_bls: parameter 'max_detection': is not a known"),
 ])
