@@ -1,11 +1,14 @@
 """python -m client.demo: export a Mask R-CNN, serve it with a real Triton server, send
 images, show what came back.
 
-  python -m client.demo                                   # generated scenes, random weights
+  python -m client.demo                                   # generated scenes, COCO or random weights
   python -m client.demo --images photos/ --checkpoint maskrcnn.pth
+  python -m client.demo --weights random                  # never look for COCO weights
 
-Steps: export (`python -m export torchvision`, skipped when the repository exists,
-unless --checkpoint or --reexport), start Triton (embedded, loopback, free ports), send
+Weights: --checkpoint if given; else torchvision's COCO weights when they are in torch's
+hub cache or download within --download-timeout seconds (export/weights.py); else a
+seeded random initialisation, said loudly. Steps: export (`python -m export torchvision`,
+skipped when the repository exists with the same weights, unless --reexport), start Triton (embedded, loopback, free ports), send
 the images over gRPC the way `python -m client infer` does, send the first one again
 over HTTP and check both answers agree, print the detections and the overlays written,
 stop the server (always: on errors, Ctrl-C and SIGTERM too). Non-interactive.
@@ -25,7 +28,8 @@ from client import cli
 from client.results import differences
 from client.server import ROOT, ServerFailed, TritonServer
 from export import samples
-from export.torchscript import MODEL_FILENAME
+from export.torchscript import MODEL_FILENAME, read_metadata
+from export.weights import coco_weights
 
 # With random weights every score is noise; a lower threshold than the export's
 # default shows the pipeline's masks and boxes on more of them.
@@ -40,7 +44,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--images", nargs="+", type=Path, metavar="PATH",
                    help="image files or folders; default: 3 generated scenes in OUT/inputs")
     p.add_argument("--checkpoint", type=Path,
-                   help="torchvision Mask R-CNN state dict (.pth); default: random weights")
+                   help="torchvision Mask R-CNN state dict (.pth); default: --weights")
+    p.add_argument("--weights", choices=("auto", "random"), default="auto",
+                   help="without --checkpoint: auto (default) takes torchvision's COCO weights "
+                        "when cached or quickly downloaded, else random; random: random")
+    p.add_argument("--download-timeout", type=float, default=60.0,
+                   help="seconds the COCO weights may take to download (0: the cache only; "
+                        "default 60; connecting gives up after 5)")
     p.add_argument("--repository", type=Path, default=Path("build/repository"))
     p.add_argument("--out", type=Path, default=Path("build/demo"))
     p.add_argument("--reexport", action="store_true",
@@ -63,6 +73,17 @@ def export(repository: Path, checkpoint: Path | None) -> None:
     print("$ " + " ".join(command), flush=True)
     # From the project root, so `-m export` imports whatever the caller's directory
     subprocess.run(command, cwd=ROOT, stdin=subprocess.DEVNULL, check=True)
+
+
+def expected_weights(checkpoint: Path | None) -> str:
+    """How the export will describe these weights (export/torchvision_maskrcnn.build)."""
+    return f"checkpoint {checkpoint.name}" if checkpoint else "random"
+
+
+def exported_weights(model_file: Path) -> str:
+    """The same for a model file already exported: 'checkpoint <name>' or 'random'."""
+    weights = read_metadata(model_file).weights
+    return "random" if weights.startswith("random") else weights
 
 
 def generate_scenes(folder: Path) -> list[Path]:
@@ -92,13 +113,20 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
         else:
             paths = generate_scenes(out / "inputs")
-        if args.checkpoint or args.reexport or not (repository / MODEL_NAME / "1" /
-                                                   MODEL_FILENAME).is_file():
+        checkpoint = args.checkpoint and args.checkpoint.resolve()
+        if checkpoint is None and args.weights == "auto":
+            found = coco_weights(args.download_timeout)
+            print(f"weights: {found.how}" + ("" if found.path else "; using random weights"),
+                  flush=True)
+            checkpoint = found.path
+        model_file = repository / MODEL_NAME / "1" / MODEL_FILENAME
+        if args.checkpoint or args.reexport or not model_file.is_file() or \
+                exported_weights(model_file) != expected_weights(checkpoint):
             banner(f"1. export torchvision Mask R-CNN -> {repository}")
-            export(repository, args.checkpoint and args.checkpoint.resolve())
+            export(repository, checkpoint)
         else:
-            banner(f"1. export: using the existing repository {repository}",
-                   "   (pass --reexport or --checkpoint to export again)")
+            banner(f"1. export: using the existing repository {repository}, exported with "
+                   f"the same weights", "   (pass --reexport to export again)")
         if not args.images:
             print(f"no --images given: generated {len(paths)} scenes (none is a photo) in "
                   f"{out / 'inputs'}")
