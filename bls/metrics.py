@@ -53,3 +53,22 @@ class RequestMetrics:
         self.requests[classify(error)[1]].increment(1)
         for stage, value in seconds.items():
             self.durations[stage].increment(value * 1e6)
+
+
+START_METRIC = "bls_model_start_time_seconds"
+
+
+class ModelStart:
+    """``bls_model_start_time_seconds{model}``: when this Python model instance was
+    initialized (Unix time). Each of the project's Python models sets it at load, so a
+    change means the model was loaded again: after its stub died and the watchdog
+    reloaded it, or a deliberate reload (the alert rule in deploy/ reads it with
+    ``changes()``). Keep the object: the backend drops an orphaned family's metrics."""
+
+    def __init__(self, pb_utils, model: str):
+        import time
+
+        self.family = pb_utils.MetricFamily(START_METRIC, "When the model instance was "
+                                            "initialized, Unix seconds", pb_utils.MetricFamily.GAUGE)
+        self.metric = self.family.Metric(labels={"model": model})
+        self.metric.set(time.time())

@@ -39,7 +39,7 @@ from bls.errors import Cancelled, ModelTimeout, Unavailable, model_call_error
 from bls.events import EventSender
 from bls.image import decode_limits
 from bls.metadata import ModelMetadata
-from bls.metrics import RequestMetrics
+from bls.metrics import ModelStart, RequestMetrics
 from bls.pipeline import finish, prepare
 from bls.policy import MonitoringCalls, MonitoringPolicy
 from bls.request import RequestOptions, image_bytes, parse_options
@@ -132,6 +132,7 @@ class PipelineOrchestrator:
             self.device_ops = device_ops
             self.device = device_ops.parse_device(values["device"])
         self.metrics = RequestMetrics(pb_utils)
+        self.started = ModelStart(pb_utils, PIPELINE_NAME)
         self.monitoring_calls = MonitoringCalls(pb_utils)
         self.events = (EventSender(pb_utils, self.policy, self.monitoring_calls)
                        if self.policy.enabled else None)

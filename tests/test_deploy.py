@@ -2,7 +2,8 @@
 v4 Go SDK; no helm binary or cluster needed), linted, and every manifest validated
 against the Kubernetes API schemas of the oldest and newest supported versions
 (kubernetes-validate bundles them; strict: an unknown field fails). The ServiceMonitor
-is a Prometheus Operator CRD those schemas lack: it is checked against the Service."""
+and the PrometheusRule are Prometheus Operator CRDs those schemas lack: the one is checked
+against the Service, the other against the rules file it renders."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ CHART = ROOT / "deploy" / "triton-maskrcnn"
 ADAPTER_VALUES = ROOT / "deploy" / "prometheus-adapter-values.yaml"
 # The chart's kubeVersion floor and the newest schemas kubernetes-validate ships.
 KUBE_VERSIONS = ("1.25", "1.30", "1.37")
-CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"),
+        ("monitoring.coreos.com/v1", "PrometheusRule")}
 
 VARIANTS = {
     "defaults": {},
@@ -33,6 +35,7 @@ VARIANTS = {
     "fixed-replicas-hard-spread": {"autoscaling": {"enabled": False}, "replicaCount": 3,
                                    "podAntiAffinity": "hard", "podDisruptionBudget": {"enabled": False}},
     "service-monitor": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}},
+                                    "prometheusRule": {"enabled": True, "labels": {"release": "kps"}},
                                     "podAnnotations": False},
                         "modelRepository": {"volume": {"subPath": "releases/2026-11-25"}},
                         "imagePullSecrets": [{"name": "ngc"}], "server": {"extraArgs": ["--log-info=true"]}},
@@ -202,3 +205,13 @@ def test_service_monitor_selects_the_service_metrics_port():
 def test_bad_values_are_refused_naming_them(values, message):
     with pytest.raises(helm.HelmError, match=message):
         render(values)
+
+
+def test_the_prometheusrule_is_the_rules_file():
+    """Off by default; on, its spec is deploy/triton-maskrcnn/files/maskrcnn-rules.yaml as
+    it is (the file promtool checks, tests/test_alerting.py), with the labels given."""
+    assert by_kind(render(), "PrometheusRule") is None
+    rule = by_kind(render(VARIANTS["service-monitor"]), "PrometheusRule")
+    assert rule["spec"] == yaml.safe_load((CHART / "files" / "maskrcnn-rules.yaml").read_text())
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    assert rule["metadata"]["name"] == by_kind(render(), "Deployment")["metadata"]["name"]

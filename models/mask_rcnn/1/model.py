@@ -15,12 +15,15 @@ import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
 from bls.config import RUNNER_PARAMETERS
+from bls.contract import MODEL_NAME
+from bls.metrics import ModelStart
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = RUNNER_PARAMETERS.read(config)
+        self.started = ModelStart(pb_utils, MODEL_NAME)
         threads = params["intra_op_threads"]
         if threads > 0:
             torch.set_num_threads(threads)

@@ -18,6 +18,7 @@ import triton_python_backend_utils as pb_utils
 from bls.contract import MONITORING_INPUTS, MONITORING_NAME
 from bls.errors import InvalidInput, Unavailable
 from bls.metadata import ModelMetadata
+from bls.metrics import ModelStart
 from bls.monitor import EventQueue, Monitor, MonitorSettings, TritonMetrics
 from bls.responses import error_response
 from bls.subscriptions import Subscribers, Subscription, message_response
@@ -32,6 +33,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         settings = MonitorSettings.from_config(config)
         meta = ModelMetadata.from_model_config(config)
+        self.started = ModelStart(pb_utils, MONITORING_NAME)
         self.monitor = Monitor(meta.class_names, settings,
                                TritonMetrics(pb_utils, meta.class_names))
         self.subscribers = Subscribers(pb_utils, settings.max_subscriptions)

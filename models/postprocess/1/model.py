@@ -8,6 +8,7 @@ import triton_python_backend_utils as pb_utils
 from bls.config import POSTPROCESS_PARAMETERS
 from bls.contract import ORIGINAL_SIZE, POSTPROCESS_NAME
 from bls.metadata import ModelMetadata
+from bls.metrics import ModelStart
 from bls.pipeline import finish
 from bls.request import parse_options
 from bls.responses import error_response, output_response
@@ -18,6 +19,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.meta = ModelMetadata.from_model_config(config)
         self.max_answer_bytes = POSTPROCESS_PARAMETERS.read(config)["max_answer_bytes"]
+        self.started = ModelStart(pb_utils, POSTPROCESS_NAME)
         self.input_names = [spec.name for spec in self.meta.outputs]
 
     def execute(self, requests):

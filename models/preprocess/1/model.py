@@ -10,6 +10,7 @@ from bls.config import PREPROCESS_PARAMETERS
 from bls.contract import MODEL_INPUT, ORIGINAL_SIZE, PIPELINE_INPUT, PREPROCESS_NAME
 from bls.image import decode_limits
 from bls.metadata import ModelMetadata
+from bls.metrics import ModelStart
 from bls.pipeline import prepare
 from bls.request import image_bytes
 from bls.responses import error_response, output_response
@@ -20,6 +21,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.meta = ModelMetadata.from_model_config(config)
         self.limits = decode_limits(PREPROCESS_PARAMETERS.read(config))
+        self.started = ModelStart(pb_utils, PREPROCESS_NAME)
 
     def execute(self, requests):
         responses = []
