@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make demo   set up, export a Mask R-CNN, serve it with a real Triton server, send images
 #   make test   set up, run the whole test suite (what .ci/run runs)
+# Python: 3.11, 3.12 or 3.10, whichever runs first, or PYTHON=... (envs/setup.sh).
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed

@@ -3,8 +3,8 @@
 # backend's EXECUTION_ENV_PATH, without conda: what conda-pack would unpack, made from a
 # plain CPython install (this machine's stand-in for envs/build_conda_env.sh).
 #
-#   envs/build_env_dir.sh                                 # build/envs/serving-py3.11
-#   envs/build_env_dir.sh --python python3.11 --output DIR [--requirements FILE] [--archive]
+#   envs/build_env_dir.sh                                 # build/envs/serving-py<venv's version>
+#   envs/build_env_dir.sh --python python3.12 --output DIR [--requirements FILE] [--archive]
 #
 # The Python backend runs `source ENV/bin/activate && exec env LD_LIBRARY_PATH=ENV/lib:...
 # triton_python_backend_stub ...`; the stub embeds libpython, so the environment needs
@@ -12,15 +12,15 @@
 # embedded interpreter at them (PYTHONHOME). A venv would not do: its stdlib stays in the
 # base installation, outside the directory that moves into the model repository.
 #
-# The environment's Python must be the stub's: 3.11 for the embedded server here
-# (nvidia-pytriton's stub for this venv), 3.12 in NVIDIA's 24.12+ containers.
+# The environment's Python must be the stub's: the venv's for the embedded server here
+# (nvidia-pytriton's stub for that version; the default), 3.12 in NVIDIA's 24.12+ containers.
 # Rebuilt only when this script, the requirements or the interpreter change (a stamp
 # beside the output records them); --force rebuilds anyway. --archive also writes
 # OUTPUT.tar.gz (the form conda-pack produces; the backend unpacks it under /tmp).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="${PYTHON:-python3.11}"
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 REQUIREMENTS="$ROOT/envs/requirements-serving.txt"
 OUTPUT=""
 FORCE=0
