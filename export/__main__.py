@@ -7,7 +7,8 @@
   python -m export tune --repository build/repository --model mask_rcnn --instances 2 --intra-op-threads 1
   python -m export detectron2 --config COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml ...
   python -m export parity --config ... --weights ... --repository build/repository ...
-  (Detectron2: docs/detectron2.md)
+  python -m export evaluate --annotations val.json --images val/ --url 127.0.0.1:8001 ...
+  (Detectron2: docs/detectron2.md; COCO AP of the served model: export/evaluate.py)
 """
 
 from __future__ import annotations
@@ -45,9 +46,17 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["evaluate"]:  # its own parser (export/evaluate.py)
+        from export import evaluate
+
+        return evaluate.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("evaluate", add_help=False,
+                   help="COCO box and mask AP of the served pipeline against the in-process "
+                        "reference (python -m export evaluate --help)")
 
     tv = sub.add_parser("torchvision", help="torchvision maskrcnn_resnet50_fpn")
     _common(tv)
