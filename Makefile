@@ -7,13 +7,17 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Photos to send; a folder, files, or empty for generated scenes (see client/demo.py).
 IMAGES ?=
-# A torchvision Mask R-CNN state dict; empty: seeded random weights.
+# A torchvision Mask R-CNN state dict; empty: torchvision COCO weights when cached or
+# quickly downloaded, else seeded random ones (client/demo.py).
 CHECKPOINT ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean FORCE
 setup: $(STAMP)
-$(STAMP): requirements.txt envs/setup.sh
+# A named PYTHON always goes through envs/setup.sh, which remakes a venv of another version.
+$(STAMP): requirements.txt envs/setup.sh $(if $(PYTHON),FORCE)
 	envs/setup.sh
+
+FORCE:
 
 demo: $(STAMP)
 	$(PY) -m client.demo $(if $(IMAGES),--images $(IMAGES)) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
