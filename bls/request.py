@@ -74,19 +74,8 @@ def parse_options(parameters: str | Mapping[str, Any] | None,
                 "parameter header_forward_pattern to the server's header forward pattern")
         raise InvalidInput(unknown[0], f"is not a known request parameter; known: "
                                        f"{sorted(_KNOWN)}{hint}", "parameter")
-    threshold = default_score_threshold
-    if "score_threshold" in parameters:
-        threshold = _number("score_threshold", parameters["score_threshold"], float)
-        if not 0.0 <= threshold <= 1.0:
-            raise InvalidInput("score_threshold", f"must be in [0, 1], got {threshold}",
-                               "parameter")
-    max_detections = None
-    if "max_detections" in parameters:
-        max_detections = _number("max_detections", parameters["max_detections"], int)
-        if not 0 <= max_detections <= MAX_DETECTIONS_LIMIT:
-            raise InvalidInput("max_detections",
-                               f"must be in [0, {MAX_DETECTIONS_LIMIT}], got {max_detections}",
-                               "parameter")
+    threshold = _bounded(parameters, "score_threshold", float, 0.0, 1.0, default_score_threshold)
+    max_detections = _bounded(parameters, "max_detections", int, 0, MAX_DETECTIONS_LIMIT, None)
     mask_format = MaskFormat.RLE
     if "mask_format" in parameters:
         value = parameters["mask_format"]
@@ -96,14 +85,21 @@ def parse_options(parameters: str | Mapping[str, Any] | None,
             raise InvalidInput("mask_format",
                                f"must be one of {[f.value for f in MaskFormat]}, got {value!r}",
                                "parameter") from None
-    tolerance = 0.0
-    if "polygon_tolerance" in parameters:
-        tolerance = _number("polygon_tolerance", parameters["polygon_tolerance"], float)
-        if not 0.0 <= tolerance <= MAX_POLYGON_TOLERANCE:
-            raise InvalidInput("polygon_tolerance",
-                               f"must be in [0, {MAX_POLYGON_TOLERANCE:g}] pixels, got {tolerance}",
-                               "parameter")
+    tolerance = _bounded(parameters, "polygon_tolerance", float, 0.0, MAX_POLYGON_TOLERANCE, 0.0,
+                         " pixels")
     return RequestOptions(threshold, max_detections, mask_format, tolerance)
+
+
+def _bounded(parameters: Mapping[str, Any], name: str, kind: type, lo, hi, default,
+             unit: str = ""):
+    """The parameter ``name`` as a number of ``kind`` in [lo, hi], or ``default`` when
+    absent; InvalidInput naming it otherwise."""
+    if name not in parameters:
+        return default
+    value = _number(name, parameters[name], kind)
+    if not lo <= value <= hi:
+        raise InvalidInput(name, f"must be in [{lo:g}, {hi:g}]{unit}, got {value}", "parameter")
+    return value
 
 
 def _number(name: str, value: Any, kind: type) -> float | int:
