@@ -33,7 +33,9 @@ ADDRESS=127.0.0.1
 HTTP_PORT=8000
 GRPC_PORT=8001
 METRICS_PORT=8002
-PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+# The venv whose Python runs the models (--python). Not read from $PYTHON: that names
+# the interpreter envs/setup.sh builds the venv from (make test PYTHON=python3.12).
+SERVING_PYTHON="$ROOT/.venv/bin/python"
 READY_TIMEOUT=600
 LOG_VERBOSE=0
 MODEL_CONTROL=none
@@ -66,7 +68,7 @@ while [[ $# -gt 0 ]]; do
     --http-port) HTTP_PORT="$2"; shift 2 ;;
     --grpc-port) GRPC_PORT="$2"; shift 2 ;;
     --metrics-port) METRICS_PORT="$2"; shift 2 ;;
-    --python) PYTHON="$2"; shift 2 ;;
+    --python) SERVING_PYTHON="$2"; shift 2 ;;
     --ready-timeout) READY_TIMEOUT="$2"; shift 2 ;;
     --log-verbose) LOG_VERBOSE="$2"; shift 2 ;;
     --model-control-mode) MODEL_CONTROL="$2"; shift 2 ;;
@@ -137,7 +139,7 @@ wait_ready() {
       wait "$SERVER_PID" && rc=0 || rc=$?
       die "tritonserver exited with status $rc before it was ready (its log is above)"
     fi
-    if "$PYTHON" - "$url" 2>/dev/null <<'EOF'
+    if "$SERVING_PYTHON" - "$url" 2>/dev/null <<'EOF'
 import sys, urllib.request
 sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=2).status == 200 else 1)
 EOF
@@ -151,9 +153,9 @@ EOF
 }
 
 if [[ "$MODE" == embedded ]]; then
-  [[ -x "$PYTHON" ]] || die "no Python at $PYTHON; run 'make setup' (or pass --python)"
+  [[ -x "$SERVING_PYTHON" ]] || die "no Python at $SERVING_PYTHON; run 'make setup' (or pass --python)"
   # Where the wheel keeps the server, its libraries, and the stub for this Python.
-  read -r DIST LIBS STUB LIBPYTHON VERSION < <("$PYTHON" - <<'EOF'
+  read -r DIST LIBS STUB LIBPYTHON VERSION < <("$SERVING_PYTHON" - <<'EOF'
 import sys, sysconfig
 from pathlib import Path
 import pytriton
@@ -164,7 +166,7 @@ print(root / "tritonserver", root.parent / "nvidia_pytriton.libs",
       root / "tritonserver" / "python_backend_stubs" / py / "triton_python_backend_stub",
       sysconfig.get_config_var("LIBDIR"), f"{version('nvidia-pytriton')}-py{py}")
 EOF
-  ) || die "$PYTHON cannot import pytriton; run 'make setup'"
+  ) || die "$SERVING_PYTHON cannot import pytriton; run 'make setup'"
   [[ -x "$STUB" ]] || die "nvidia-pytriton has no Python backend stub for this Python ($STUB)"
   # The Python backend looks for its stub in its own folder: assemble a server folder
   # (bin, backends, stub) once per wheel version, beside the repo, never inside the wheel.
@@ -175,7 +177,7 @@ EOF
     cp "$STUB" "$SERVER_HOME.tmp.$$/backends/python/"
     rm -rf "$SERVER_HOME" && mv "$SERVER_HOME.tmp.$$" "$SERVER_HOME"
   fi
-  VENV_BIN="$(dirname "$PYTHON")"
+  VENV_BIN="$(dirname "$SERVING_PYTHON")"
   # The stub embeds libpython and finds the interpreter as `python3` on PATH: putting the
   # venv first makes the models import the venv's packages (numpy<2: see requirements.txt).
   export LD_LIBRARY_PATH="$LIBS:$LIBPYTHON${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -211,15 +213,15 @@ EOF
     WATCH_HOST="$ADDRESS"; [[ "$ADDRESS" == 0.0.0.0 ]] && WATCH_HOST=127.0.0.1
     TRITON_ADMIN_HEADER="$ADMIN_HEADER" TRITON_ADMIN_KEY="$ADMIN_KEY" \
       PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
-      "$PYTHON" -m client.watchdog --url "http://$WATCH_HOST:$HTTP_PORT" --server-pid "$SERVER_PID" &
+      "$SERVING_PYTHON" -m client.watchdog --url "http://$WATCH_HOST:$HTTP_PORT" --server-pid "$SERVER_PID" &
     WATCHDOG_PID=$!
   fi
 elif [[ "$MODE" == container ]]; then
   # Reading the repository needs protobuf (the project's venv); python3 otherwise.
-  [[ -x "$PYTHON" ]] || PYTHON="$(command -v python3 || true)"
-  [[ -n "$PYTHON" ]] || die "container mode needs Python 3 to read the repository"
+  [[ -x "$SERVING_PYTHON" ]] || SERVING_PYTHON="$(command -v python3 || true)"
+  [[ -n "$SERVING_PYTHON" ]] || die "container mode needs Python 3 to read the repository"
   # Sets IMAGE, SHM_SIZE_AUTO, EXPORT_TORCH, ENV_PYTHON, HAS_ENV (or explains why not).
-  PLAN="$("$PYTHON" "$ROOT/envs/triton_container.py" plan --repository "$REPOSITORY" \
+  PLAN="$("$SERVING_PYTHON" "$ROOT/envs/triton_container.py" plan --repository "$REPOSITORY" \
           --answer-image "$ANSWER_IMAGE" ${CONTAINER_IMAGE:+--image "$CONTAINER_IMAGE"})" || exit 2
   eval "$PLAN"
   CONTAINER_IMAGE="$IMAGE"
