@@ -28,6 +28,17 @@ def test_help_and_errors(tmp_path):
     assert bad_mode.returncode == 2 and "--mode must be auto, embedded or container" in bad_mode.stderr
 
 
+def test_the_setup_interpreter_in_python_is_not_the_serving_one(exported):
+    """`make test PYTHON=python3.12` puts PYTHON in the environment for envs/setup.sh; the
+    server must still run the venv's Python (it once took PYTHON and found no pytriton)."""
+    env = {**os.environ, "PYTHON": "/bin/false"}
+    result = subprocess.run([str(RUN_TRITON), "--mode", "embedded", "--repository",
+                             str(exported.repository), "--dry-run"], capture_output=True,
+                            text=True, timeout=120, stdin=subprocess.DEVNULL, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "tritonserver" in result.stdout
+
+
 def test_embedded_command(exported):
     result = run("--mode", "embedded", "--repository", str(exported.repository),
                  "--http-port", "18100", "--grpc-port", "18101", "--metrics-port", "18102", "--dry-run")
