@@ -57,7 +57,8 @@ def _without_empty_masks(gt: COCO, results: Sequence[dict]) -> tuple[COCO, list[
     dataset = json.loads(json.dumps(gt.dataset))
     ignored = 0
     for ann in dataset["annotations"]:
-        if "segmentation" in ann and _mask_area(ann["segmentation"]) == 0:
+        # annToRLE: polygons (as in COCO's own files), uncompressed or compressed RLE
+        if "segmentation" in ann and int(mask_utils.area(gt.annToRLE(ann))) == 0:
             # COCOeval takes "ignore" from "iscrowd": a crowd object is not counted
             ann["iscrowd"], ignored = 1, ignored + 1
     kept = [r for r in results if "segmentation" in r and _mask_area(r["segmentation"]) > 0]

@@ -148,3 +148,15 @@ def test_empty_masks_are_left_out_of_the_mask_ap_and_counted():
     scored = score(coco(dataset), results)
     assert scored["bbox"]["AP"] == 100.0 and scored["segm"]["AP"] == 100.0
     assert scored["segm"]["empty_masks"] == {"ground_truth_ignored": 1, "results_dropped": 1}
+
+
+def test_polygon_ground_truth_as_in_cocos_own_files():
+    """COCO's annotation files outline objects as polygons: scored like RLE ones."""
+    gt, results = rectangles(n_images=1, per_image=3)
+    dataset = gt.dataset
+    for ann in dataset["annotations"]:
+        x, y, w, h = ann["bbox"]
+        ann["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+    scored = score(coco(dataset), results)
+    assert scored["bbox"]["AP"] == 100.0 and scored["segm"]["AP"] > 50.0
+    assert scored["segm"]["empty_masks"]["ground_truth_ignored"] == 0
