@@ -49,7 +49,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,7 @@ from benchmarks.pipeline import (REQUEST_TIMEOUT_S, BenchImage, check_images, gr
                                  run_main, table)
 from bls.contract import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, PIPELINE_NAME,
                           POSTPROCESS_NAME, PREPROCESS_NAME)
+from bls.config import PIPELINE_PARAMETERS
 from bls.metrics import DURATION_METRIC, OUTCOMES, REQUESTS_METRIC, STAGES
 from client.metrics import scrape, value
 from export.tune import TuneOptions, tune
@@ -66,6 +67,10 @@ from export.tune import TuneOptions, tune
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIGS = ("1x2", "2x1", "1x2:2", "2x1:2")
 DEFAULT_CONCURRENCY = (1, 2, 4, 8)
+# With --stand-in: one stand-in instance; one or two pipeline_bls instances, one or two
+# worker threads each (what the recommendation chooses from).
+STANDIN_CONFIGS = ("1x1:1,workers=1", "1x1:1", "1x1:2,workers=1", "1x1:2")
+DEFAULT_WORKER_THREADS = PIPELINE_PARAMETERS.read({})["worker_threads"]
 TARGETS = {"bls": PIPELINE_NAME, "ensemble": ENSEMBLE_NAME, "bare": MODEL_NAME}
 # Models whose statistics explain each target's time.
 PATHS = {"bls": (PIPELINE_NAME, MODEL_NAME),
@@ -89,6 +94,7 @@ class SweepConfig:
     worker_threads: int | None = None
     delay_us: int | None = None
     max_batch_size: int | None = None
+    standin_ms: float | None = None  # mask_rcnn is benchmarks/standin.py with this latency
 
     @property
     def stages(self) -> int:
@@ -96,8 +102,11 @@ class SweepConfig:
 
     @property
     def label(self) -> str:
-        threads = "default" if self.rcnn_threads == 0 else f"{self.rcnn_threads}t"
-        text = f"rcnn {self.rcnn_instances}x{threads}, bls {self.bls_instances}"
+        if self.standin_ms is not None:
+            text = f"stand-in {self.standin_ms:g} ms x{self.rcnn_instances}, bls {self.bls_instances}"
+        else:
+            threads = "default" if self.rcnn_threads == 0 else f"{self.rcnn_threads}t"
+            text = f"rcnn {self.rcnn_instances}x{threads}, bls {self.bls_instances}"
         if self.stages != self.bls_instances:
             text += f", stages {self.stages}"
         for name, short in (("worker_threads", "workers"), ("delay_us", "delay"),
@@ -114,9 +123,10 @@ class SweepConfig:
         """What export/tune.py applies to the scratch repository."""
         bls = TuneOptions(instances=self.bls_instances, worker_threads=self.worker_threads,
                           max_queue_delay_us=self.delay_us, max_batch_size=self.max_batch_size)
+        rcnn = (TuneOptions(instances=self.rcnn_instances) if self.standin_ms is not None else
+                TuneOptions(instances=self.rcnn_instances, intra_op_threads=self.rcnn_threads))
         return [
-            (MODEL_NAME, TuneOptions(instances=self.rcnn_instances,
-                                     intra_op_threads=self.rcnn_threads)),
+            (MODEL_NAME, rcnn),
             (PIPELINE_NAME, bls),
             (PREPROCESS_NAME, TuneOptions(instances=self.stages)),
             (POSTPROCESS_NAME, TuneOptions(instances=self.stages)),
@@ -160,6 +170,16 @@ def int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected numbers >= 1, got {text!r}")
+    return values
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected numbers >= 0, got {text!r}")
     return values
 
 
@@ -417,6 +437,134 @@ async def measure_config(server, config: SweepConfig, targets: list[Target],
     return points
 
 
+# --------------------------------------------------------------------------- in process
+def in_process_compute(images: list[BenchImage], meta, detections: int, repeats: int) -> dict:
+    """pipeline_bls's own work per image, in this process on one thread: ``prepare``
+    (decode, resize, CHW) and ``finish`` (select, rescale, paste, RLE, answer arrays)
+    around the stand-in's outputs for that image. Medians of ``repeats`` after a warm-up,
+    ms; "rate" is images/s on one core for requests cycling through ``images``."""
+    import cv2
+
+    from benchmarks.standin import StandIn
+    from bls.pipeline import finish, prepare
+    from bls.request import RequestOptions
+
+    cv2.setNumThreads(1)
+    standin = StandIn([s.name for s in meta.outputs], detections, meta.mask_resolution,
+                      len(meta.class_names))
+    options = RequestOptions(meta.score_threshold)
+    per_image = {}
+    for image in images:
+        samples = {"prepare_ms": [], "finish_ms": []}
+        for i in range(repeats + 1):
+            t0 = time.perf_counter()
+            prepared = prepare(image.data, meta)
+            t1 = time.perf_counter()
+            outputs = standin(*prepared.model_input.shape[1:])
+            t2 = time.perf_counter()
+            finish(outputs, prepared.original_size, meta, options)
+            t3 = time.perf_counter()
+            if i:
+                samples["prepare_ms"].append((t1 - t0) * 1000)
+                samples["finish_ms"].append((t3 - t2) * 1000)
+        row = {k: float(np.median(v)) for k, v in samples.items()}
+        row["total_ms"] = row["prepare_ms"] + row["finish_ms"]
+        per_image[image.name] = row
+    mean_ms = float(np.mean([r["total_ms"] for r in per_image.values()]))
+    return {"per_image": per_image, "mean_ms": mean_ms, "rate": 1000 / mean_ms,
+            "repeats": repeats}
+
+
+def ideal_throughput(config: SweepConfig, concurrency: int, cores: int, compute: dict) -> float:
+    """What the machine could do: min(concurrency, cores) x the in-process rate, and no
+    more than the stand-in instances answer (instances / latency)."""
+    ideal = min(concurrency, cores) * compute["rate"]
+    if config.standin_ms:
+        ideal = min(ideal, config.rcnn_instances * 1000 / config.standin_ms)
+    return ideal
+
+
+def print_efficiency(points: list[Point], configs: list[SweepConfig], cores: int,
+                     compute: dict) -> dict:
+    """Each pipeline against the in-process compute, and the targets of docs/benchmarks.md."""
+    print(f"\n== In process, one thread: prepare + finish per image, median of "
+          f"{compute['repeats']}, ms")
+    rows = [[name, fmt(r["prepare_ms"], 1), fmt(r["finish_ms"], 1), fmt(r["total_ms"], 1)]
+            for name, r in compute["per_image"].items()]
+    print(table(["image", "prepare", "finish", "sum"], rows, left=1))
+    print(f"  mean {compute['mean_ms']:.1f} ms/img: {compute['rate']:.1f} img/s on one core, "
+          f"{cores * compute['rate']:.1f} img/s on {cores} cores")
+    print("\n== Efficiency: throughput / ideal, ideal = min(concurrency, cores) x in-process "
+          "rate (and at most stand-in instances / latency); over = mean latency - (in-process "
+          "compute + stand-in latency)")
+    rows, report = [], []
+    top = max(p.concurrency for p in points)
+    for config in configs:
+        for p in (q for q in points if q.config == config.label):
+            ideal = ideal_throughput(config, p.concurrency, cores, compute)
+            over = p.mean_ms - compute["mean_ms"] - (config.standin_ms or 0)
+            item = {"config": config.label, "target": p.target, "concurrency": p.concurrency,
+                    "throughput": p.throughput, "ideal": ideal,
+                    "efficiency": p.throughput / ideal, "over_compute_ms": over}
+            verdicts = []
+            if p.target == "bls" and p.target != "bare" and config.standin_ms == 0:
+                if p.concurrency == 1:
+                    item["latency_target_met"] = over <= 5.0
+                    verdicts.append(f"c1 latency <= compute + 5 ms: "
+                                    f"{'PASS' if over <= 5.0 else 'MISS'}")
+                if p.concurrency == top and top >= cores:
+                    item["throughput_target_met"] = item["efficiency"] >= 0.85
+                    verdicts.append(f"c{top} >= 85 % of cores x rate: "
+                                    f"{'PASS' if item['efficiency'] >= 0.85 else 'MISS'}")
+            report.append(item)
+            if p.target == "bare":
+                continue
+            rows.append([config.label, p.target, p.concurrency, fmt(p.throughput, 1),
+                         fmt(ideal, 1), f"{item['efficiency']:.0%}", fmt(p.mean_ms, 1),
+                         f"{over:+.1f}", "; ".join(verdicts)])
+    print(table(["configuration", "target", "conc", "img/s", "ideal", "efficiency",
+                 "mean ms", "over", "targets (instant model)"], rows, left=2))
+    return {"in_process": compute, "efficiency": report}
+
+
+def recommend_per_instance(points: list[Point], configs: list[SweepConfig],
+                           budget_ms: float | None) -> list[dict]:
+    """Per stand-in latency: pipeline_bls instances and worker_threads per mask_rcnn
+    instance, from its best configuration (recommend())."""
+    out = []
+    for latency in dict.fromkeys(c.standin_ms for c in configs):
+        labels = {c.label: c for c in configs if c.standin_ms == latency}
+        best, reason = recommend([p for p in points if p.config in labels], budget_ms)
+        if best is None:
+            out.append({"standin_ms": latency, "note": reason})
+            continue
+        config = labels[best.config]
+        workers = config.worker_threads or DEFAULT_WORKER_THREADS
+        out.append({"standin_ms": latency, "config": config.label,
+                    "throughput": best.throughput, "p99_ms": best.p99_ms,
+                    "concurrency": best.concurrency,
+                    "bls_instances_per_model_instance": config.bls_instances
+                    / config.rcnn_instances,
+                    "worker_threads": workers})
+    return out
+
+
+def print_per_instance(recommendations: list[dict]) -> list[dict]:
+    print("\n== Per mask_rcnn instance (best pipeline_bls throughput, no errors, within "
+          "the latency budget if given)")
+    for r in recommendations:
+        if "config" not in r:
+            print(f"  stand-in {r['standin_ms']:g} ms: none: {r['note']}")
+            continue
+        print(f"  model latency {r['standin_ms']:g} ms: {r['bls_instances_per_model_instance']:g} "
+              f"pipeline_bls instance(s) x {r['worker_threads']} worker thread(s) per mask_rcnn "
+              f"instance ({r['throughput']:.1f} img/s at concurrency {r['concurrency']}, p99 "
+              f"{r['p99_ms']:.0f} ms)")
+    print("  apply one to a repository: python -m export tune --repository REPO --model "
+          "pipeline_bls --from-sweep build/sweep/sweep.json --model-latency-ms MS")
+    return recommendations
+
+
 # --------------------------------------------------------------------------- analysis
 def recommend(points: list[Point], budget_ms: float | None) -> tuple[Point | None, str]:
     """Best pipeline_bls throughput with no errors and p99 within the budget."""
@@ -658,11 +806,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="folder for sweep.csv, sweep.json, sweep.png, server logs "
                         "(default build/sweep)")
     p.add_argument("--no-plot", action="store_true", help="skip sweep.png")
+    p.add_argument("--stand-in", type=float_list, metavar="MS[,MS...]",
+                   help="serve benchmarks/standin.py as mask_rcnn, answering after each of "
+                        "these latencies (ms; e.g. 0,5,10,25), instead of a real model; adds "
+                        "the in-process compute, each pipeline's efficiency against it and a "
+                        "recommendation per latency")
+    p.add_argument("--stand-in-detections", type=int, default=20,
+                   help="detections per stand-in answer (default 20)")
+    p.add_argument("--stand-in-mask-resolution", type=int, default=28,
+                   help="M of the stand-in's [N,1,M,M] masks (default 28); 0: no masks")
+    p.add_argument("--compute-repeats", type=int, default=20,
+                   help="repetitions of the in-process compute per image (default 20)")
     args = p.parse_args(argv)
+    defaults = STANDIN_CONFIGS if args.stand_in else DEFAULT_CONFIGS
     try:
-        args.configs = [parse_config(c) for c in (args.config or DEFAULT_CONFIGS)]
+        args.configs = [parse_config(c) for c in (args.config or defaults)]
     except ValueError as e:
         p.error(f"--config: {e}")
+    if args.stand_in:
+        if args.repository is not None:
+            p.error("--stand-in builds its own repository; leave --repository out")
+        if args.stand_in_detections < 0 or args.stand_in_mask_resolution < 0:
+            p.error("--stand-in-detections and --stand-in-mask-resolution must be >= 0")
+        args.configs = [replace(c, standin_ms=ms) for ms in args.stand_in for c in args.configs]
     labels = [c.label for c in args.configs]
     if len(set(labels)) != len(labels):
         p.error(f"--config: the same configuration twice ({labels})")
@@ -699,20 +865,37 @@ def main(argv: list[str] | None = None) -> int:
     points: list[Point] = []
     failures: dict[str, str] = {}
     try:
-        source = prepare_repository(args, scratch)
-        meta = read_metadata(model_file(source.path))
-        for note in source.notes:
-            print(f"note: {note}")
+        if args.stand_in:
+            from benchmarks import standin
+
+            resolution = args.stand_in_mask_resolution or None
+            source_path = standin.make_repository(
+                scratch / "standin", args.stand_in_detections, resolution,
+                args.min_size or 800, args.max_size or 1333)
+            meta = standin.metadata(resolution, args.min_size or 800, args.max_size or 1333)
+            print(f"model: stand-in (benchmarks/standin.py), {args.stand_in_detections} "
+                  f"detections, masks {resolution or 'none'}, latency "
+                  f"{', '.join(f'{ms:g}' for ms in args.stand_in)} ms", flush=True)
+            compute = in_process_compute(images, meta, args.stand_in_detections,
+                                         args.compute_repeats)
+        else:
+            source = prepare_repository(args, scratch)
+            source_path, compute = source.path, None
+            meta = read_metadata(model_file(source.path))
+            for note in source.notes:
+                print(f"note: {note}")
         print(f"model: {meta.source}, resize shortest edge {meta.min_size}, longest <= "
-              f"{meta.max_size}; repository {source.path}")
+              f"{meta.max_size}; repository {source_path}")
         print(f"images: {', '.join(i.name for i in images)}")
         print(f"configurations: {'; '.join(c.label for c in args.configs)}; concurrency "
               f"{','.join(map(str, args.concurrency))}; targets {','.join(args.target_names)}; "
               f"{args.requests} requests or {args.max_seconds:.0f} s per point", flush=True)
         for index, config in enumerate(args.configs):
             repo = scratch / f"repository-{index}"
-            shutil.copytree(source.path, repo, copy_function=link_or_copy,
+            shutil.copytree(source_path, repo, copy_function=link_or_copy,
                             ignore=shutil.ignore_patterns("__pycache__"))
+            if config.standin_ms is not None:
+                standin.configure(repo, config.standin_ms, args.stand_in_detections)
             for model, options in config.tunings():
                 # tune replaces each config file (a new inode): the hard-linked source
                 # repository is never modified.
@@ -745,6 +928,10 @@ def main(argv: list[str] | None = None) -> int:
     repository_hint = str(args.repository) if args.repository else "REPO"
     summary = print_results(points, args.configs, list(args.concurrency),
                             args.latency_budget_ms, repository_hint)
+    if compute is not None and points:
+        summary.update(print_efficiency(points, args.configs, machine["usable_cpus"], compute))
+        summary["per_model_instance"] = print_per_instance(
+            recommend_per_instance(points, args.configs, args.latency_budget_ms))
     loadavg_end = os.getloadavg()
     print("\nload average at end: " + " ".join(f"{v:.2f}" for v in loadavg_end))
     for label, message in failures.items():

@@ -60,6 +60,15 @@ def text(name: str, value: str) -> str:
     return value.strip()
 
 
+def one_of(*choices: str) -> Parser:
+    """A parser for one of ``choices``."""
+    def parse(name: str, value: str) -> str:
+        if value.strip() not in choices:
+            raise ValueError(f"config parameter {name}={value!r} must be one of {list(choices)}")
+        return value.strip()
+    return parse
+
+
 def pattern(name: str, value: str) -> re.Pattern:
     """A regular expression, matched case-insensitively against the whole key."""
     try:
@@ -124,6 +133,13 @@ MAX_PIXELS = 64_000_000  # 8000x8000; a 3-channel copy is ~190 MB
 # or 8 at 1920x1080; larger answers are refused with INVALID_ARG naming mask_format=rle.
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
+# How images are resized (bls/image.py): PIL's bilinear, as detectron2's ResizeTransform
+# (exact parity), or torch's antialiased bilinear (faster; within 1 on a few pixels).
+RESIZE_PIL, RESIZE_TORCH = "pil", "torch"
+RESIZE = ConfigParameter("resize", one_of(RESIZE_PIL, RESIZE_TORCH), RESIZE_PIL,
+                         "pil: detectron2's resize, exact; torch: 3-6x faster, pixels within "
+                         "1 of it (docs/benchmarks.md)")
+
 METADATA = ConfigParameter("model_metadata", text, "",
                            "the export's ModelMetadata as JSON (written by `python -m export`)")
 DECODE_LIMITS = (
@@ -137,7 +153,7 @@ ANSWER_LIMIT = ConfigParameter(
     "largest answer built, bytes (dense masks count N x H x W); larger: INVALID_ARG")
 
 PIPELINE_PARAMETERS = ParameterSet(PIPELINE_NAME, (
-    METADATA, *DECODE_LIMITS, ANSWER_LIMIT,
+    METADATA, *DECODE_LIMITS, RESIZE, ANSWER_LIMIT,
     ConfigParameter("mask_rcnn_timeout_us", whole(0), 0,
                     "longest wait for mask_rcnn's answer, microseconds (0: none); past it "
                     "the request is answered UNAVAILABLE"),
@@ -178,7 +194,7 @@ MONITORING_PARAMETERS = ParameterSet(MONITORING_NAME, (
     ConfigParameter("capture_max_files", whole(2), 1000, "files kept in capture_dir"),
 ))
 
-PREPROCESS_PARAMETERS = ParameterSet(PREPROCESS_NAME, (METADATA, *DECODE_LIMITS))
+PREPROCESS_PARAMETERS = ParameterSet(PREPROCESS_NAME, (METADATA, *DECODE_LIMITS, RESIZE))
 POSTPROCESS_PARAMETERS = ParameterSet(POSTPROCESS_NAME, (METADATA, ANSWER_LIMIT))
 # mask_rcnn's Python runner (configs/embedded.pbtxt); its libtorch config is read by the
 # PyTorch backend, not by this registry.

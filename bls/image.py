@@ -138,9 +138,33 @@ def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
 
 
-def to_model_input(image: np.ndarray) -> np.ndarray:
-    """uint8 [H, W, 3] -> contiguous uint8 [3, H, W] (the model input layout)."""
-    return np.ascontiguousarray(image.transpose(2, 0, 1))
+def resize_torch(image: np.ndarray, height: int, width: int,
+                 reverse_channels: bool = False) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [3, height, width] (the model input layout; channels
+    reversed if asked) with torch's antialiased bilinear resize, on the calling thread.
+
+    The same filter as PIL's bilinear (a triangle stretched by the scale factor, separable,
+    fixed-point weights), but torch's vectorised uint8 kernel (as Pillow-SIMD's) rounds its
+    weights to 16 bits where PIL keeps 22: a few pixels come out 1 higher or lower
+    (docs/benchmarks.md gives the share and what it does to parity with detectron2)."""
+    import torch
+
+    if image.shape[:2] == (height, width):
+        return to_model_input(image, reverse_channels)
+    source = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)  # a channels-last view
+    with torch.inference_mode():
+        resized = torch.nn.functional.interpolate(source, size=(height, width),
+                                                  mode="bilinear", antialias=True,
+                                                  align_corners=False)
+    # channels-last [3, h, w] view of [h, w, 3]: one copy makes it CHW (and reorders).
+    return to_model_input(resized[0].permute(1, 2, 0).numpy(), reverse_channels)
+
+
+def to_model_input(image: np.ndarray, reverse_channels: bool = False) -> np.ndarray:
+    """uint8 [H, W, 3] -> contiguous uint8 [3, H, W] (the model input layout), channels
+    reversed (BGR <-> RGB) if asked, in one copy."""
+    chw = image.transpose(2, 0, 1)
+    return np.ascontiguousarray(chw[::-1] if reverse_channels else chw)
 
 
 def decode_limits(values: dict) -> DecodeLimits:

@@ -3,7 +3,7 @@ module imports without triton_python_backend_utils (tests hand it a test double)
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -34,9 +34,11 @@ def code_name(pb_utils, code) -> str:
     return next((n for n in CODES if getattr(pb_utils.TritonError, n, None) == code), "UNKNOWN")
 
 
-def output_response(pb_utils, outputs: Mapping[str, np.ndarray], batched: bool):
+def output_response(pb_utils, outputs: Mapping[str, np.ndarray], batched: bool,
+                    requested: Sequence[str] = ()):
     """Arrays by name -> InferenceResponse; ``batched`` adds the leading batch dim of 1
-    that a model with max_batch_size > 0 must return per request."""
+    that a model with max_batch_size > 0 must return per request; ``requested``: only
+    these outputs (empty: all)."""
     return pb_utils.InferenceResponse([
         pb_utils.Tensor(name, value[np.newaxis] if batched else value)
-        for name, value in outputs.items()])
+        for name, value in outputs.items() if not requested or name in requested])

@@ -75,8 +75,8 @@ class ParityReport:
                        f"{r.reference:>4} {'identical' if r.classes_identical else 'DIFFER':>9} "
                        f"{r.max_box_diff_px:11.3g} {iou} {r.max_score_diff:10.3g}  "
                        f"{'yes' if r.ok else 'NO'}")
-        out.append(f"parity: {'all targets met' if self.ok else 'TARGETS MISSED'} on "
-                   f"{sum(r.ok for r in self.rows)}/{len(self.rows)} images")
+        out.append(f"parity: {'all targets met' if self.ok else 'TARGETS MISSED'}: met on "
+                   f"{sum(r.ok for r in self.rows)} of {len(self.rows)} images")
         return out
 
     def to_json(self) -> str:

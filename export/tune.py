@@ -38,10 +38,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+import math
 import os
 import sys
 import tempfile
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -437,6 +439,39 @@ def tune(repository: Path, model: str, options: TuneOptions, config_name: str | 
     return result
 
 
+# --------------------------------------------------------------------------- from a sweep
+def from_sweep(sweep_json: Path, model_latency_ms: float, repository: Path,
+               config_name: str | None = None) -> tuple[TuneOptions, str]:
+    """pipeline_bls options from a stand-in sweep's recommendation (benchmarks/sweep.py
+    --stand-in, its sweep.json): for the stand-in latency ``model_latency_ms``, its
+    pipeline_bls instances per mask_rcnn instance times the repository's mask_rcnn
+    instances (rounded up), and its worker threads. -> (options, why)."""
+    try:
+        report = json.loads(Path(sweep_json).read_text())
+    except (OSError, ValueError) as e:
+        raise TuneError(f"--from-sweep {sweep_json}: cannot read it: {e}") from None
+    found = [r for r in report.get("per_model_instance") or [] if "config" in r]
+    if not found:
+        raise TuneError(f"--from-sweep {sweep_json}: no per-instance recommendation in it "
+                        "(made by python -m benchmarks.sweep --stand-in ...)")
+    latencies = sorted(r["standin_ms"] for r in found)
+    match = [r for r in found if r["standin_ms"] == model_latency_ms]
+    if not match:
+        raise TuneError(f"--model-latency-ms {model_latency_ms:g}: the sweep measured "
+                        f"{', '.join(f'{v:g}' for v in latencies)} ms; sweep again with "
+                        f"--stand-in {model_latency_ms:g}")
+    best = match[0]
+    rcnn = [f.config.instance_group[0].count if f.config.instance_group else 1
+            for f in config_files(repository, "mask_rcnn", config_name)]
+    instances = math.ceil(best["bls_instances_per_model_instance"] * max(rcnn) - 1e-9)
+    why = (f"sweep {sweep_json}: at {model_latency_ms:g} ms per image, "
+           f"{best['bls_instances_per_model_instance']:g} pipeline_bls instance(s) x "
+           f"{best['worker_threads']} worker thread(s) per mask_rcnn instance "
+           f"({best['throughput']:.1f} img/s there); this repository has {max(rcnn)} "
+           f"mask_rcnn instance(s)")
+    return TuneOptions(instances=max(instances, 1), worker_threads=best["worker_threads"]), why
+
+
 # --------------------------------------------------------------------------- CLI
 def _int_list(text: str) -> tuple[int, ...]:
     try:
@@ -475,6 +510,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-in-flight", type=int, metavar="N",
                    help="pipeline_bls requests in progress per instance (default 2 x max "
                         "batch size)")
+    p.add_argument("--from-sweep", type=Path, metavar="SWEEP_JSON",
+                   help="pipeline_bls only: apply the per-instance recommendation of "
+                        "python -m benchmarks.sweep --stand-in (its sweep.json) for "
+                        "--model-latency-ms; --instances / --worker-threads given here win")
+    p.add_argument("--model-latency-ms", type=float, metavar="MS",
+                   help="with --from-sweep: your model's latency per image (a stand-in "
+                        "latency the sweep measured)")
     p.add_argument("--dry-run", action="store_true", help="print the changes, write nothing")
 
 
@@ -491,8 +533,17 @@ def options_from(args: argparse.Namespace) -> TuneOptions:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        result = tune(args.repository, args.model, options_from(args), args.config_name,
-                      args.dry_run)
+        options = options_from(args)
+        if args.from_sweep is not None or args.model_latency_ms is not None:
+            if args.from_sweep is None or args.model_latency_ms is None:
+                raise TuneError("--from-sweep and --model-latency-ms go together")
+            if args.model != PIPELINE_NAME:
+                raise TuneError(f"--from-sweep tunes pipeline_bls, not --model {args.model}")
+            recommended, why = from_sweep(args.from_sweep, args.model_latency_ms,
+                                          args.repository, args.config_name)
+            print(why)
+            options = replace(recommended, **options.given())
+        result = tune(args.repository, args.model, options, args.config_name, args.dry_run)
     except TuneError as e:
         print(f"python -m export tune: error: {e}", file=sys.stderr)
         return 2

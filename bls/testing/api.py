@@ -142,11 +142,25 @@ class InferenceResponseSender:
         if flags == 0 and response is None:
             raise TritonModelException("Inference Response object must be provided when "
                                        "the response flags is set to zero.")
+        self._check_outputs(response)
         self._accept(response, flags)
         failure = self._double._send_failure(response, flags) if self._double else None
         self._deliver(response, flags, failure)
         if failure is not None:
             raise failure
+
+    def _check_outputs(self, response: InferenceResponse | None) -> None:
+        """Python 3.12's stub (Triton 2.51) dies when a response sent through a sender
+        holds an output the client did not ask for (measured); under 3.11 the output is
+        dropped. Refused here on every version, as the crash it would be."""
+        asked = self._request._requested_output_names if self._request is not None else []
+        if response is None or not asked:
+            return
+        extra = [t.name() for t in response.output_tensors() if t.name() not in asked]
+        if extra:
+            raise AssertionError(
+                f"response holds outputs {extra} the client did not ask for (it asked for "
+                f"{asked}): Python 3.12's stub dies of this; send only the requested outputs")
 
     def _accept(self, response: InferenceResponse | None, flags: int) -> None:
         """The real UpdateStateAndCounters: refuse, or count and close on the final flag."""
@@ -214,7 +228,7 @@ class InferenceRequest:
                  parameters: Mapping[str, Any] | str | None = None, **_ignored):
         self.model_name = model_name
         self._inputs = list(inputs or [])
-        self.requested_output_names = list(requested_output_names or [])
+        self._requested_output_names = list(requested_output_names or [])
         self._request_id = request_id
         self.timeout = timeout  # not enforced: Triton does not without dynamic batching
         self.preferred_memory = preferred_memory
@@ -235,6 +249,11 @@ class InferenceRequest:
     def inputs(self) -> list[Tensor]:
         self._usable("inputs")
         return self._inputs
+
+    def requested_output_names(self) -> list[str]:
+        """The outputs asked for (all of them when the client named none)."""
+        self._usable("requested_output_names")
+        return list(self._requested_output_names)
 
     def parameters(self) -> str:
         self._usable("parameters")

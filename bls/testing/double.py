@@ -219,11 +219,13 @@ class TritonDouble:
 
     # ------------------------------------------------------------------ test controls
     def request(self, inputs: Mapping[str, Any], parameters: Mapping[str, Any] | None = None,
-                request_id: str = "") -> InferenceRequest:
-        """A request as ``execute`` receives it."""
+                request_id: str = "", requested_output_names: list[str] | None = None
+                ) -> InferenceRequest:
+        """A request as ``execute`` receives it; ``requested_output_names``: the outputs
+        the client asked for (None: it named none)."""
         return self.module.InferenceRequest(
             inputs=[api.Tensor(k, v) for k, v in inputs.items()], parameters=parameters,
-            request_id=request_id)
+            request_id=request_id, requested_output_names=requested_output_names)
 
     @staticmethod
     def cancel(request: InferenceRequest) -> None:
@@ -373,7 +375,7 @@ class TritonDouble:
         server reports BLS failures) as the response the BLS caller gets."""
         if isinstance(outputs, Exception):
             return InferenceResponse(error=TritonError(str(outputs), TritonError.INTERNAL))
-        names = request.requested_output_names or list(outputs)
+        names = request.requested_output_names() or list(outputs)
         missing = [n for n in names if n not in outputs]
         if missing:
             return InferenceResponse(error=TritonError(

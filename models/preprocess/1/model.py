@@ -6,7 +6,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from bls.config import PREPROCESS_PARAMETERS
+from bls.config import PREPROCESS_PARAMETERS, RESIZE_TORCH
 from bls.contract import MODEL_INPUT, ORIGINAL_SIZE, PIPELINE_INPUT, PREPROCESS_NAME
 from bls.image import decode_limits
 from bls.metadata import ModelMetadata
@@ -20,7 +20,13 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.meta = ModelMetadata.from_model_config(config)
-        self.limits = decode_limits(PREPROCESS_PARAMETERS.read(config))
+        values = PREPROCESS_PARAMETERS.read(config)
+        self.limits = decode_limits(values)
+        self.resize = values["resize"]
+        if self.resize == RESIZE_TORCH:
+            import torch
+
+            torch.set_num_threads(1)  # one image at a time: as pipeline_bls's workers
         self.started = ModelStart(pb_utils, PREPROCESS_NAME)
 
     def execute(self, requests):
@@ -29,7 +35,7 @@ class TritonPythonModel:
             try:
                 tensor = pb_utils.get_input_tensor_by_name(request, PIPELINE_INPUT.name)
                 prepared = prepare(image_bytes(None if tensor is None else tensor.as_numpy()),
-                                   self.meta, self.limits)
+                                   self.meta, self.limits, self.resize)
                 responses.append(output_response(pb_utils, {
                     MODEL_INPUT.name: prepared.model_input,
                     ORIGINAL_SIZE.name: np.array(prepared.original_size, np.int64)}, False))
