@@ -358,6 +358,11 @@ class Point:
     server_cpu_util: float  # server CPU seconds / wall seconds (1.0 = one core busy)
     client_cpu_util: float
     loadavg_1m: float
+    # pipeline_bls's in-process compute per image (InProcessCompute), measured with the
+    # server idle just before this concurrency level's points; NaN when not measured
+    compute_ms: float = float("nan")
+    # at concurrency 1 with the stand-in: paired_latency()'s medians
+    paired_c1: dict = field(default_factory=dict)
     breakdown: dict = field(default_factory=dict)  # model -> queue/compute ms, batch
     error_messages: dict = field(default_factory=dict)
     latencies_ms: list = field(default_factory=list)
@@ -378,7 +383,10 @@ class Point:
 
 
 async def measure_config(server, config: SweepConfig, targets: list[Target],
-                         concurrency: list[int], args) -> list[Point]:
+                         concurrency: list[int], args, compute=None) -> list[Point]:
+    """``compute``: an InProcessCompute, measured
+    run before each concurrency level with the server idle, so that the efficiency of a
+    point divides by a compute measured next to it (this machine's speed drifts)."""
     import tritonclient.grpc.aio as grpc_aio
 
     pgid = os.getpgid(server.pid)
@@ -397,6 +405,13 @@ async def measure_config(server, config: SweepConfig, targets: list[Target],
                     raise RuntimeError(f"warm-up of {target.model} failed: {done['errors']}")
             print(f"  warm-up {target.name}: {n} requests", file=sys.stderr, flush=True)
         for i, c in enumerate(concurrency):
+            compute_ms = compute()["mean_ms"] if compute is not None else float("nan")
+            paired = {}
+            if compute is not None and c == 1:
+                for target in targets:
+                    if target.name != "bare":
+                        paired[target.name] = await paired_latency(
+                            client, target, compute, min(args.requests, 100), args.timeout)
             for target in rotated(targets, i):
                 load = os.getloadavg()[0]
                 before = model_statistics(await client.get_inference_statistics())
@@ -425,6 +440,7 @@ async def measure_config(server, config: SweepConfig, targets: list[Target],
                     server_cpu_ms_per_image=(cpu1 - cpu0) * 1000 / count if count else float("nan"),
                     server_cpu_util=(cpu1 - cpu0) / seconds,
                     client_cpu_util=(client1 - client0) / seconds, loadavg_1m=load,
+                    compute_ms=compute_ms, paired_c1=paired.get(target.name, {}),
                     breakdown=breakdown,
                     error_messages=run["errors"], latencies_ms=[round(v, 2) for v in ms])
                 points.append(point)
@@ -438,47 +454,76 @@ async def measure_config(server, config: SweepConfig, targets: list[Target],
 
 
 # --------------------------------------------------------------------------- in process
-def in_process_compute(images: list[BenchImage], meta, detections: int, repeats: int) -> dict:
+class InProcessCompute:
     """pipeline_bls's own work per image, in this process on one thread: ``prepare``
     (decode, resize, CHW) and ``finish`` (select, rescale, paste, RLE, answer arrays)
-    around the stand-in's outputs for that image. Medians of ``repeats`` after a warm-up,
-    ms; "rate" is images/s on one core for requests cycling through ``images``."""
-    import cv2
+    around the stand-in's outputs for that image."""
 
-    from benchmarks.standin import StandIn
-    from bls.pipeline import finish, prepare
-    from bls.request import RequestOptions
+    def __init__(self, images: list[BenchImage], meta, detections: int, repeats: int):
+        import cv2
 
-    cv2.setNumThreads(1)
-    standin = StandIn([s.name for s in meta.outputs], detections, meta.mask_resolution,
-                      len(meta.class_names))
-    options = RequestOptions(meta.score_threshold)
-    per_image = {}
-    for image in images:
-        samples = {"prepare_ms": [], "finish_ms": []}
-        for i in range(repeats + 1):
-            t0 = time.perf_counter()
-            prepared = prepare(image.data, meta)
-            t1 = time.perf_counter()
-            outputs = standin(*prepared.model_input.shape[1:])
-            t2 = time.perf_counter()
-            finish(outputs, prepared.original_size, meta, options)
-            t3 = time.perf_counter()
-            if i:
-                samples["prepare_ms"].append((t1 - t0) * 1000)
-                samples["finish_ms"].append((t3 - t2) * 1000)
-        row = {k: float(np.median(v)) for k, v in samples.items()}
-        row["total_ms"] = row["prepare_ms"] + row["finish_ms"]
-        per_image[image.name] = row
-    mean_ms = float(np.mean([r["total_ms"] for r in per_image.values()]))
-    return {"per_image": per_image, "mean_ms": mean_ms, "rate": 1000 / mean_ms,
-            "repeats": repeats}
+        from benchmarks.standin import StandIn
+        from bls.request import RequestOptions
+
+        cv2.setNumThreads(1)
+        self.images, self.meta, self.repeats = images, meta, repeats
+        self.standin = StandIn([s.name for s in meta.outputs], detections,
+                               meta.mask_resolution, len(meta.class_names))
+        self.options = RequestOptions(meta.score_threshold)
+
+    def one(self, k: int) -> tuple[float, float]:
+        """(prepare ms, finish ms) of image k (cycling), once."""
+        from bls.pipeline import finish, prepare
+
+        image = self.images[k % len(self.images)]
+        t0 = time.perf_counter()
+        prepared = prepare(image.data, self.meta)
+        t1 = time.perf_counter()
+        outputs = self.standin(*prepared.model_input.shape[1:])
+        t2 = time.perf_counter()
+        finish(outputs, prepared.original_size, self.meta, self.options)
+        t3 = time.perf_counter()
+        return (t1 - t0) * 1000, (t3 - t2) * 1000
+
+    def __call__(self) -> dict:
+        """Medians of ``repeats`` per image after a warm-up, ms; "rate" is images/s on one
+        core for requests cycling through the images."""
+        per_image = {}
+        for k, image in enumerate(self.images):
+            self.one(k)
+            runs = np.array([self.one(k) for _ in range(self.repeats)])
+            row = {"prepare_ms": float(np.median(runs[:, 0])),
+                   "finish_ms": float(np.median(runs[:, 1])),
+                   "total_ms": float(np.median(runs.sum(axis=1)))}
+            per_image[image.name] = row
+        mean_ms = float(np.mean([r["total_ms"] for r in per_image.values()]))
+        return {"per_image": per_image, "mean_ms": mean_ms, "rate": 1000 / mean_ms,
+                "repeats": self.repeats}
 
 
-def ideal_throughput(config: SweepConfig, concurrency: int, cores: int, compute: dict) -> float:
-    """What the machine could do: min(concurrency, cores) x the in-process rate, and no
-    more than the stand-in instances answer (instances / latency)."""
-    ideal = min(concurrency, cores) * compute["rate"]
+async def paired_latency(client, target: Target, compute: InProcessCompute, n: int,
+                         timeout: float) -> dict:
+    """Concurrency 1, paired: per iteration the in-process compute of an image, then the
+    served request for it; medians of the per-iteration latency, compute and their
+    difference (this machine's speed drifts by 15 % between seconds: pairs see the same)."""
+    rows = []
+    for k in range(n):
+        prepare_ms, finish_ms = compute.one(k)
+        sent = time.perf_counter()
+        await client.infer(target.model, target.inputs[k % len(target.inputs)],
+                           client_timeout=timeout)
+        served_ms = (time.perf_counter() - sent) * 1000
+        rows.append((served_ms, prepare_ms + finish_ms))
+    rows = np.array(rows)
+    return {"pairs": n, "served_ms": float(np.median(rows[:, 0])),
+            "compute_ms": float(np.median(rows[:, 1])),
+            "over_ms": float(np.median(rows[:, 0] - rows[:, 1]))}
+
+
+def ideal_throughput(config: SweepConfig, concurrency: int, cores: int, rate: float) -> float:
+    """What the machine could do: min(concurrency, cores) x the in-process rate (images/s
+    on one core), and no more than the stand-in instances answer (instances / latency)."""
+    ideal = min(concurrency, cores) * rate
     if config.standin_ms:
         ideal = min(ideal, config.rcnn_instances * 1000 / config.standin_ms)
     return ideal
@@ -493,18 +538,23 @@ def print_efficiency(points: list[Point], configs: list[SweepConfig], cores: int
             for name, r in compute["per_image"].items()]
     print(table(["image", "prepare", "finish", "sum"], rows, left=1))
     print(f"  mean {compute['mean_ms']:.1f} ms/img: {compute['rate']:.1f} img/s on one core, "
-          f"{cores * compute['rate']:.1f} img/s on {cores} cores")
+          f"{cores * compute['rate']:.1f} img/s on {cores} cores (before the servers; each "
+          f"point below uses the compute measured just before it)")
     print("\n== Efficiency: throughput / ideal, ideal = min(concurrency, cores) x in-process "
           "rate (and at most stand-in instances / latency); over = mean latency - (in-process "
-          "compute + stand-in latency)")
+          "compute + stand-in latency);\n   at concurrency 1 over is paired: the median of "
+          "(served latency - in-process compute) over iterations that run one after the other")
     rows, report = [], []
     top = max(p.concurrency for p in points)
     for config in configs:
         for p in (q for q in points if q.config == config.label):
-            ideal = ideal_throughput(config, p.concurrency, cores, compute)
-            over = p.mean_ms - compute["mean_ms"] - (config.standin_ms or 0)
+            compute_ms = p.compute_ms if p.compute_ms == p.compute_ms else compute["mean_ms"]
+            ideal = ideal_throughput(config, p.concurrency, cores, 1000 / compute_ms)
+            over = p.mean_ms - compute_ms - (config.standin_ms or 0)
+            if p.paired_c1:  # paired: the same drift on both sides
+                over = p.paired_c1["over_ms"] - (config.standin_ms or 0)
             item = {"config": config.label, "target": p.target, "concurrency": p.concurrency,
-                    "throughput": p.throughput, "ideal": ideal,
+                    "throughput": p.throughput, "ideal": ideal, "compute_ms": compute_ms,
                     "efficiency": p.throughput / ideal, "over_compute_ms": over}
             verdicts = []
             if p.target == "bls" and p.target != "bare" and config.standin_ms == 0:
@@ -520,10 +570,10 @@ def print_efficiency(points: list[Point], configs: list[SweepConfig], cores: int
             if p.target == "bare":
                 continue
             rows.append([config.label, p.target, p.concurrency, fmt(p.throughput, 1),
-                         fmt(ideal, 1), f"{item['efficiency']:.0%}", fmt(p.mean_ms, 1),
-                         f"{over:+.1f}", "; ".join(verdicts)])
-    print(table(["configuration", "target", "conc", "img/s", "ideal", "efficiency",
-                 "mean ms", "over", "targets (instant model)"], rows, left=2))
+                         fmt(compute_ms, 1), fmt(ideal, 1), f"{item['efficiency']:.0%}",
+                         fmt(p.mean_ms, 1), f"{over:+.1f}", "; ".join(verdicts)])
+    print(table(["configuration", "target", "conc", "img/s", "compute ms", "ideal",
+                 "efficiency", "mean ms", "over", "targets (instant model)"], rows, left=2))
     return {"in_process": compute, "efficiency": report}
 
 
@@ -876,11 +926,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"model: stand-in (benchmarks/standin.py), {args.stand_in_detections} "
                   f"detections, masks {resolution or 'none'}, latency "
                   f"{', '.join(f'{ms:g}' for ms in args.stand_in)} ms", flush=True)
-            compute = in_process_compute(images, meta, args.stand_in_detections,
-                                         args.compute_repeats)
+            measure = InProcessCompute(images, meta, args.stand_in_detections,
+                                       args.compute_repeats)
+            compute = measure()
         else:
             source = prepare_repository(args, scratch)
-            source_path, compute = source.path, None
+            source_path, compute, measure = source.path, None, None
             meta = read_metadata(model_file(source.path))
             for note in source.notes:
                 print(f"note: {note}")
@@ -915,7 +966,7 @@ def main(argv: list[str] | None = None) -> int:
                     ens_batch = sync.get_model_config(ENSEMBLE_NAME).config.max_batch_size > 0
                 targets = build_targets(args.target_names, images, meta, pipe_batch, ens_batch)
                 points += asyncio.run(measure_config(server, config, targets,
-                                                     list(args.concurrency), args))
+                                                     list(args.concurrency), args, measure))
             except (ServerFailed, RuntimeError) as e:
                 failures[config.label] = str(e)[:2000]
                 print(f"  FAILED: {str(e)[:2000]}", file=sys.stderr, flush=True)

@@ -63,11 +63,10 @@ def test_stand_in_outputs_make_a_full_answer():
 
 
 def test_ideal_throughput_is_bounded_by_cores_and_the_stand_in():
-    compute = {"rate": 50.0}
     config = SweepConfig("1x1", 1, 1, standin_ms=25.0)
-    assert ideal_throughput(config, 1, 2, compute) == 40.0  # one stand-in: 1000 / 25 ms
-    assert ideal_throughput(SweepConfig("1x1", 1, 1, standin_ms=0.0), 8, 2, compute) == 100.0
-    assert ideal_throughput(SweepConfig("1x1", 1, 1, standin_ms=0.0), 1, 2, compute) == 50.0
+    assert ideal_throughput(config, 1, 2, 50.0) == 40.0  # one stand-in: 1000 / 25 ms
+    assert ideal_throughput(SweepConfig("1x1", 1, 1, standin_ms=0.0), 8, 2, 50.0) == 100.0
+    assert ideal_throughput(SweepConfig("1x1", 1, 1, standin_ms=0.0), 1, 2, 50.0) == 50.0
 
 
 @pytest.mark.server
@@ -97,6 +96,7 @@ def test_stand_in_sweep_smoke_run_and_tune_from_it(exported, tmp_path):
         assert (compute >= 40) if slow else (compute < 40), p
     assert report["in_process"]["rate"] > 0
     assert len(report["efficiency"]) == len(points)
+    assert all(p["compute_ms"] > 0 for p in points)  # measured next to each point
     per_instance = {r["standin_ms"]: r for r in report["per_model_instance"]}
     assert set(per_instance) == {0.0, 40.0}
     assert per_instance[40.0]["bls_instances_per_model_instance"] == 1

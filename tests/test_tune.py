@@ -211,8 +211,8 @@ def test_cli_prints_old_to_new_and_refuses_with_status_2(repo, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert "pipeline_bls/config.pbtxt: instance_group: 1x KIND_CPU -> 2x KIND_CPU" in out
-    assert ("pipeline_bls/config.pbtxt: dynamic_batching: {max_queue_delay_us 2000} -> "
-            "{max_queue_delay_us 2000, preferred [2, 4]}") in out
+    assert ("pipeline_bls/config.pbtxt: dynamic_batching: {max_queue_delay_us 0} -> "
+            "{max_queue_delay_us 0, preferred [2, 4]}") in out
     rc = export_main(["tune", "--repository", str(repo), "--model", MODEL_NAME,
                       "--max-queue-delay-us", "100"])
     assert rc == 2
