@@ -465,7 +465,10 @@ class InProcessCompute:
         from benchmarks.standin import StandIn
         from bls.request import RequestOptions
 
+        from bls.memory import keep_freed_memory
+
         cv2.setNumThreads(1)
+        keep_freed_memory()  # as the served models do
         self.images, self.meta, self.repeats = images, meta, repeats
         self.standin = StandIn([s.name for s in meta.outputs], detections,
                                meta.mask_resolution, len(meta.class_names))

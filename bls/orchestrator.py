@@ -38,6 +38,7 @@ from bls.contract import MODEL_INPUT, MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
 from bls.errors import Cancelled, ModelTimeout, Unavailable, model_call_error
 from bls.events import EventSender
 from bls.image import decode_limits
+from bls.memory import keep_freed_memory
 from bls.metadata import ModelMetadata
 from bls.metrics import ModelStart, RequestMetrics
 from bls.pipeline import finish, prepare
@@ -117,6 +118,7 @@ class PipelineOrchestrator:
         self.pb = pb_utils
         values = PIPELINE_PARAMETERS.read(model_config)
         self.meta = ModelMetadata.from_model_config(model_config)
+        keep_freed_memory()  # before the threads start (bls/memory.py)
         self.limits = decode_limits(values)
         self.resize = values["resize"]
         if self.resize == RESIZE_TORCH:

@@ -126,3 +126,17 @@ def test_served_resize_torch_in_pipeline_bls_and_the_ensemble(exported, torchscr
                 else:
                     np.testing.assert_allclose(got, expected[name], rtol=0, atol=1e-4,
                                                err_msg=f"{model} {name}")
+
+
+def test_prepare_benchmark_smoke_run(capsys, tmp_path):
+    from benchmarks.prepare import main
+
+    reference = tmp_path / "ref.npz"
+    assert main(["--generated", "300x200", "--generated", "1800x1700", "--repeats", "1",
+                 "--save-reference", str(reference)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("prepare pil (default, exact)") == 2
+    assert "max 0, 0.000% differ" in out  # the exact path against itself
+    assert "reduced JPEG 1/2 + pil" in out  # 1800x1700 -> 847x800 shrinks by 2.1
+    assert set(np.load(reference)) == {"scene300x200.jpg (generated)",
+                                       "scene1800x1700.jpg (generated)"}

@@ -7,6 +7,7 @@ import triton_python_backend_utils as pb_utils
 
 from bls.config import POSTPROCESS_PARAMETERS
 from bls.contract import ORIGINAL_SIZE, POSTPROCESS_NAME
+from bls.memory import keep_freed_memory
 from bls.metadata import ModelMetadata
 from bls.metrics import ModelStart
 from bls.pipeline import finish
@@ -19,6 +20,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.meta = ModelMetadata.from_model_config(config)
         self.max_answer_bytes = POSTPROCESS_PARAMETERS.read(config)["max_answer_bytes"]
+        keep_freed_memory()  # as pipeline_bls (bls/memory.py)
         self.started = ModelStart(pb_utils, POSTPROCESS_NAME)
         self.input_names = [spec.name for spec in self.meta.outputs]
 

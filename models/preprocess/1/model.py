@@ -9,6 +9,7 @@ import triton_python_backend_utils as pb_utils
 from bls.config import PREPROCESS_PARAMETERS, RESIZE_TORCH
 from bls.contract import MODEL_INPUT, ORIGINAL_SIZE, PIPELINE_INPUT, PREPROCESS_NAME
 from bls.image import decode_limits
+from bls.memory import keep_freed_memory
 from bls.metadata import ModelMetadata
 from bls.metrics import ModelStart
 from bls.pipeline import prepare
@@ -21,6 +22,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.meta = ModelMetadata.from_model_config(config)
         values = PREPROCESS_PARAMETERS.read(config)
+        keep_freed_memory()  # as pipeline_bls (bls/memory.py)
         self.limits = decode_limits(values)
         self.resize = values["resize"]
         if self.resize == RESIZE_TORCH:

@@ -1,0 +1,164 @@
+"""python -m benchmarks.prepare: ``prepare`` (decode, resize, CHW) per image on one core,
+stage by stage, and the candidates that could make it faster, each with its cost in
+pixels against the exact path (detectron2's: PIL's bilinear).
+
+  python -m benchmarks.prepare --image build/bench/mug_1920x1080.jpg --image ../shared/images/mug.jpg
+  python -m benchmarks.prepare --generated 1920x1080 --save-reference build/bench/prepare_ref.npz
+  # Pillow-SIMD replaces PIL: run this under a venv that has it instead of Pillow, against
+  # the exact inputs saved by the stock run:
+  /tmp/psvenv/bin/python -m benchmarks.prepare --generated 1920x1080 --reference build/bench/prepare_ref.npz
+
+Rows, each the median of --repeats after a warm-up, on one thread (OpenCV and torch set to
+one):
+  decode        cv2.imdecode (bls.image.decode_image, BGR)
+  resize pil    PIL bilinear, as detectron2 (PIL's version printed: Pillow-SIMD shows
+                ".post" in it)
+  layout        HWC -> CHW, channels in the model's order (bls.image.to_model_input)
+  prepare pil   bls.pipeline.prepare, the default, exact
+  prepare torch bls.pipeline.prepare(resize="torch"), opt-in
+  device cpu    bls.device.prepare on the CPU (torch's float antialiased resize; the
+                ``device`` path, which runs on the model's GPU with nvJPEG there)
+  reduced JPEG  decoded at 1/2, 1/4 or 1/8 by libjpeg's DCT scaling (cv2.IMREAD_REDUCED_*)
+                when the resize shrinks by at least that, then PIL bilinear (not in the
+                product: measured only)
+"against exact": the largest difference of any model-input value and the share of values
+that differ, against ``prepare pil`` (or --reference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import PIL
+
+from benchmarks.pipeline import begin, check_images, load_images, run_main, table
+from bls import image as image_ops
+from bls.memory import keep_freed_memory
+from bls.pipeline import prepare
+
+MIN_SIZE, MAX_SIZE = 800, 1333
+REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+           8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+class Meta:  # what prepare reads of ModelMetadata: torchvision's Mask R-CNN takes RGB
+    channel_order, min_size, max_size = "RGB", MIN_SIZE, MAX_SIZE
+
+
+def median_ms(call, repeats: int) -> tuple[float, object]:
+    result = call()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = call()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1000, result
+
+
+def candidates(data: bytes, height: int, width: int, repeats: int) -> dict:
+    import torch
+
+    from bls import device as device_ops
+
+    new_h, new_w = image_ops.resized_shape(height, width, MIN_SIZE, MAX_SIZE)
+    decoded = image_ops.decode_image(data, "BGR")
+    resized = image_ops.resize_image(decoded, new_h, new_w)
+    rows = {
+        "decode": median_ms(lambda: image_ops.decode_image(data, "BGR"), repeats),
+        f"resize pil (Pillow {PIL.__version__})":
+            median_ms(lambda: image_ops.resize_image(decoded, new_h, new_w), repeats),
+        "layout": median_ms(lambda: image_ops.to_model_input(resized, True), repeats),
+        "prepare pil (default, exact)": median_ms(lambda: prepare(data, Meta()).model_input,
+                                                  repeats),
+    }
+    rows["prepare torch (opt-in)"] = median_ms(
+        lambda: prepare(data, Meta(), resize="torch").model_input, repeats)
+    cpu = torch.device("cpu")
+    rows["device=cpu (torch float)"] = median_ms(
+        lambda: device_ops.prepare(data, Meta(), image_ops.DecodeLimits(), cpu)[0].numpy(),
+        repeats)
+    shrink = min(height / new_h, width / new_w)
+    factor = max((f for f in REDUCED if shrink >= f), default=None)
+    if factor and data.startswith(b"\xff\xd8"):
+        def reduced():
+            small = cv2.imdecode(np.frombuffer(data, np.uint8), REDUCED[factor])
+            return image_ops.to_model_input(image_ops.resize_image(small, new_h, new_w), True)
+
+        rows[f"reduced JPEG 1/{factor} + pil"] = median_ms(reduced, repeats)
+    return rows
+
+
+def compare(got, exact: np.ndarray) -> str:
+    if not isinstance(got, np.ndarray) or got.shape != exact.shape:
+        return ""
+    diff = np.abs(got.astype(np.int16) - exact.astype(np.int16))
+    return f"max {diff.max()}, {np.count_nonzero(diff) / diff.size:.3%} differ"
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.prepare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--image", type=Path, action="append", default=[])
+    p.add_argument("--generated", action="append", default=[], metavar="WxH")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--save-reference", type=Path, help="write the exact model inputs here")
+    p.add_argument("--reference", type=Path,
+                   help="compare with the exact inputs saved by another run (Pillow-SIMD)")
+    args = p.parse_args(argv)
+    check_images(p, args.image)
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    begin("benchmarks.prepare", argv)
+    cv2.setNumThreads(1)
+    keep_freed_memory()  # as the served models do (bls/memory.py)
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # a Pillow-SIMD venv without torch: PIL rows only
+        torch = None
+    from benchmarks.sweep import generated_images
+
+    images = load_images(args.image) + generated_images(args.generated or (
+        [] if args.image else ["640x480", "1920x1080", "3361x2521"]))
+    reference = dict(np.load(args.reference)) if args.reference else {}
+    saved = {}
+    for image in images:
+        decoded = image_ops.decode_image(image.data, "BGR")
+        height, width = decoded.shape[:2]
+        new_h, new_w = image_ops.resized_shape(height, width, MIN_SIZE, MAX_SIZE)
+        exact = prepare(image.data, Meta()).model_input
+        saved[image.name] = exact
+        if torch is None:
+            rows = {f"resize pil (Pillow {PIL.__version__})": median_ms(
+                        lambda: image_ops.resize_image(decoded, new_h, new_w), args.repeats),
+                    "prepare pil": median_ms(lambda: prepare(image.data, Meta()).model_input,
+                                             args.repeats)}
+        else:
+            rows = candidates(image.data, height, width, args.repeats)
+        base = reference.get(image.name, exact)
+        print(f"\n== {image.name}: {width}x{height} -> {new_w}x{new_h}, {len(image.data):,} "
+              f"bytes; median ms of {args.repeats}, one thread")
+        print(table(["step or candidate", "ms", "against exact"],
+                    [[name, f"{ms:.1f}", compare(out if out is not None else None, base)
+                      if "prepare" in name or "device" in name or "reduced" in name else ""]
+                     for name, (ms, out) in rows.items()], left=1))
+    if args.save_reference:
+        np.savez_compressed(args.save_reference, **saved)
+        print(f"\nwrote {args.save_reference}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

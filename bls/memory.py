@@ -1,0 +1,36 @@
+"""Keep freed memory in the process, so each request does not fault its pages in again.
+
+A request allocates tens of megabytes in a few large blocks (the decoded image, PIL's
+4-byte copy, the resized image, the model input): 20 MB for a 1920x1080 JPEG. glibc's
+malloc serves blocks that large with mmap and unmaps them when freed, and a worker
+thread's arena trims its heap, so the next request faults every page in again and the
+kernel zeroes it: 5,000 page faults and a third of ``prepare``'s time for that image
+(measured, docs/benchmarks.md). Raising the mmap and trim thresholds and using one arena
+keeps that memory for reuse; the process then holds its peak working set (bounded by the
+thresholds: a block over ``MMAP_THRESHOLD`` is still mapped and returned).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+MMAP_THRESHOLD = 64 * 1024 * 1024  # blocks below this come from the heap, and are reused
+TRIM_THRESHOLD = 256 * 1024 * 1024  # free memory kept at the heap's top
+ARENAS = 1  # worker threads share the main heap (a thread's own heap is at most 64 MB)
+
+# mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+
+
+def keep_freed_memory() -> bool:
+    """Set glibc's malloc to keep freed memory (process-wide; call it once, before the
+    worker threads start). False where it cannot (not glibc): nothing changes then."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    return all(mallopt(param, value) == 1 for param, value in (
+        (_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+        (_M_ARENA_MAX, ARENAS)))
