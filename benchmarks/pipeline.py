@@ -108,8 +108,10 @@ def table(headers: list[str], rows: list[list], left: int = 1, indent: str = "  
 
 
 def machine_info() -> dict:
-    import torch
-
+    try:
+        import torch
+    except ImportError:  # benchmarks.prepare under a Pillow-SIMD venv without torch
+        torch = None
     cpu_model = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -123,7 +125,8 @@ def machine_info() -> dict:
     except AttributeError:
         usable = os.cpu_count()
     return {"cpu_count": os.cpu_count(), "usable_cpus": usable,
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads() if torch else 0,
+            "torch": torch.__version__ if torch else "absent",
             "numpy": np.__version__, "cpu_model": cpu_model or platform.processor(),
             "python": platform.python_version(), "loadavg_start": os.getloadavg()}
 

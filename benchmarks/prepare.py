@@ -130,7 +130,7 @@ def main(argv=None) -> int:
         torch = None
     from benchmarks.sweep import generated_images
 
-    images = load_images(args.image) + generated_images(args.generated or (
+    images = (load_images(args.image) if args.image else []) + generated_images(args.generated or (
         [] if args.image else ["640x480", "1920x1080", "3361x2521"]))
     reference = dict(np.load(args.reference)) if args.reference else {}
     saved = {}

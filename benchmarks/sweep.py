@@ -226,19 +226,25 @@ def build_targets(names: list[str], images: list[BenchImage], meta, pipe_batch: 
 
 
 # --------------------------------------------------------------------------- measuring
-def group_cpu_seconds(pgid: int) -> float:
-    """utime + stime of the live processes of a process group (the server's)."""
+def process_cpu_seconds(pgid: int) -> dict[str, float]:
+    """utime + stime of each live process of a process group (the server's), by name:
+    a Python model's stub by its model (from the model.py path on its command line),
+    other processes by their executable's name."""
     from client.server import live_members
 
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    out: dict[str, float] = {}
     for pid in live_members(pgid):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return total / ticks
+        models = [a.decode(errors="replace") for a in argv if a.endswith(b"/model.py")]
+        name = (Path(models[0]).parent.parent.name if models
+                else Path(argv[0].decode(errors="replace")).name)
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
 
 
 def model_statistics(response) -> dict[str, dict[str, float]]:
@@ -363,13 +369,19 @@ class Point:
     compute_ms: float = float("nan")
     # at concurrency 1 with the stand-in: paired_latency()'s medians
     paired_c1: dict = field(default_factory=dict)
+    # CPU ms per answered image by server process (a Python model's stub by its model,
+    # tritonserver, ...) and by this load generator ("client")
+    cpu_ms_per_image: dict = field(default_factory=dict)
     breakdown: dict = field(default_factory=dict)  # model -> queue/compute ms, batch
     error_messages: dict = field(default_factory=dict)
     latencies_ms: list = field(default_factory=list)
 
     def row(self) -> dict:
         out = {k: v for k, v in asdict(self).items()
-               if k not in ("breakdown", "error_messages", "latencies_ms")}
+               if k not in ("breakdown", "error_messages", "latencies_ms", "paired_c1",
+                            "cpu_ms_per_image")}
+        out.update({f"cpu_{k}_ms": v for k, v in self.cpu_ms_per_image.items()})
+        out.update({f"paired_c1_{k}": round(v, 3) for k, v in self.paired_c1.items()})
         for model, values in self.breakdown.items():
             if model == STAGES_KEY:
                 out.update({f"bls_{k}": round(v, 2) for k, v in values.items()
@@ -417,10 +429,12 @@ async def measure_config(server, config: SweepConfig, targets: list[Target],
                 before = model_statistics(await client.get_inference_statistics())
                 scraped = (await asyncio.to_thread(scrape, server.metrics_url)
                            if target.name == "bls" else None)
-                cpu0, client0 = group_cpu_seconds(pgid), time.process_time()
+                cpu0, client0 = process_cpu_seconds(pgid), time.process_time()
                 run = await closed_loop(client, target, c, args.requests, args.max_seconds,
                                         args.timeout, first=i)
-                cpu1, client1 = group_cpu_seconds(pgid), time.process_time()
+                cpu1, client1 = process_cpu_seconds(pgid), time.process_time()
+                by_process = {k: (v - cpu0.get(k, 0.0)) for k, v in cpu1.items()}
+                cpu0, cpu1 = sum(cpu0.values()), sum(cpu1.values())
                 after = await settled_statistics(
                     client, target.model, answered(before, target.model) + run["issued"])
                 breakdown = statistics_delta(before, after, PATHS[target.name])
@@ -441,6 +455,10 @@ async def measure_config(server, config: SweepConfig, targets: list[Target],
                     server_cpu_util=(cpu1 - cpu0) / seconds,
                     client_cpu_util=(client1 - client0) / seconds, loadavg_1m=load,
                     compute_ms=compute_ms, paired_c1=paired.get(target.name, {}),
+                    cpu_ms_per_image={k: round(v * 1000 / count, 3) for k, v in
+                                      by_process.items() if count and v > 0}
+                    | ({"client": round((client1 - client0) * 1000 / count, 3)}
+                       if count else {}),
                     breakdown=breakdown,
                     error_messages=run["errors"], latencies_ms=[round(v, 2) for v in ms])
                 points.append(point)
@@ -577,6 +595,12 @@ def print_efficiency(points: list[Point], configs: list[SweepConfig], cores: int
                          fmt(p.mean_ms, 1), f"{over:+.1f}", "; ".join(verdicts)])
     print(table(["configuration", "target", "conc", "img/s", "compute ms", "ideal",
                  "efficiency", "mean ms", "over", "targets (instant model)"], rows, left=2))
+    print(f"\n  where the CPU goes at concurrency {top}, ms per image by process (the "
+          f"in-process compute beside it):")
+    for p in (q for q in points if q.concurrency == top and q.target != "bare"):
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(
+            p.cpu_ms_per_image.items(), key=lambda kv: -kv[1]) if v >= 0.05)
+        print(f"  - {p.config}, {p.target}: {parts}; compute {p.compute_ms:.1f}")
     return {"in_process": compute, "efficiency": report}
 
 

@@ -156,8 +156,10 @@ def resize_torch(image: np.ndarray, height: int, width: int,
         resized = torch.nn.functional.interpolate(source, size=(height, width),
                                                   mode="bilinear", antialias=True,
                                                   align_corners=False)
-    # channels-last [3, h, w] view of [h, w, 3]: one copy makes it CHW (and reorders).
-    return to_model_input(resized[0].permute(1, 2, 0).numpy(), reverse_channels)
+    chw = resized[0].numpy()
+    if resized.is_contiguous():  # torch 2.x answers NCHW: planes, copied in the right order
+        return np.ascontiguousarray(chw[::-1]) if reverse_channels else chw
+    return to_model_input(chw.transpose(1, 2, 0), reverse_channels)  # channels-last
 
 
 def to_model_input(image: np.ndarray, reverse_channels: bool = False) -> np.ndarray:
