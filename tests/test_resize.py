@@ -140,3 +140,12 @@ def test_prepare_benchmark_smoke_run(capsys, tmp_path):
     assert "reduced JPEG 1/2 + pil" in out  # 1800x1700 -> 847x800 shrinks by 2.1
     assert set(np.load(reference)) == {"scene300x200.jpg (generated)",
                                        "scene1800x1700.jpg (generated)"}
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_the_exact_numpy_candidate_is_pil_to_the_bit(size):
+    from benchmarks.prepare import resize_exact_numpy
+
+    image = samples.scene(*size, seed=3)
+    h, w = resized_shape(*size, 800, 1333)
+    np.testing.assert_array_equal(resize_exact_numpy(image, h, w), resize_image(image, h, w))
