@@ -23,7 +23,15 @@ Configurations, compact: ``MxT[:B][,key=value...]``
   keys: workers=N (pipeline_bls worker_threads), delay=US (pipeline_bls max queue delay),
         batch=N (pipeline_bls max_batch_size), stages=N (preprocess/postprocess instances)
 
-Defaults for a 2-core machine: 1x2, 2x1, 1x2:2, 2x1:2. Targets: bls (pipeline_bls, image
+With --stand-in MS[,MS...] mask_rcnn is benchmarks/standin.py, answering after each
+latency (a GPU's milliseconds, which this CPU cannot show): the configurations run at each
+latency, and the printout adds pipeline_bls's in-process compute, each pipeline's
+efficiency against it (concurrency 1 also paired), the CPU per image of each server
+process and, per latency, pipeline_bls instances and worker threads per model instance,
+which `python -m export tune --from-sweep` applies (docs/benchmarks.md).
+
+Defaults for a 2-core machine: 1x2, 2x1, 1x2:2, 2x1:2 (with --stand-in: 1x1:1,workers=1,
+1x1:1, 1x1:2,workers=1, 1x1:2). Targets: bls (pipeline_bls, image
 bytes in), ensemble (infer_pipeline, image bytes in), bare (mask_rcnn, fed the resized
 uint8 tensor bls.pipeline.prepare makes, as benchmarks/pipeline.py does).
 
@@ -578,7 +586,7 @@ def print_efficiency(points: list[Point], configs: list[SweepConfig], cores: int
                     "throughput": p.throughput, "ideal": ideal, "compute_ms": compute_ms,
                     "efficiency": p.throughput / ideal, "over_compute_ms": over}
             verdicts = []
-            if p.target == "bls" and p.target != "bare" and config.standin_ms == 0:
+            if p.target == "bls" and config.standin_ms == 0:
                 if p.concurrency == 1:
                     item["latency_target_met"] = over <= 5.0
                     verdicts.append(f"c1 latency <= compute + 5 ms: "

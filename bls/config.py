@@ -137,8 +137,8 @@ MAX_ANSWER_BYTES = 16 * 1024 * 1024
 # (exact parity), or torch's antialiased bilinear (faster; within 1 on a few pixels).
 RESIZE_PIL, RESIZE_TORCH = "pil", "torch"
 RESIZE = ConfigParameter("resize", one_of(RESIZE_PIL, RESIZE_TORCH), RESIZE_PIL,
-                         "pil: detectron2's resize, exact; torch: 3-6x faster, pixels within "
-                         "1 of it (docs/benchmarks.md)")
+                         "pil: detectron2's resize, exact; torch: 2-5x faster, a few values 1 "
+                         "off (docs/benchmarks.md)")
 
 METADATA = ConfigParameter("model_metadata", text, "",
                            "the export's ModelMetadata as JSON (written by `python -m export`)")

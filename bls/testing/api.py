@@ -251,7 +251,8 @@ class InferenceRequest:
         return self._inputs
 
     def requested_output_names(self) -> list[str]:
-        """The outputs asked for (all of them when the client named none)."""
+        """The outputs the client asked for; empty when it named none (the real server
+        then lists every output of the model)."""
         self._usable("requested_output_names")
         return list(self._requested_output_names)
 
