@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.standin import blob_masks
 from bls import masks as mask_ops
 from bls import postprocess
 from bls.contract import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, PIPELINE_INPUT,
@@ -165,18 +166,7 @@ def synthetic_detections(n: int, height: int, width: int, m: int = MASK_RESOLUTI
     x1 = rng.uniform(0, width - bw)
     y1 = rng.uniform(0, height - bh)
     boxes = np.stack([x1, y1, x1 + bw, y1 + bh], 1).astype(np.float32)
-    grid = (np.arange(m, dtype=np.float32) + 0.5) / m
-    yy, xx = np.meshgrid(grid, grid, indexing="ij")
-    masks = np.empty((n, m, m), np.float32)
-    for i in range(n):
-        p = np.zeros((m, m), np.float32)
-        for _ in range(int(rng.integers(1, 4))):
-            cy, cx = rng.uniform(0.25, 0.75, 2)
-            sy, sx = rng.uniform(0.12, 0.3, 2)
-            p += rng.uniform(0.6, 1.0) * np.exp(-((yy - cy) ** 2 / (2 * sy ** 2)
-                                                  + (xx - cx) ** 2 / (2 * sx ** 2)))
-        p += rng.normal(0, 0.02, (m, m)).astype(np.float32)
-        masks[i] = np.clip(p, 0, 1)
+    masks = blob_masks(n, m, rng)
     scores = np.sort(rng.uniform(0.5, 1.0, n).astype(np.float32))[::-1].copy()
     classes = rng.integers(1, 91, n).astype(np.int64)
     return postprocess.Detections(boxes, scores, classes, masks)

@@ -171,24 +171,24 @@ def parse_config(text: str) -> SweepConfig:
     return config
 
 
-def int_list(text: str) -> tuple[int, ...]:
+def _number_list(cast, minimum, text: str) -> tuple:
     try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
+        values = tuple(cast(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected numbers >= 1, got {text!r}")
+    if not values or min(values) < minimum:
+        raise argparse.ArgumentTypeError(f"expected numbers >= {minimum}, got {text!r}")
     return values
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """Concurrency levels: whole numbers >= 1."""
+    return _number_list(int, 1, text)
 
 
 def float_list(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected numbers >= 0, got {text!r}")
-    return values
+    """Stand-in latencies, ms: numbers >= 0."""
+    return _number_list(float, 0, text)
 
 
 # --------------------------------------------------------------------------- images
