@@ -118,7 +118,8 @@ class PipelineOrchestrator:
         self.pb = pb_utils
         values = PIPELINE_PARAMETERS.read(model_config)
         self.meta = ModelMetadata.from_model_config(model_config)
-        keep_freed_memory()  # before the threads start (bls/memory.py)
+        if values["keep_freed_memory"] == "true":
+            keep_freed_memory()  # before the threads start (bls/memory.py)
         self.limits = decode_limits(values)
         self.resize = values["resize"]
         if self.resize == RESIZE_TORCH:

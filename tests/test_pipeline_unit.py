@@ -329,6 +329,18 @@ def test_unknown_config_parameters_fail_the_load_by_name(load):
         load(worker_thread=3)
 
 
+def test_keeping_freed_memory_is_the_default_and_can_be_turned_off(load, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bls.orchestrator, "keep_freed_memory", lambda: calls.append(1))
+    load()
+    assert calls == [1]
+    load(keep_freed_memory="false")
+    assert calls == [1]
+    with pytest.raises(ValueError, match=r"keep_freed_memory='maybe' must be one of "
+                                         r"\['true', 'false'\]"):
+        load(keep_freed_memory="maybe")
+
+
 def test_reserved_and_forwarded_parameters_are_skipped_misspelt_ones_refused(double, load,
                                                                              images):
     model = load(header_forward_pattern="x-.*|traceparent")

@@ -19,8 +19,10 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.meta = ModelMetadata.from_model_config(config)
-        self.max_answer_bytes = POSTPROCESS_PARAMETERS.read(config)["max_answer_bytes"]
-        keep_freed_memory()  # as pipeline_bls (bls/memory.py)
+        values = POSTPROCESS_PARAMETERS.read(config)
+        self.max_answer_bytes = values["max_answer_bytes"]
+        if values["keep_freed_memory"] == "true":
+            keep_freed_memory()  # as pipeline_bls (bls/memory.py)
         self.started = ModelStart(pb_utils, POSTPROCESS_NAME)
         self.input_names = [spec.name for spec in self.meta.outputs]
 

@@ -22,7 +22,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.meta = ModelMetadata.from_model_config(config)
         values = PREPROCESS_PARAMETERS.read(config)
-        keep_freed_memory()  # as pipeline_bls (bls/memory.py)
+        if values["keep_freed_memory"] == "true":
+            keep_freed_memory()  # as pipeline_bls (bls/memory.py)
         self.limits = decode_limits(values)
         self.resize = values["resize"]
         if self.resize == RESIZE_TORCH:
