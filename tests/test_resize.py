@@ -21,6 +21,18 @@ from export import samples
 SIZES = [(480, 640), (1080, 1920), (517, 333), (77, 1999)]
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """resize=torch sets torch's threads to 1 for its process (a model's own process when
+    served); here that process is pytest's, whose in-process reference model must keep
+    the thread count the served runner uses, or its floats drift from the server's."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def pil_reference(data: bytes, meta) -> np.ndarray:
     """What detectron2 feeds its model, written out with PIL: decoded in the model's order,
     PIL bilinear to ResizeShortestEdge's size, HWC -> CHW."""
