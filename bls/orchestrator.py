@@ -33,15 +33,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from bls.config import PIPELINE_PARAMETERS, RESIZE_TORCH
+from bls.config import PIPELINE_PARAMETERS
 from bls.contract import MODEL_INPUT, MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
 from bls.errors import Cancelled, ModelTimeout, Unavailable, model_call_error
 from bls.events import EventSender
 from bls.image import decode_limits
-from bls.memory import keep_freed_memory
 from bls.metadata import ModelMetadata
 from bls.metrics import ModelStart, RequestMetrics
-from bls.pipeline import finish, prepare
+from bls.pipeline import configure_process, finish, prepare
 from bls.policy import MonitoringCalls, MonitoringPolicy
 from bls.request import RequestOptions, image_bytes, parse_options
 from bls.responses import code_name, error_response, output_response
@@ -118,16 +117,9 @@ class PipelineOrchestrator:
         self.pb = pb_utils
         values = PIPELINE_PARAMETERS.read(model_config)
         self.meta = ModelMetadata.from_model_config(model_config)
-        if values["keep_freed_memory"] == "true":
-            keep_freed_memory()  # before the threads start (bls/memory.py)
+        configure_process(values)  # before the threads start
         self.limits = decode_limits(values)
         self.resize = values["resize"]
-        if self.resize == RESIZE_TORCH:
-            import torch
-
-            # One image per worker thread, each on one core: worker_threads is the
-            # parallelism (torch's default, a thread per core per call, oversubscribes).
-            torch.set_num_threads(1)
         self.max_answer_bytes = values["max_answer_bytes"]
         self.timeout_us = values["mask_rcnn_timeout_us"]
         self.forwarded_headers = values["header_forward_pattern"]

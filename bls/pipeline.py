@@ -16,6 +16,7 @@ import numpy as np
 from bls import image as image_ops
 from bls import postprocess
 from bls.config import RESIZE_PIL, RESIZE_TORCH
+from bls.memory import keep_freed_memory
 from bls.metadata import ModelMetadata
 from bls.request import RequestOptions
 
@@ -27,6 +28,20 @@ class PreparedImage:
 
     model_input: np.ndarray
     original_size: tuple[int, int]
+
+
+def configure_process(values: Mapping) -> None:
+    """The process-wide settings of a model that runs the pipeline's halves (pipeline_bls,
+    preprocess, postprocess), from its config values (bls/config.py): keep freed memory
+    (bls/memory.py); with ``resize`` "torch", torch on one thread per call, so each worker
+    thread resizes one image on one core (torch's default, a thread per core per call,
+    oversubscribes). Call it before any worker thread starts."""
+    if values["keep_freed_memory"] == "true":
+        keep_freed_memory()
+    if values.get("resize") == RESIZE_TORCH:
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def prepare(data: bytes, meta: ModelMetadata,

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import bls.orchestrator
+import bls.pipeline
 from bls.config import MAX_ANSWER_BYTES, PIPELINE_PARAMETERS
 from bls.contract import (MODEL_INPUT, MODEL_NAME, MONITORING_NAME, MONITORING_OUTPUT,
                           PIPELINE_INPUT, PIPELINE_NAME, PIPELINE_OUTPUTS, MaskFormat,
@@ -331,7 +332,7 @@ def test_unknown_config_parameters_fail_the_load_by_name(load):
 
 def test_keeping_freed_memory_is_the_default_and_can_be_turned_off(load, monkeypatch):
     calls = []
-    monkeypatch.setattr(bls.orchestrator, "keep_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(bls.pipeline, "keep_freed_memory", lambda: calls.append(1))
     load()
     assert calls == [1]
     load(keep_freed_memory="false")

@@ -7,10 +7,9 @@ import triton_python_backend_utils as pb_utils
 
 from bls.config import POSTPROCESS_PARAMETERS
 from bls.contract import ORIGINAL_SIZE, POSTPROCESS_NAME
-from bls.memory import keep_freed_memory
 from bls.metadata import ModelMetadata
 from bls.metrics import ModelStart
-from bls.pipeline import finish
+from bls.pipeline import configure_process, finish
 from bls.request import parse_options
 from bls.responses import error_response, output_response
 
@@ -21,8 +20,7 @@ class TritonPythonModel:
         self.meta = ModelMetadata.from_model_config(config)
         values = POSTPROCESS_PARAMETERS.read(config)
         self.max_answer_bytes = values["max_answer_bytes"]
-        if values["keep_freed_memory"] == "true":
-            keep_freed_memory()  # as pipeline_bls (bls/memory.py)
+        configure_process(values)
         self.started = ModelStart(pb_utils, POSTPROCESS_NAME)
         self.input_names = [spec.name for spec in self.meta.outputs]
 

@@ -6,13 +6,12 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from bls.config import PREPROCESS_PARAMETERS, RESIZE_TORCH
+from bls.config import PREPROCESS_PARAMETERS
 from bls.contract import MODEL_INPUT, ORIGINAL_SIZE, PIPELINE_INPUT, PREPROCESS_NAME
 from bls.image import decode_limits
-from bls.memory import keep_freed_memory
 from bls.metadata import ModelMetadata
 from bls.metrics import ModelStart
-from bls.pipeline import prepare
+from bls.pipeline import configure_process, prepare
 from bls.request import image_bytes
 from bls.responses import error_response, output_response
 
@@ -22,14 +21,9 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.meta = ModelMetadata.from_model_config(config)
         values = PREPROCESS_PARAMETERS.read(config)
-        if values["keep_freed_memory"] == "true":
-            keep_freed_memory()  # as pipeline_bls (bls/memory.py)
+        configure_process(values)
         self.limits = decode_limits(values)
         self.resize = values["resize"]
-        if self.resize == RESIZE_TORCH:
-            import torch
-
-            torch.set_num_threads(1)  # one image at a time: as pipeline_bls's workers
         self.started = ModelStart(pb_utils, PREPROCESS_NAME)
 
     def execute(self, requests):
