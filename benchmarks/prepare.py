@@ -110,13 +110,14 @@ def resize_exact_numpy(image: np.ndarray, height: int, width: int) -> np.ndarray
     return out
 
 
-def candidates(data: bytes, height: int, width: int, repeats: int) -> dict:
+def candidates(data: bytes, decoded: np.ndarray, new_h: int, new_w: int, repeats: int) -> dict:
+    """Each step and candidate on one image: decoded, its BGR decode; new_h, new_w, the
+    size it is resized to."""
     import torch
 
     from bls import device as device_ops
 
-    new_h, new_w = image_ops.resized_shape(height, width, MIN_SIZE, MAX_SIZE)
-    decoded = image_ops.decode_image(data, "BGR")
+    height, width = decoded.shape[:2]
     resized = image_ops.resize_image(decoded, new_h, new_w)
     rows = {
         "decode": median_ms(lambda: image_ops.decode_image(data, "BGR"), repeats),
@@ -202,7 +203,7 @@ def main(argv=None) -> int:
                     "prepare pil": median_ms(lambda: prepare(image.data, Meta()).model_input,
                                              args.repeats)}
         else:
-            rows = candidates(image.data, height, width, args.repeats)
+            rows = candidates(image.data, decoded, new_h, new_w, args.repeats)
         base = reference.get(image.name, exact)
         print(f"\n== {image.name}: {width}x{height} -> {new_w}x{new_h}, {len(image.data):,} "
               f"bytes; median ms of {args.repeats}, one thread")
