@@ -16,7 +16,7 @@
 #              models see its packages; configs/embedded.pbtxt is selected, so mask_rcnn
 #              runs through its Python runner. Works on a CPU-only machine, no Docker.
 #              --watchdog on (default): a model whose Python stub process dies is
-#              reloaded (client/watchdog.py); --watchdog off: it stays failed.
+#              reloaded (server/watchdog.py); --watchdog off: it stays failed.
 #   container  nvcr.io/nvidia/tritonserver with the same repository; mask_rcnn on the
 #              PyTorch (libtorch) backend, KIND_GPU. Needs a Docker engine and a GPU.
 #              The Python models use the execution environment assembled into the
@@ -39,7 +39,7 @@ SERVING_PYTHON="$ROOT/.venv/bin/python"
 READY_TIMEOUT=600
 LOG_VERBOSE=0
 MODEL_CONTROL=none
-# Embedded: reload a Python model whose stub process died (client/watchdog.py). It needs
+# Embedded: reload a Python model whose stub process died (server/watchdog.py). It needs
 # the model-repository API, which is then restricted to a per-run secret header.
 WATCHDOG=on
 # Empty: chosen from the repository (envs/triton_container.py).
@@ -213,7 +213,7 @@ EOF
     WATCH_HOST="$ADDRESS"; [[ "$ADDRESS" == 0.0.0.0 ]] && WATCH_HOST=127.0.0.1
     TRITON_ADMIN_HEADER="$ADMIN_HEADER" TRITON_ADMIN_KEY="$ADMIN_KEY" \
       PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
-      "$SERVING_PYTHON" -m client.watchdog --url "http://$WATCH_HOST:$HTTP_PORT" --server-pid "$SERVER_PID" &
+      "$SERVING_PYTHON" -m server.watchdog --url "http://$WATCH_HOST:$HTTP_PORT" --server-pid "$SERVER_PID" &
     WATCHDOG_PID=$!
   fi
 elif [[ "$MODE" == container ]]; then

@@ -27,8 +27,8 @@ import numpy as np
 
 from benchmarks.pipeline import (REQUEST_TIMEOUT_S, begin, fmt_bytes, model_file,
                                  prepare_repository, run_main, table, write_json)
-from bls.config import MAX_ANSWER_BYTES
-from bls.contract import PIPELINE_INPUT, PIPELINE_NAME, PIPELINE_OUTPUTS
+from bls.contract.parameters import MAX_ANSWER_BYTES
+from bls.contract.tensors import PIPELINE_INPUT, PIPELINE_NAME, PIPELINE_OUTPUTS
 from export import samples
 
 PROTOCOLS = ("http-json", "http-binary", "grpc")
@@ -89,8 +89,8 @@ def image_for(bound: int, detections: int, aspect: float = 4 / 3) -> tuple[bytes
 
 
 def measure(repo: Path, protocol: str, data: bytes, parameters: dict, log: Path) -> dict:
-    from client.server import TritonServer
-    from client.watchdog import stubs
+    from server.launcher import TritonServer
+    from server.watchdog import stubs
 
     with TritonServer(repo, log=log) as server:
         for _ in range(2):  # warm-up: both paths, small answers
@@ -119,7 +119,7 @@ def measure(repo: Path, protocol: str, data: bytes, parameters: dict, log: Path)
 def refused(repo: Path, data: bytes, parameters: dict, log: Path) -> str:
     from tritonclient.utils import InferenceServerException
 
-    from client.server import TritonServer
+    from server.launcher import TritonServer
 
     with TritonServer(repo, log=log) as server:
         try:

@@ -28,7 +28,7 @@ import numpy as np
 from benchmarks.pipeline import (REQUEST_TIMEOUT_S, _http_infer, batch_dims, begin, check_images,
                                  fmt_bytes, grpc_bytes_input, load_images, prepare_repository,
                                  run_main, table, write_json)
-from bls.contract import PIPELINE_INPUT, PIPELINE_NAME
+from bls.contract.tensors import PIPELINE_INPUT, PIPELINE_NAME
 
 FORMATS = (("rle", {}), ("dense", {}), ("box", {}), ("polygon", {}),
            ("polygon", {"polygon_tolerance": 1.0}))
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write the numbers here")
     args = p.parse_args(argv)
     check_images(p, args.image)
-    from client.server import TritonServer
+    from server.launcher import TritonServer
 
     _, info = begin("benchmarks.formats", argv)
     images = load_images(args.image)

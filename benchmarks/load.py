@@ -10,7 +10,7 @@ What it does:
 1. Exports a small torchvision Mask R-CNN (seeded random weights; by default input
    128-213 px, 50 proposals, 3 detections, mask_rcnn on 1 torch thread: cheap on a CPU),
    or serves --repository as it is.
-2. Starts its own embedded tritonserver on free loopback ports (client.server.TritonServer)
+2. Starts its own embedded tritonserver on free loopback ports (server.launcher.TritonServer)
    and always stops it, on errors, Ctrl-C and SIGTERM too (finally block).
 3. Sends exactly --requests requests to pipeline_bls, half of --concurrency in flight over
    gRPC (tritonclient.grpc.aio) and half over HTTP (tritonclient.http.aio) at the same time.
@@ -58,7 +58,7 @@ import numpy as np
 from benchmarks.pipeline import (Repository, begin, check_images, fmt_bytes, load_images,
                                  run_main, table, verdict, write_json)
 from benchmarks.pipeline import prepare_repository as pipeline_prepare_repository
-from bls.contract import PIPELINE_NAME
+from bls.contract.tensors import PIPELINE_NAME
 
 
 FAILURES_TARGET = 0
@@ -203,7 +203,7 @@ def process_name(pid: int) -> str:
 def process_memory(pgid: int) -> dict:
     """RSS (VmRSS, and its anon / file / shmem parts) and PSS of each live process of the
     process group, in bytes, with the totals."""
-    from client.server import live_members
+    from server.launcher import live_members
 
     processes = []
     for pid in sorted(live_members(pgid)):
@@ -775,7 +775,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from client.server import ServerFailed, TritonServer
+    from server.launcher import ServerFailed, TritonServer
 
     args = parse_args(argv)
     previous = signal.getsignal(signal.SIGTERM)

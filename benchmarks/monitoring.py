@@ -38,8 +38,8 @@ import numpy as np
 from benchmarks.pipeline import (REQUEST_TIMEOUT_S, begin, check_images, grpc_bytes_input,
                                  load_images, model_file, prepare_repository, rotated,
                                  run_main, stats_ms, table, verdict, write_json)
-from bls.contract import MONITORING_NAME, MONITORING_OUTPUT, PIPELINE_NAME, PIPELINE_OUTPUTS
-from bls.policy import POLICY_PARAMETER
+from bls.contract.tensors import MONITORING_NAME, MONITORING_OUTPUT, PIPELINE_NAME, PIPELINE_OUTPUTS
+from bls.monitoring.policy import POLICY_PARAMETER
 
 UNMONITORED = f"{PIPELINE_NAME}_unmonitored"
 TARGET = 0.02
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     target = HUNG_TARGET if hung else TARGET
 
     check_images(p, args.image)
-    from client.server import TritonServer
+    from server.launcher import TritonServer
 
     _, info = begin("benchmarks.monitoring", argv)
     images = load_images(args.image)

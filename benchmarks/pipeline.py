@@ -13,7 +13,7 @@ Sections (each prints a table with its target and PASS/MISS):
    overhead = pipeline / bare - 1 (target <= 3 %). The ensemble infer_pipeline is timed
    beside them for comparison.
 2. Mask postprocess: 100 synthetic detections at 1920x1080 and 640x480, our path
-   (bls.masks.encode_rle, as pipeline_bls answers mask_format=rle; also paste_windows +
+   (bls.pipeline.masks.encode_rle, as pipeline_bls answers mask_format=rle; also paste_windows +
    dense_masks) against a reimplementation of the seed's per-mask PIL loop (target >= 10x).
 3. Response bytes: the RLE answer against dense masks for the same detections
    (target >= 50x), and the real response sizes of one server request per format.
@@ -44,11 +44,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.standin import blob_masks
-from bls import masks as mask_ops
-from bls import postprocess
-from bls.contract import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, PIPELINE_INPUT,
+from bls.pipeline import masks as mask_ops
+from bls.pipeline import instances
+from bls.contract.tensors import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, PIPELINE_INPUT,
                           PIPELINE_NAME, PIPELINE_OUTPUTS, MaskFormat, model_output)
-from bls.metadata import ModelMetadata
+from bls.contract.metadata import ModelMetadata
 
 ROOT = Path(__file__).resolve().parent.parent
 VERSION = "1"  # the model version directory `python -m export` writes
@@ -689,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
 
     server_bytes = None
     if not args.skip_server:
-        from client.server import ServerFailed, TritonServer
+        from server.launcher import ServerFailed, TritonServer
 
         images = load_images(args.image)
         scratch = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))

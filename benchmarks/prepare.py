@@ -10,14 +10,14 @@ pixels against the exact path (detectron2's: PIL's bilinear).
 
 Rows, each the median of --repeats after a warm-up, on one thread (OpenCV and torch set to
 one):
-  decode        cv2.imdecode (bls.image.decode_image, BGR)
+  decode        cv2.imdecode (bls.pipeline.image.decode_image, BGR)
   resize pil    PIL bilinear, as detectron2 (PIL's version printed: Pillow-SIMD shows
                 ".post" in it)
-  layout        HWC -> CHW, channels in the model's order (bls.image.to_model_input)
+  layout        HWC -> CHW, channels in the model's order (bls.pipeline.image.to_model_input)
   resize exact numpy  PIL's bilinear reimplemented with numpy, to the bit (below)
   prepare pil   bls.pipeline.prepare, the default, exact
   prepare torch bls.pipeline.prepare(resize="torch"), opt-in
-  device cpu    bls.device.prepare on the CPU (torch's float antialiased resize; the
+  device cpu    bls.pipeline.device.prepare on the CPU (torch's float antialiased resize; the
                 ``device`` path, which runs on the model's GPU with nvJPEG there)
   reduced JPEG  decoded at 1/2, 1/4 or 1/8 by libjpeg's DCT scaling (cv2.IMREAD_REDUCED_*)
                 when the resize shrinks by at least that, then PIL bilinear (not in the
@@ -40,8 +40,8 @@ import numpy as np
 import PIL
 
 from benchmarks.pipeline import begin, check_images, load_images, run_main, table
-from bls import image as image_ops
-from bls.memory import keep_freed_memory
+from bls.pipeline import image as image_ops
+from bls.backend.process import keep_freed_memory
 from bls.pipeline import prepare
 
 MIN_SIZE, MAX_SIZE = 800, 1333
@@ -115,7 +115,7 @@ def candidates(data: bytes, decoded: np.ndarray, new_h: int, new_w: int, repeats
     size it is resized to."""
     import torch
 
-    from bls import device as device_ops
+    from bls.pipeline import device as device_ops
 
     height, width = decoded.shape[:2]
     resized = image_ops.resize_image(decoded, new_h, new_w)
@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     begin("benchmarks.prepare", argv)
     cv2.setNumThreads(1)
-    keep_freed_memory()  # as the served models do (bls/memory.py)
+    keep_freed_memory()  # as the served models do (bls/backend/process.py)
     try:
         import torch
 

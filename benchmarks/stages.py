@@ -6,17 +6,17 @@ model-call variants help on this CPU.
   python -m benchmarks.stages --min-size 800 --generated 640x480 --skip-server
 
 1. In process (median of --repeats, after a warm-up), per image, the same functions
-   pipeline_bls runs: decode (bls.image.decode_image), resize (resized_shape,
+   pipeline_bls runs: decode (bls.pipeline.image.decode_image), resize (resized_shape,
    resize_image, to_model_input), model (the repository's TorchScript file, as the runner
    calls it: torch.inference_mode, DLPack-free numpy in), postprocess (from the model's
-   outputs: score threshold, rescale), paste + RLE encode (bls.masks.encode_rle), response
+   outputs: score threshold, rescale), paste + RLE encode (bls.pipeline.masks.encode_rle), response
    building (the output arrays and class names: postprocess.answer without masks).
 2. Served (one embedded server on the same repository), paired: per iteration, in an
    order rotated each time, the pipeline in process (the server idle meanwhile),
    pipeline_bls (bytes) and the bare mask_rcnn (the resized tensor) over sequential gRPC;
    medians of the per-iteration values, so machine drift hits both sides alike. The
    served pipeline_bls latency minus the in-process sum is "IPC/scheduling", split with
-   Triton's statistics and pipeline_bls's own metrics (bls/metrics.py; Triton's statistics
+   Triton's statistics and pipeline_bls's own metrics (bls/backend/metrics.py; Triton's statistics
    for pipeline_bls end when its execute returns) into gRPC + client (client latency -
    pipeline_bls's queue and request time), the BLS IPC (its mask_rcnn call - mask_rcnn's
    queue+compute), the mask_rcnn hop (mask_rcnn's queue+compute as Triton saw it - the
@@ -53,11 +53,11 @@ from benchmarks.pipeline import (REQUEST_TIMEOUT_S, BenchImage, check_images, gr
                                  run_main, table, write_json)
 from benchmarks.sweep import answered, generated_images, model_statistics, stage_means
 from client.metrics import scrape
-from bls import image as image_ops
-from bls import masks as mask_ops
-from bls import postprocess
-from bls.contract import MODEL_INPUT, MODEL_NAME, PIPELINE_NAME, MaskFormat
-from bls.request import RequestOptions
+from bls.pipeline import image as image_ops
+from bls.pipeline import masks as mask_ops
+from bls.pipeline import instances
+from bls.contract.tensors import MODEL_INPUT, MODEL_NAME, PIPELINE_NAME, MaskFormat
+from bls.contract.parameters import RequestOptions
 
 STAGES = ("decode", "resize", "model", "postprocess", "paste_rle", "response")
 STAGE_LABELS = {"decode": "decode", "resize": "resize", "model": "model",
@@ -184,7 +184,7 @@ def served(server, images: list[BenchImage], module, meta, repeats: int, warmup:
                     row[f"{step}_rcnn_server"] = (delta_s(MODEL_NAME, "queue_ns")
                                                   + delta_s(MODEL_NAME, "compute_ns"))
                     if step == "bls":
-                        # pipeline_bls's own stage times (bls/metrics.py): Triton's statistics
+                        # pipeline_bls's own stage times (bls/backend/metrics.py): Triton's statistics
                         # for it end when its execute returns, before the answer is sent.
                         stages = stage_means(scraped, scrape(server.metrics_url))
                         row["bls_call"] = stages["model_ms"] / 1000
@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # 2. served
         if not args.skip_server:
-            from client.server import TritonServer
+            from server.launcher import TritonServer
 
             with TritonServer(repo.path, log=scratch / "triton.log") as server:
                 print("  server ready", file=sys.stderr, flush=True)

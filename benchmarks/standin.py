@@ -85,7 +85,7 @@ class StandIn:
 
 def metadata(mask_resolution: int | None, min_size: int = 800, max_size: int = 1333):
     """ModelMetadata of torchvision's Mask R-CNN (COCO names, RGB) with this mask size."""
-    from bls.metadata import ModelMetadata
+    from bls.contract.metadata import ModelMetadata
     from export.torchvision_maskrcnn import COCO_CATEGORIES
 
     return ModelMetadata(source="stand-in", channel_order="RGB", min_size=min_size,

@@ -6,14 +6,14 @@ for pipeline_bls, the ensemble infer_pipeline and the bare mask_rcnn, in one run
   python -m benchmarks.sweep --config "1x2:2,workers=2,delay=5000" --targets bls,ensemble
 
 For each configuration: a scratch copy of the repository is tuned with export/tune.py,
-an embedded tritonserver is started on it (client.server.TritonServer, stopped by its
+an embedded tritonserver is started on it (server.launcher.TritonServer, stopped by its
 own process group), every target is warmed up, then for each concurrency level and target
 a closed loop of C clients (tritonclient.grpc.aio, one request in flight each) sends
 --requests requests or runs --max-seconds, whichever ends first. Per point: throughput
 (answered images per second, first send to last answer), latency p50/p90/p99, errors,
 server CPU (the server's process group, from /proc) and where the time went inside the
 server (Triton's statistics: queue and compute per model, pipeline_bls batch size; for
-pipeline_bls's own stages its metrics, bls/metrics.py, as Triton's statistics for it end
+pipeline_bls's own stages its metrics, bls/backend/metrics.py, as Triton's statistics for it end
 when its execute returns).
 
 Configurations, compact: ``MxT[:B][,key=value...]``
@@ -65,10 +65,10 @@ import numpy as np
 from benchmarks.pipeline import (REQUEST_TIMEOUT_S, BenchImage, check_images, grpc_bytes_input,
                                  load_images, model_file, prepare_repository, rotated, begin,
                                  run_main, table)
-from bls.contract import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, PIPELINE_NAME,
+from bls.contract.tensors import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, PIPELINE_NAME,
                           POSTPROCESS_NAME, PREPROCESS_NAME)
-from bls.config import PIPELINE_PARAMETERS
-from bls.metrics import DURATION_METRIC, OUTCOMES, REQUESTS_METRIC, STAGES
+from bls.contract.parameters import PIPELINE_PARAMETERS
+from bls.backend.metrics import DURATION_METRIC, OUTCOMES, REQUESTS_METRIC, STAGES
 from client.metrics import scrape, value
 from export.tune import TuneOptions, tune
 
@@ -238,7 +238,7 @@ def process_cpu_seconds(pgid: int) -> dict[str, float]:
     """utime + stime of each live process of a process group (the server's), by name:
     a Python model's stub by its model (from the model.py path on its command line),
     other processes by their executable's name."""
-    from client.server import live_members
+    from server.launcher import live_members
 
     ticks = os.sysconf("SC_CLK_TCK")
     out: dict[str, float] = {}
@@ -303,7 +303,7 @@ def statistics_delta(before: dict, after: dict, models) -> dict[str, dict[str, f
 
 
 def stage_means(before: dict, after: dict) -> dict[str, float]:
-    """pipeline_bls's own request metrics (bls/metrics.py) between two scrapes: requests
+    """pipeline_bls's own request metrics (bls/backend/metrics.py) between two scrapes: requests
     counted and the mean ms per request of each stage. Triton's statistics cannot give
     this: they end when pipeline_bls's execute returns, before its answers are sent."""
     n = sum(value(after, REQUESTS_METRIC, outcome=o) - value(before, REQUESTS_METRIC, outcome=o)
@@ -489,9 +489,9 @@ class InProcessCompute:
         import cv2
 
         from benchmarks.standin import StandIn
-        from bls.request import RequestOptions
+        from bls.contract.parameters import RequestOptions
 
-        from bls.memory import keep_freed_memory
+        from bls.backend.process import keep_freed_memory
 
         cv2.setNumThreads(1)
         keep_freed_memory()  # as the served models do
@@ -939,7 +939,7 @@ def link_or_copy(src, dst):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from client.server import ServerFailed, TritonServer
+    from server.launcher import ServerFailed, TritonServer
     from export.torchscript import read_metadata
 
     command, machine = begin("benchmarks.sweep", argv)

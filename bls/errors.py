@@ -1,6 +1,6 @@
 """Errors a client can act on: each names the input, parameter or model and the problem,
-and maps to one Triton error code (bls/responses.py) and one outcome label
-(bls/metrics.py).
+and maps to one Triton error code (bls/backend/responses.py) and one outcome label
+(bls/backend/metrics.py).
 
 | exception        | code        | retry?                                   |
 | InvalidInput     | INVALID_ARG | no: fix the request                      |

@@ -28,8 +28,8 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from bls.contract import ENSEMBLE_NAME, PIPELINE_INPUT, PIPELINE_NAME, MaskFormat
-from bls.metadata import ModelMetadata
+from bls.contract.tensors import ENSEMBLE_NAME, PIPELINE_INPUT, PIPELINE_NAME, MaskFormat
+from bls.contract.metadata import ModelMetadata
 from client import overlay as overlay_ops
 from client.results import (Detections, coco_results, decode_masks, latency_summary,
                             throughput, top_labels)

@@ -23,10 +23,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bls.contract import MODEL_NAME, PIPELINE_NAME
+from bls.contract.tensors import MODEL_NAME, PIPELINE_NAME
 from client import cli
 from client.results import differences
-from client.server import ROOT, ServerFailed, TritonServer
+from server.launcher import ROOT, ServerFailed, TritonServer
 from export import samples
 from export.torchscript import MODEL_FILENAME, read_metadata
 from export.weights import coco_weights

@@ -1,7 +1,7 @@
 """What a client makes of pipeline answers: parsed detections, decoded masks, COCO
 results, latency summaries. Pure functions, no server.
 
-Output names, dtypes and order come from bls/contract.py: the fields of ``Detections``
+Output names, dtypes and order come from bls/contract/tensors.py: the fields of ``Detections``
 are the names of ``PIPELINE_OUTPUTS`` (a test checks it), so a renamed output fails
 here loudly rather than reading as an empty answer.
 """
@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from bls.contract import PIPELINE_OUTPUTS, TensorSpec
+from bls.contract.tensors import PIPELINE_OUTPUTS, TensorSpec
 
 
 class AnswerError(ValueError):

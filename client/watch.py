@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from bls.contract import MONITORING_INPUTS, MONITORING_NAME, MONITORING_OUTPUT
+from bls.contract.tensors import MONITORING_INPUTS, MONITORING_NAME, MONITORING_OUTPUT
 
 COMMAND = next(spec for spec in MONITORING_INPUTS if spec.name == "command")
 

@@ -17,8 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from bls.contract import MODEL_NAME
-from bls.metadata import ModelMetadata
+from bls.contract.tensors import MODEL_NAME
+from bls.contract.metadata import ModelMetadata
 from export import detectron2_cli
 from export import tune as tune_cli
 

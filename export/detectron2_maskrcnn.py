@@ -9,7 +9,7 @@ What the exported module computes is detectron2's own
 ``DefaultPredictor``: it takes the image the predictor would hand its model (resized,
 channel order of INPUT.FORMAT) as uint8 [3, H, W] and returns the Instances fields in
 detectron2's flattened order (sorted by name, then image_size), which is the contract of
-bls/contract.py. The pipeline then does what ``detector_postprocess`` does (rescale,
+bls/contract/tensors.py. The pipeline then does what ``detector_postprocess`` does (rescale,
 clip, paste masks at 0.5).
 
 Tracing (default) uses detectron2's ``TracingAdapter`` around an inference function that
@@ -31,7 +31,7 @@ from typing import Callable, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from bls.metadata import CHANNEL_ORDERS, ModelMetadata
+from bls.contract.metadata import CHANNEL_ORDERS, ModelMetadata
 from export import exporter, samples
 from export.detectron2_devices import hardcoded_cuda, host_device_mixing
 from export.torchscript import save

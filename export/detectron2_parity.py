@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from bls.contract import PIPELINE_NAME
+from bls.contract.tensors import PIPELINE_NAME
 from export import samples
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -247,7 +247,7 @@ def run(config: str, weights: Path, opts: Sequence[str] = (), repository: Path |
         if url:
             return compare_served(url, protocol, cfg, weights, paths, score_threshold,
                                   box_tolerance, min_iou, log)
-        from client.server import TritonServer
+        from server.launcher import TritonServer
 
         extra = ("--python", str(python)) if python else ()
         log(f"starting an embedded server on {repository} ...")

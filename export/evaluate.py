@@ -166,7 +166,7 @@ def results_of(detections, image_ids: Sequence[int], category_ids: Sequence[int]
 
 def make_annotations(paths: list[Path], reference, meta, score_threshold: float) -> dict:
     """The reference's answers on ``paths`` as a COCO annotation dataset."""
-    from bls.request import RequestOptions
+    from bls.contract.parameters import RequestOptions
     from client.results import Detections, coco_results
 
     images, annotations = [], []
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
               "weights": model.meta.weights, "parameters": parameters,
               "served": score(gt, results_of(answers, image_ids, category_ids))}
     if args.repository is not None:
-        from bls.request import RequestOptions
+        from bls.contract.parameters import RequestOptions
         from client.results import Detections
         from export.torchscript import MODEL_FILENAME, read_metadata
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from bls.contract import MODEL_NAME
+from bls.contract.tensors import MODEL_NAME
 
 ENV_PARAMETER = "EXECUTION_ENV_PATH"
 # The environment's Python (major.minor), recorded for run_triton.sh, which checks it

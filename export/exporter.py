@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from bls.metadata import ModelMetadata
+from bls.contract.metadata import ModelMetadata
 from bls.pipeline import prepare
 from export import samples
 from export.torchscript import save

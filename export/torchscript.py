@@ -9,7 +9,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from bls.metadata import METADATA_FILE, ModelMetadata
+from bls.contract.metadata import METADATA_FILE, ModelMetadata
 
 MODEL_FILENAME = "model.pt"  # the libtorch backend's default_model_filename
 

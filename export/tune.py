@@ -21,7 +21,7 @@ refuses, naming the option and its value, when it means something nowhere:
 * ``--intra-op-threads`` / ``--inter-op-threads``: where torch runs: the libtorch
   backend's INTRA_OP_THREAD_COUNT / INTER_OP_THREAD_COUNT (process-global there: the first
   model that sets one wins), and a Python-backend runner only if it reads a parameter of
-  that name (declared in bls/config.py: mask_rcnn's runner reads ``intra_op_threads``). 0 leaves
+  that name (declared in bls/contract/parameters.py: mask_rcnn's runner reads ``intra_op_threads``). 0 leaves
   torch's default.
 * ``--worker-threads``: the ``worker_threads`` parameter, read by pipeline_bls.
 * ``--max-in-flight``: ``max_in_flight_requests``, read by pipeline_bls: requests one
@@ -49,8 +49,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from bls.config import PYTHON_MODELS
-from bls.contract import PIPELINE_NAME
+from bls.contract.parameters import PYTHON_MODELS
+from bls.contract.tensors import PIPELINE_NAME
 
 KINDS = {"cpu": mc.ModelInstanceGroup.KIND_CPU, "gpu": mc.ModelInstanceGroup.KIND_GPU}
 # Models whose inputs carry a batch dimension because their model.py handles one; every
@@ -202,15 +202,11 @@ def config_files(repository: Path, model: str, config_name: str | None = None) -
 
 
 def reads_parameter(model_dir: Path, name: str) -> bool:
-    """Whether a Python model reads the parameter ``name``: for this project's models,
-    their declared parameters (bls/config.py); for another model, whether its model.py
-    quotes the name."""
+    """Whether a Python model reads the parameter ``name``, from the registry
+    (bls/contract/parameters.py PYTHON_MODELS). A model the registry does not declare
+    reads none that tune could set."""
     declared = PYTHON_MODELS.get(model_dir.name)
-    if declared is not None:
-        return name in declared.names
-    quoted = (f'"{name}"', f"'{name}'")
-    return any(q in p.read_text(errors="replace") for p in model_dir.glob("*/model.py")
-               for q in quoted)
+    return declared is not None and name in declared.names
 
 
 # --------------------------------------------------------------------------- rules
@@ -339,7 +335,7 @@ def _tune_parameters(file: ConfigFile, model_dir: Path, options: TuneOptions,
             continue
         if backend == "python" and not reads_parameter(model_dir, key):
             skipped.setdefault(name, []).append(f"{file.label}: its Python model "
-                                                f"({model_dir.name}, bls/config.py) reads no "
+                                                f"({model_dir.name}, bls/contract/parameters.py) reads no "
                                                 f"{key!r} parameter")
             continue
         config.parameters[key].string_value = str(value)

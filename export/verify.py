@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bls.contract import TensorSpec
+from bls.contract.tensors import TensorSpec
 
 
 class ExportMismatch(RuntimeError):

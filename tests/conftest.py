@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bls.metadata import ModelMetadata
+from bls.contract.metadata import ModelMetadata
 from bls.pipeline import Pipeline
 from export import samples
 from export.torchscript import MODEL_FILENAME, read_metadata
@@ -108,7 +108,7 @@ def empty_image() -> bytes:
 
 @pytest.fixture(scope="session")
 def server(exported):
-    from client.server import TritonServer
+    from server.launcher import TritonServer
 
     with TritonServer(exported.repository) as running:
         yield running

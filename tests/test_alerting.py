@@ -111,7 +111,7 @@ def test_the_dashboard_is_valid_and_promtool_parses_its_queries(tmp_path):
 def test_rules_and_dashboard_read_only_metrics_that_exist(server, exported):
     """The names in every rule and panel are families the project's Python models register
     (loaded through bls.testing) or metrics the real server exports (nv_*)."""
-    from bls.contract import MODEL_NAME, MONITORING_NAME, PIPELINE_NAME
+    from bls.contract.tensors import MODEL_NAME, MONITORING_NAME, PIPELINE_NAME
     from bls.testing import TritonDouble, model_config_dict
     from client.metrics import scrape
 
@@ -125,7 +125,7 @@ def test_rules_and_dashboard_read_only_metrics_that_exist(server, exported):
         runner = exported.repository / MODEL_NAME
         double.load_model(runner, model_config_dict(runner / "configs" / "embedded.pbtxt"))
     families = set(double.metrics)
-    from bls.metrics import START_METRIC
+    from bls.backend.metrics import START_METRIC
 
     for model in (PIPELINE_NAME, MONITORING_NAME, "preprocess", "postprocess", MODEL_NAME):
         assert double.metric(START_METRIC, model=model) > 1.7e9, f"{model} set no start time"

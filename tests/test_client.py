@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from bls.contract import ENSEMBLE_NAME, PIPELINE_INPUT, PIPELINE_NAME, PIPELINE_OUTPUTS, MaskFormat
-from bls.request import RequestOptions
+from bls.contract.tensors import ENSEMBLE_NAME, PIPELINE_INPUT, PIPELINE_NAME, PIPELINE_OUTPUTS, MaskFormat
+from bls.contract.parameters import RequestOptions
 from client import cli
 from client.overlay import class_color, decode_image, draw_overlay, write_png
 from client.results import (AnswerError, Detections, coco_results, decode_masks, differences,
@@ -61,8 +61,8 @@ def blobs(n: int = 3, height: int = H, width: int = W, seed: int = 0) -> np.ndar
 
 def synthetic(mask_format: MaskFormat = MaskFormat.RLE, n: int = 3) -> Detections:
     """An answer carrying blobs(n) in ``mask_format``, made by the server's own encoders
-    (bls.masks) from whole-image windows."""
-    from bls.masks import MaskWindow, crops, polygons
+    (bls.pipeline.masks) from whole-image windows."""
+    from bls.pipeline.masks import MaskWindow, crops, polygons
 
     masks = blobs(n)
     boxes = np.array([[2, 3, 12, 9], [0.5, 1.25, 30, 22], [5, 5, 6, 7]][:n], np.float32).reshape(n, 4)

@@ -18,8 +18,8 @@ import pytest
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from bls.contract import MODEL_INPUT, MODEL_NAME, PIPELINE_NAME
-from client.server import RUN_TRITON
+from bls.contract.tensors import MODEL_INPUT, MODEL_NAME, PIPELINE_NAME
+from server.launcher import RUN_TRITON
 from export.repository import assemble
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from bls.pipeline import Pipeline, prepare
-from bls.request import RequestOptions
+from bls.contract.parameters import RequestOptions
 from export import samples
 from export.detectron2_devices import hardcoded_cuda, host_device_mixing
 
@@ -286,7 +286,7 @@ def test_traced_export_equals_default_predictor_in_process(mask_export, mask_cfg
 @pytest.mark.server
 def test_served_pipeline_equals_default_predictor(mask_export, mask_cfg, mask_weights, workdir, d2):
     """The parity command's comparison against the real embedded server."""
-    from client.server import TritonServer
+    from server.launcher import TritonServer
     from export import detectron2_parity as parity
 
     repository, _, _, _ = mask_export
@@ -371,7 +371,7 @@ def test_scripted_file_loads_in_the_embedded_runner(d2, mask_cfg, mask_weights, 
 
 @needs_d2
 def test_faster_rcnn_exports_boxes_only_and_matches_default_predictor(d2, workdir):
-    from bls.contract import model_outputs
+    from bls.contract.tensors import model_outputs
     from client.results import Detections
 
     cfg = d2.load_config(BOX_CONFIG, SMALL)
@@ -473,7 +473,7 @@ def test_gpu_target_is_refused_without_a_gpu(d2, mask_cfg, workdir):
 def test_gpu_export_is_served(method, mask_cfg, mask_weights, workdir):
     """Export for the GPU (traced on the CPU, verified on the GPU), serve mask_rcnn on a
     GPU instance of the embedded server, and compare with DefaultPredictor."""
-    from client.server import TritonServer
+    from server.launcher import TritonServer
     from export import detectron2_parity as parity
 
     repository = workdir / f"gpu_{method}"

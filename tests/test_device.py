@@ -1,7 +1,7 @@
-"""The device path (bls/device.py): decode, resize, paste and RLE with torch, run on the
+"""The device path (bls/pipeline/device.py): decode, resize, paste and RLE with torch, run on the
 CPU here (the same code as on a GPU); the CUDA-only checks skip without a GPU.
 
-References: the numpy path (bls/image.py, bls/masks.py), pycocotools, and for
+References: the numpy path (bls/pipeline/image.py, bls/pipeline/masks.py), pycocotools, and for
 pipeline_bls the TorchScript model fed the device path's own model input."""
 
 import json
@@ -12,13 +12,13 @@ import torch
 import tritonclient.grpc as grpcclient
 from pycocotools import mask as mask_utils
 
-from bls import device as device_ops
-from bls import image as image_ops
-from bls.contract import MODEL_INPUT, MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
+from bls.pipeline import device as device_ops
+from bls.pipeline import image as image_ops
+from bls.contract.tensors import MODEL_INPUT, MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
 from bls.errors import InvalidInput
-from bls.masks import dense_masks, paste_windows
+from bls.pipeline.masks import dense_masks, paste_windows
 from bls.pipeline import finish
-from bls.request import RequestOptions
+from bls.contract.parameters import RequestOptions
 from export import samples
 from tests.test_masks import random_case
 from bls.testing import TritonDouble, model_config_dict
@@ -43,7 +43,7 @@ def test_paste_and_rle_match_the_numpy_path(seed, height, width):
     masks, boxes = random_case(rng, 30, height, width)
     pasted = device_ops.paste(torch.from_numpy(masks), boxes, height, width)
     expected = dense_masks(paste_windows(masks, boxes, height, width), height, width)
-    got = device_ops.dense(pasted)
+    got = pasted.to(torch.uint8).numpy()
     assert (got != expected).sum(axis=(1, 2)).max() <= 2  # float ties at 0.5 only
     # The RLE is exactly pycocotools' encoding of the pasted masks.
     reference = mask_utils.encode(np.asfortranarray(got.transpose(1, 2, 0)))
@@ -116,7 +116,7 @@ def test_pipeline_bls_on_the_cpu_device_through_the_double(torchscript, exported
 
 @pytest.mark.server
 def test_pipeline_bls_on_the_cpu_device_served(exported, torchscript, images, tmp_path):
-    from client.server import TritonServer
+    from server.launcher import TritonServer
     from export.repository import assemble
 
     repository = assemble(exported.model_file, tmp_path / "repository", {

@@ -17,9 +17,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from bls.contract import MODEL_NAME, PIPELINE_NAME
-from bls.request import RequestOptions
-from client.server import ServerFailed, TritonServer
+from bls.contract.tensors import MODEL_NAME, PIPELINE_NAME
+from bls.contract.parameters import RequestOptions
+from server.launcher import ServerFailed, TritonServer
 from export import execution_env as xenv
 from export.repository import assemble, check_self_contained
 

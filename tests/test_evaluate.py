@@ -17,7 +17,7 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from bls.request import RequestOptions
+from bls.contract.parameters import RequestOptions
 from client.results import Detections, rle_strings
 from export import samples
 from export.evaluate import reference_pipeline, score

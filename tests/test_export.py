@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bls.contract import MODEL_INPUT, model_outputs
+from bls.contract.tensors import MODEL_INPUT, model_outputs
 from bls.pipeline import prepare
 from export import exporter, samples
 from export import torchvision_maskrcnn as tvm

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bls.contract import MaskFormat
+from bls.contract.tensors import MaskFormat
 
 ROOT = Path(__file__).resolve().parent.parent
 

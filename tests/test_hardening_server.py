@@ -22,11 +22,11 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from bls.contract import MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
-from bls.request import RequestOptions
+from bls.contract.tensors import MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
+from bls.contract.parameters import RequestOptions
 from client import cli
 from client.metrics import scrape, value
-from client.server import TritonServer
+from server.launcher import TritonServer
 from export.repository import assemble
 
 pytestmark = pytest.mark.server
@@ -229,7 +229,8 @@ def test_an_unknown_config_parameter_fails_the_load_naming_it(server, admin):
     config = admin.get_model_config(PIPELINE_NAME)
     config["parameters"]["worker_thread"] = {"string_value": "4"}
     error = refused(lambda: admin.load_model(PIPELINE_NAME, config=json.dumps(config)))
-    assert "pipeline_bls: unknown config parameter(s) ['worker_thread']; known: [" in error.message()
+    assert ("config parameter 'worker_thread': is not a known config parameter of pipeline_bls; "
+            "known: [") in error.message()
     assert "'worker_threads'" in error.message()
     del config["parameters"]["worker_thread"]
     admin.load_model(PIPELINE_NAME, config=json.dumps(config))
@@ -244,7 +245,7 @@ def test_forwarded_headers_and_reserved_keys_pass_misspelt_parameters_do_not(ser
         result = infer(server, data, {"score_threshold": 0.0}, headers={"x-trace-id": "abc-1"})
         assert result.as_numpy("scores")[0].tolist() == pytest.approx(expected["scores"].tolist())
         error = refused(lambda: infer(server, data, {"score_treshold": 0.0}))
-        assert "parameter 'score_treshold': is not a known request parameter" in error.message()
+        assert "parameter 'score_treshold': is not a known parameter of pipeline_bls" in error.message()
     # "headers" is a key Triton reserves and still hands to the model (measured); the
     # tritonclient libraries refuse to send it, so it goes by hand (binary data extension:
     # a JSON header, then the BYTES element as a 4-byte length and its bytes).

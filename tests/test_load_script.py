@@ -18,7 +18,7 @@ import pytest
 
 from benchmarks import load
 from client.results import Detections
-from client.server import live_members
+from server.launcher import live_members
 
 
 def test_schedule_cycles_every_image_with_every_parameter_set():

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 
-from bls.masks import (crops, dense_masks, encode_rle, iter_windows, paste_windows, polygons,
+from bls.pipeline.masks import (crops, dense_masks, encode_rle, iter_windows, paste_windows, polygons,
                        run_counts, window_bounds)
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from bls.metadata import METADATA_PARAMETER, ModelMetadata
+from bls.contract.metadata import METADATA_PARAMETER, ModelMetadata
 
 GOOD = dict(source="t", channel_order="BGR", min_size=800, max_size=1333, mask_resolution=28,
             class_names=("a", "b"), category_ids=(1, 2))

@@ -5,8 +5,8 @@ server in test_server.py."""
 import numpy as np
 import pytest
 
-from bls.contract import MODEL_INPUT, MODEL_NAME, ORIGINAL_SIZE, PIPELINE_INPUT, PIPELINE_OUTPUTS
-from bls.request import RequestOptions
+from bls.contract.tensors import MODEL_INPUT, MODEL_NAME, ORIGINAL_SIZE, PIPELINE_INPUT, PIPELINE_OUTPUTS
+from bls.contract.parameters import RequestOptions
 from bls.testing import TritonDouble, model_config_dict
 
 
@@ -75,7 +75,7 @@ def test_mask_rcnn_runner_equals_the_torchscript_module(double, exported, torchs
     ("preprocess", "config.pbtxt"), ("postprocess", "config.pbtxt"),
     (MODEL_NAME, "configs/embedded.pbtxt"), ("pipeline_bls", "config.pbtxt")])
 def test_an_unknown_config_parameter_fails_the_load_by_name(double, exported, model, config_file):
-    from bls.config import PYTHON_MODELS
+    from bls.contract.parameters import PYTHON_MODELS
 
     model_dir = exported.repository / model
     config = model_config_dict(model_dir / config_file)
@@ -83,7 +83,8 @@ def test_an_unknown_config_parameter_fails_the_load_by_name(double, exported, mo
     with pytest.raises(ValueError) as info:
         double.load_model(model_dir, config)
     message = str(info.value)
-    assert message.startswith(f"{model}: unknown config parameter(s) ['max_pixel']; known: ")
+    assert message.startswith(f"config parameter 'max_pixel': is not a known config parameter "
+                              f"of {model}; known: ")
     assert all(name in message for name in PYTHON_MODELS[model].names)
 
 

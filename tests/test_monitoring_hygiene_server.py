@@ -19,10 +19,11 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from bls.contract import MONITORING_NAME, MONITORING_OUTPUT
-from bls.policy import Reason, event_inputs
+from bls.contract.tensors import MONITORING_NAME, MONITORING_OUTPUT
+from bls.monitoring.policy import Reason
+from bls.monitoring.event import event_inputs
 from client.metrics import scrape, value
-from client.server import TritonServer
+from server.launcher import TritonServer
 from export.repository import assemble
 from tests.test_monitoring_server import monitoring_input, parameter, send_command
 

@@ -18,12 +18,13 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from bls.contract import (MODEL_NAME, MONITORING_INPUTS, MONITORING_NAME, MONITORING_OUTPUT,
+from bls.contract.tensors import (MODEL_NAME, MONITORING_INPUTS, MONITORING_NAME, MONITORING_OUTPUT,
                           PIPELINE_INPUT, PIPELINE_NAME)
-from bls.policy import Reason, event_inputs
-from bls.request import RequestOptions
+from bls.monitoring.policy import Reason
+from bls.monitoring.event import event_inputs
+from bls.contract.parameters import RequestOptions
 from client.metrics import scrape, value
-from client.server import TritonServer
+from server.launcher import TritonServer
 from export.repository import assemble
 
 pytestmark = pytest.mark.server

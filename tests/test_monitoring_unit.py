@@ -15,16 +15,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bls.capture import CaptureSettings, CaptureStore, image_extension
-from bls.config import MONITORING_PARAMETERS
-from bls.contract import MAX_DETECTIONS_LIMIT, MONITORING_INPUTS, MONITORING_NAME
-from bls.drift import DriftMonitor, DriftSettings, psi, shares
+import bls.monitoring.service
+from bls.monitoring.capture import CaptureSettings, CaptureStore, image_extension
+from bls.contract.parameters import MONITORING_PARAMETERS
+from bls.contract.tensors import MONITORING_INPUTS, MONITORING_NAME
+from bls.contract.parameters import MAX_DETECTIONS_LIMIT
+from bls.monitoring.drift import DriftMonitor, DriftSettings, psi, shares
 from bls.errors import Unavailable
-from bls.monitor import (MAX_LABEL_VALUES, OTHER, Event, EventQueue, Monitor,
-                         MonitorSettings, TritonMetrics)
-from bls.policy import (POLICY_PARAMETER, Capture, MonitoringPolicy, Reason, event_inputs,
-                        predictions_json)
-from bls.subscriptions import Subscribers, Subscription
+from bls.monitoring.aggregate import Event, Monitor, MonitorSettings
+from bls.monitoring.metrics import MAX_LABEL_VALUES, OTHER, TritonMetrics
+from bls.monitoring.queue import EventQueue
+from bls.monitoring.policy import POLICY_PARAMETER, Capture, MonitoringPolicy, Reason
+from bls.monitoring.event import event_inputs, predictions_json
+from bls.monitoring.subscriptions import Subscribers, Subscription
 from bls.testing import InferenceResponseSender, TritonDouble, TritonError, model_config_dict
 
 DEFAULTS = MONITORING_PARAMETERS.read({})
@@ -62,12 +65,12 @@ def test_policy_parses_and_fires_each_trigger():
 
 
 @pytest.mark.parametrize("text,message", [
-    ('{"sample_rate": 2}', "sample_rate must be a number in [0.0, 1.0], got 2"),
-    ('{"sample_rat": 0.1}', "unknown field(s) ['sample_rat']"),
-    ('{"capture": "some"}', "capture must be one of ['none', 'flagged', 'all'], got 'some'"),
-    ('{"watched_classes": "dog"}', "watched_classes must be a list of class names"),
-    ('{"max_in_flight": 0}', "max_in_flight must be a whole number >= 1, got 0"),
-    ('{"no_detections": 1}', "no_detections must be true or false, got 1"),
+    ('{"sample_rate": 2}', "field 'sample_rate': must be in [0, 1], got 2"),
+    ('{"sample_rat": 0.1}', "field 'sample_rat': is not a known monitoring_policy field"),
+    ('{"capture": "some"}', "field 'capture': must be one of ['none', 'flagged', 'all'], got 'some'"),
+    ('{"watched_classes": "dog"}', "field 'watched_classes': must be a list of names"),
+    ('{"max_pending_events": 0}', "field 'max_pending_events': must be >= 1, got 0"),
+    ('{"no_detections": 1}', "field 'no_detections': must be true or false, got 1"),
     ("[1]", "must be a JSON object"),
     ("{oops", "is not JSON"),
 ])
@@ -181,7 +184,7 @@ def test_settings_are_read_through_the_registry(tmp_path):
     assert (chosen.queue_size, chosen.queue_max_bytes, chosen.max_event_bytes,
             chosen.max_subscriptions, chosen.drift.threshold) == (7, 900, 800, 3, 0.5)
     assert chosen.capture == CaptureSettings(tmp_path, DEFAULTS["capture_max_bytes"], 5)
-    with pytest.raises(ValueError, match=r"unknown config parameter\(s\) \['queue_sise'\]"):
+    with pytest.raises(ValueError, match=r"config parameter 'queue_sise': is not a known config parameter"):
         monitor_settings(queue_sise=5)
     with pytest.raises(ValueError, match="max_event_bytes=800 must be <= queue_max_bytes=700"):
         monitor_settings(queue_max_bytes=700, max_event_bytes=800)
@@ -490,7 +493,7 @@ def test_monitoring_acknowledges_counts_alerts_and_captures(monitoring_model, tm
     requests = [double.request(steady) for _ in range(5)] + [double.request(shifted) for _ in range(5)]
     double.execute(model, requests)
     assert all(acknowledged(r) for r in requests)
-    wait_for(lambda: model.monitor.events == 10 and subscribe.sender.closed)
+    wait_for(lambda: model.service.monitor.events == 10 and subscribe.sender.closed)
     alert, end = messages(subscribe)[1:]
     assert alert["type"] == "alert" and alert["kind"] in DriftMonitor.ALERT_KINDS
     assert alert["psi"] > alert["threshold"] and end == {"type": "end", "reason": "max_alerts reached"}
@@ -512,7 +515,7 @@ def test_monitoring_refuses_bad_commands_and_events(monitoring_model, exported):
                              "reasons": np.array([b"made_up"], dtype=object)})
     out_of_range = double.request(detections([0.9], [class_count]))
     huge = double.request(event_inputs([Reason.SAMPLED], answer(1), 1.0,
-                                       bytes(model.monitor.settings.max_event_bytes)))
+                                       bytes(model.service.monitor.settings.max_event_bytes)))
     requests = [bad, missing, reason, out_of_range, huge]
     double.execute(model, requests)
     assert all(r.sender.closed and len(r.sender.responses) == 1 for r in requests)
@@ -524,8 +527,8 @@ def test_monitoring_refuses_bad_commands_and_events(monitoring_model, exported):
     assert f"monitoring: input 'classes': class index {class_count} (detection 0) is outside " \
            f"[0, {class_count})" in range_
     assert re.search(r"monitoring: input 'image': the event is \d+ bytes \(image: "
-                     rf"{model.monitor.settings.max_event_bytes}\), more than the limit "
-                     rf"\(max_event_bytes\) of {model.monitor.settings.max_event_bytes}$", huge_)
+                     rf"{model.service.monitor.settings.max_event_bytes}\), more than the limit "
+                     rf"\(max_event_bytes\) of {model.service.monitor.settings.max_event_bytes}$", huge_)
     stats = command(double, "stats")
     double.execute(model, [stats])
     assert messages(stats)[0]["events"] == 0
@@ -538,14 +541,14 @@ class Blocked:
 
     def __init__(self, model):
         self.entered, self.released = threading.Event(), threading.Event()
-        record = model.monitor.record
+        record = model.service.monitor.record
 
         def blocking(event):
             self.entered.set()
             self.released.wait(10)
             return record(event)
 
-        model.monitor.record = blocking
+        model.service.monitor.record = blocking
 
 
 @pytest.mark.parametrize("bound", ["count", "bytes"])
@@ -567,12 +570,12 @@ def test_monitoring_drops_events_past_either_queue_bound(load_monitoring, bound)
     assert snapshot["dropped"] == 2 and snapshot["queue"] == {"events": 2, "bytes": 2 * size}
     assert double.metric("monitoring_dropped_total") == 2
     blocked.released.set()
-    wait_for(lambda: model.monitor.events == 3)
+    wait_for(lambda: model.service.monitor.events == 3)
 
 
-def test_reset_reference_waits_for_room_then_answers_unavailable(load_monitoring):
+def test_reset_reference_waits_for_room_then_answers_unavailable(load_monitoring, monkeypatch):
     double, model = load_monitoring(queue_size=1)
-    model.execute.__globals__["RESET_WAIT_S"] = 0.2  # the model's wait, shortened
+    monkeypatch.setattr(bls.monitoring.service, "RESET_WAIT_S", 0.2)  # the wait, shortened
     blocked = Blocked(model)
     double.execute(model, [double.request(detections([0.9], [1]))])
     assert blocked.entered.wait(10)
@@ -591,7 +594,7 @@ def test_reset_reference_waits_for_room_then_answers_unavailable(load_monitoring
 
 def test_monitoring_refuses_a_subscription_past_max_subscriptions(load_monitoring):
     double, model = load_monitoring(max_subscriptions=2)
-    limit = model.monitor.settings.max_subscriptions
+    limit = model.service.monitor.settings.max_subscriptions
     streams = [command(double, "subscribe", {"max_alerts": 1}) for _ in range(limit + 1)]
     double.execute(model, streams)
     assert [messages(s)[0]["type"] for s in streams[:limit]] == ["subscribed"] * limit

@@ -1,4 +1,4 @@
-"""pipeline_bls's orchestration (bls/orchestrator.py) through its model.py and the
+"""pipeline_bls's orchestration (bls/backend/orchestrator.py) through its model.py and the
 bls.testing double, with BLS routed to the exported TorchScript file in process.
 
 The double behaves like the stub where these tests look: requests unusable once execute
@@ -15,15 +15,15 @@ import time
 import numpy as np
 import pytest
 
-import bls.orchestrator
-import bls.pipeline
-from bls.config import MAX_ANSWER_BYTES, PIPELINE_PARAMETERS
-from bls.contract import (MODEL_INPUT, MODEL_NAME, MONITORING_NAME, MONITORING_OUTPUT,
+import bls.backend.orchestrator
+import bls.backend.process
+from bls.contract.parameters import MAX_ANSWER_BYTES, PIPELINE_PARAMETERS
+from bls.contract.tensors import (MODEL_INPUT, MODEL_NAME, MONITORING_NAME, MONITORING_OUTPUT,
                           PIPELINE_INPUT, PIPELINE_NAME, PIPELINE_OUTPUTS, MaskFormat,
                           model_output)
-from bls.metrics import DURATION_METRIC, REQUESTS_METRIC, STAGES, UNSENT_METRIC
-from bls.policy import POLICY_PARAMETER
-from bls.request import RequestOptions
+from bls.backend.metrics import DURATION_METRIC, REQUESTS_METRIC, STAGES, UNSENT_METRIC
+from bls.monitoring.policy import POLICY_PARAMETER
+from bls.contract.parameters import RequestOptions
 from bls.testing import TRITONSERVER_MEMORY_CPU, TritonDouble, TritonError, model_config_dict
 from tests.test_models_unit import assert_same_answer
 
@@ -304,7 +304,7 @@ def test_execute_returns_while_answers_run_and_holds_at_max_in_flight(double, lo
 def test_finalize_answers_what_it_holds(double, load, images, torchscript, monkeypatch):
     """Triton waits for open senders before it unloads a model, so this is the rare case;
     still nothing may be left unanswered: UNAVAILABLE, so the client retries elsewhere."""
-    monkeypatch.setattr(bls.orchestrator, "DRAIN_S", 0.3)
+    monkeypatch.setattr(bls.backend.orchestrator, "DRAIN_S", 0.3)
     gate = Gate(lambda inputs, _: torchscript(inputs[MODEL_INPUT.name]))
     double.models[MODEL_NAME] = gate
     model = load()
@@ -325,20 +325,20 @@ def test_finalize_answers_what_it_holds(double, load, images, torchscript, monke
 
 # --------------------------------------------------------------------------- parameters
 def test_unknown_config_parameters_fail_the_load_by_name(load):
-    with pytest.raises(ValueError, match=r"pipeline_bls: unknown config parameter\(s\) "
-                                         r"\['worker_thread'\]; known: \[.*'worker_threads'"):
+    with pytest.raises(ValueError, match=r"config parameter 'worker_thread': is not a known config "
+                                         r"parameter of pipeline_bls; known: \[.*'worker_threads'"):
         load(worker_thread=3)
 
 
 def test_keeping_freed_memory_is_the_default_and_can_be_turned_off(load, monkeypatch):
     calls = []
-    monkeypatch.setattr(bls.pipeline, "keep_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(bls.backend.process, "keep_freed_memory", lambda: calls.append(1))
     load()
     assert calls == [1]
     load(keep_freed_memory="false")
     assert calls == [1]
-    with pytest.raises(ValueError, match=r"keep_freed_memory='maybe' must be one of "
-                                         r"\['true', 'false'\]"):
+    with pytest.raises(ValueError, match=r"config parameter 'keep_freed_memory': must be one of "
+                                         r"\['true', 'false'\], got 'maybe'"):
         load(keep_freed_memory="maybe")
 
 
@@ -351,7 +351,7 @@ def test_reserved_and_forwarded_parameters_are_skipped_misspelt_ones_refused(dou
         request(double, images["scene.jpg"], {"score_treshold": 0.1})])
     assert not ok.has_error() and not forwarded.has_error()
     assert misspelt.error().code() == TritonError.INVALID_ARG
-    assert "parameter 'score_treshold': is not a known request parameter" in \
+    assert "parameter 'score_treshold': is not a known parameter of pipeline_bls" in \
         misspelt.error().message()
 
 
@@ -427,7 +427,7 @@ def test_events_that_do_not_fit_are_dropped_late_ones_and_leftovers_counted(doub
                                                                            images):
     gate = Gate(lambda inputs, params: {MONITORING_OUTPUT.name: np.zeros(0, dtype=object)})
     double.models[MONITORING_NAME] = gate
-    model = load(**{POLICY_PARAMETER: json.dumps({"sample_rate": 1.0, "max_in_flight": 2,
+    model = load(**{POLICY_PARAMETER: json.dumps({"sample_rate": 1.0, "max_pending_events": 2,
                                                   "timeout_ms": 50})})
     for _ in range(4):
         double.execute(model, [request(double, images["tall.png"])])

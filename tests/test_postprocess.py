@@ -4,12 +4,14 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from bls.contract import PIPELINE_OUTPUTS, MaskFormat, model_outputs
+from bls.contract.tensors import PIPELINE_OUTPUTS, MaskFormat, model_outputs
 from bls.errors import InvalidInput
-from bls.metadata import ModelMetadata
+from bls.contract.metadata import ModelMetadata
 from bls.pipeline import finish
-from bls.postprocess import Detections, answer, from_model_outputs, rescale, select
-from bls.request import RequestOptions
+from bls.pipeline.instances import from_model_outputs, rescale, select
+from bls.pipeline.instances import Instances
+from bls.pipeline.answer import build_answer
+from bls.contract.parameters import RequestOptions
 
 META = ModelMetadata(source="test", channel_order="BGR", min_size=20, max_size=40,
                      mask_resolution=28, class_names=("a", "b", "c"), category_ids=(1, 2, 3))
@@ -19,7 +21,7 @@ def detections(n, m=28, seed=0):
     rng = np.random.default_rng(seed)
     xy = rng.uniform(0, 30, (n, 2))
     boxes = np.concatenate([xy, xy + rng.uniform(1, 10, (n, 2))], 1).astype(np.float32)
-    return Detections(boxes, np.sort(rng.uniform(0, 1, n)).astype(np.float32)[::-1].copy(),
+    return Instances(boxes, np.sort(rng.uniform(0, 1, n)).astype(np.float32)[::-1].copy(),
                       rng.integers(0, 3, n).astype(np.int64),
                       rng.uniform(0, 1, (n, m, m)).astype(np.float32))
 
@@ -31,7 +33,7 @@ def model_arrays(det, input_size=(40, 40)):
 
 
 def test_select_threshold_is_inclusive_and_cap_keeps_highest():
-    det = Detections(np.zeros((4, 4), np.float32), np.array([0.25, 0.75, 0.5, 0.5], np.float32),
+    det = Instances(np.zeros((4, 4), np.float32), np.array([0.25, 0.75, 0.5, 0.5], np.float32),
                      np.arange(4), None)
     kept = select(det, 0.5, None)
     assert kept.scores.tolist() == [0.75, 0.5, 0.5]
@@ -42,17 +44,17 @@ def test_select_threshold_is_inclusive_and_cap_keeps_highest():
 
 def test_rescale_scales_clips_and_drops_empty_boxes():
     boxes = np.array([[10, 10, 20, 30], [35, 0, 45, 10], [39.9, 5, 50, 8], [5, 5, 5, 9]], np.float32)
-    det = Detections(boxes, np.ones(4, np.float32), np.arange(4), None)
+    det = Instances(boxes, np.ones(4, np.float32), np.arange(4), None)
     out = rescale(det, input_size=(40, 40), output_size=(20, 80))  # x * 2, y * 0.5
     np.testing.assert_allclose(out.boxes, [[20, 5, 40, 15], [70, 0, 80, 5], [79.8, 2.5, 80, 4]])
     assert out.classes.tolist() == [0, 1, 2]  # the zero-width box is dropped
 
 
 def test_zero_detections_give_empty_outputs_of_the_contract():
-    empty = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+    empty = Instances(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
                        np.zeros(0, np.int64), np.zeros((0, 28, 28), np.float32))
     for fmt in MaskFormat:
-        out = answer(empty, (30, 50), META, fmt)
+        out = build_answer(empty, (30, 50), META, fmt)
         assert list(out) == [s.name for s in PIPELINE_OUTPUTS]
         for spec in PIPELINE_OUTPUTS:
             assert out[spec.name].dtype == spec.numpy_dtype, spec.name

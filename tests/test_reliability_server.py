@@ -18,10 +18,10 @@ import tritonclient.http as httpclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from bls.contract import MODEL_NAME, MONITORING_NAME, PIPELINE_INPUT, PIPELINE_NAME
-from bls.request import RequestOptions
-from client.server import TritonServer
-from client.watchdog import stubs
+from bls.contract.tensors import MODEL_NAME, MONITORING_NAME, PIPELINE_INPUT, PIPELINE_NAME
+from bls.contract.parameters import RequestOptions
+from server.launcher import TritonServer
+from server.watchdog import stubs
 from export import samples
 from export.repository import assemble
 

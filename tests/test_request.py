@@ -7,9 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bls.contract import MAX_DETECTIONS_LIMIT, MaskFormat
+from bls.contract.tensors import MaskFormat
+from bls.contract.parameters import MAX_DETECTIONS_LIMIT
 from bls.errors import InvalidInput
-from bls.request import RequestOptions, image_bytes, parse_options
+from bls.backend.request import image_bytes, parse_options
+from bls.contract.parameters import RequestOptions
 
 
 def test_defaults_and_values():
@@ -26,7 +28,7 @@ def test_defaults_and_values():
     ({"score_threshold": 1.5}, "score_threshold", r"must be in \[0, 1\]"),
     ({"score_threshold": "high"}, "score_threshold", "must be a number"),
     ({"score_threshold": True}, "score_threshold", "must be a number"),
-    ({"score_threshold": float("nan")}, "score_threshold", "NaN"),
+    ({"score_threshold": float("nan")}, "score_threshold", "must be a number, got nan"),
     ({"max_detections": -1}, "max_detections", "must be in"),
     ({"max_detections": MAX_DETECTIONS_LIMIT + 1}, "max_detections", "must be in"),
     ({"max_detections": 2.5}, "max_detections", "whole number"),
@@ -34,7 +36,7 @@ def test_defaults_and_values():
      re.escape(f"must be one of {[f.value for f in MaskFormat]}, got 'png'")),
     ({"polygon_tolerance": -1}, "polygon_tolerance", "must be in"),
     ({"polygon_tolerance": "a"}, "polygon_tolerance", "must be a number"),
-    ({"score_treshold": 0.1}, "score_treshold", "not a known request parameter"),
+    ({"score_treshold": 0.1}, "score_treshold", "is not a known parameter of pipeline_bls"),
 ])
 def test_bad_parameters_name_the_parameter(params, name, problem):
     with pytest.raises(InvalidInput, match=problem) as info:

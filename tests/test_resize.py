@@ -10,10 +10,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 from PIL import Image
 
-from bls.config import PIPELINE_PARAMETERS, PREPROCESS_PARAMETERS, RESIZE_PIL, RESIZE_TORCH
-from bls.contract import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME,
+from bls.contract.parameters import PIPELINE_PARAMETERS, PREPROCESS_PARAMETERS, RESIZE_PIL, RESIZE_TORCH
+from bls.contract.tensors import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME,
                           PREPROCESS_NAME)
-from bls.image import decode_image, resize_image, resize_torch, resized_shape, to_model_input
+from bls.pipeline.image import decode_image, resize_image, resize_torch, resized_shape, to_model_input
 from bls.pipeline import Pipeline, prepare
 from bls.testing import TritonDouble, model_config_dict
 from export import samples
@@ -74,9 +74,10 @@ def test_resize_is_a_strict_config_parameter():
     for parameters in (PIPELINE_PARAMETERS, PREPROCESS_PARAMETERS):
         assert parameters.read({})["resize"] == RESIZE_PIL
         config = {"parameters": {"resize": {"string_value": "torch"}}}
-        assert parameters.read(config)["resize"] == RESIZE_TORCH
-        with pytest.raises(ValueError, match=r"resize='cv2' must be one of \['pil', 'torch'\]"):
-            parameters.read({"parameters": {"resize": {"string_value": "cv2"}}})
+        assert parameters.read_config(config)["resize"] == RESIZE_TORCH
+        with pytest.raises(ValueError, match=r"config parameter 'resize': must be one of "
+                                             r"\['pil', 'torch'\], got 'cv2'"):
+            parameters.read_config({"parameters": {"resize": {"string_value": "cv2"}}})
     with pytest.raises(ValueError, match="resize must be"):
         prepare(samples.encode(samples.scene(20, 30), ".png"), None, resize="cv2")
 
@@ -116,7 +117,7 @@ def test_pipeline_bls_resizes_with_torch_when_configured(exported, torchscript):
 
 @pytest.mark.server
 def test_served_resize_torch_in_pipeline_bls_and_the_ensemble(exported, torchscript, tmp_path):
-    from client.server import TritonServer
+    from server.launcher import TritonServer
     from export.repository import assemble
 
     setting = 'parameters { key: "resize" value { string_value: "torch" } }'

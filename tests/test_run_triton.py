@@ -9,7 +9,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from client.server import RUN_TRITON, TritonServer
+from server.launcher import RUN_TRITON, TritonServer
 
 
 def run(*args, timeout=120):

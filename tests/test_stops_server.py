@@ -16,8 +16,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from bls.contract import MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
-from client.server import TritonServer, live_members
+from bls.contract.tensors import MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
+from server.launcher import TritonServer, live_members
 
 pytestmark = pytest.mark.server
 

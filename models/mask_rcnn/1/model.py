@@ -14,15 +14,15 @@ import torchvision  # noqa: F401  registers torchvision::nms and roi_align, whic
 import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
-from bls.config import RUNNER_PARAMETERS
-from bls.contract import MODEL_NAME
-from bls.metrics import ModelStart
+from bls.contract.parameters import RUNNER_PARAMETERS
+from bls.contract.tensors import MODEL_NAME
+from bls.backend.metrics import ModelStart
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        params = RUNNER_PARAMETERS.read(config)
+        params = RUNNER_PARAMETERS.read_config(config)
         self.started = ModelStart(pb_utils, MODEL_NAME)
         threads = params["intra_op_threads"]
         if threads > 0:

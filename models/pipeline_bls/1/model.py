@@ -1,14 +1,14 @@
 """pipeline_bls: encoded image -> detections, calling mask_rcnn through BLS.
 
 A thin adapter: the orchestration (reading requests, answering each once, model calls,
-monitoring events, drained stops) is bls/orchestrator.py, tested through bls.testing.
+monitoring events, drained stops) is bls/backend/orchestrator.py, tested through bls.testing.
 """
 
 import json
 
 import triton_python_backend_utils as pb_utils
 
-from bls.orchestrator import PipelineOrchestrator
+from bls.backend.orchestrator import PipelineOrchestrator
 
 
 class TritonPythonModel:

@@ -5,20 +5,21 @@ import json
 
 import triton_python_backend_utils as pb_utils
 
-from bls.config import POSTPROCESS_PARAMETERS
-from bls.contract import ORIGINAL_SIZE, POSTPROCESS_NAME
-from bls.metadata import ModelMetadata
-from bls.metrics import ModelStart
-from bls.pipeline import configure_process, finish
-from bls.request import parse_options
-from bls.responses import error_response, output_response
+from bls.contract.parameters import POSTPROCESS_PARAMETERS
+from bls.contract.tensors import ORIGINAL_SIZE, POSTPROCESS_NAME
+from bls.contract.metadata import ModelMetadata
+from bls.backend.metrics import ModelStart
+from bls.backend.process import configure_process
+from bls.pipeline import finish
+from bls.backend.request import parse_options
+from bls.backend.responses import error_response, output_response
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.meta = ModelMetadata.from_model_config(config)
-        values = POSTPROCESS_PARAMETERS.read(config)
+        values = POSTPROCESS_PARAMETERS.read_config(config)
         self.max_answer_bytes = values["max_answer_bytes"]
         configure_process(values)
         self.started = ModelStart(pb_utils, POSTPROCESS_NAME)

@@ -6,21 +6,22 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from bls.config import PREPROCESS_PARAMETERS
-from bls.contract import MODEL_INPUT, ORIGINAL_SIZE, PIPELINE_INPUT, PREPROCESS_NAME
-from bls.image import decode_limits
-from bls.metadata import ModelMetadata
-from bls.metrics import ModelStart
-from bls.pipeline import configure_process, prepare
-from bls.request import image_bytes
-from bls.responses import error_response, output_response
+from bls.contract.parameters import PREPROCESS_PARAMETERS
+from bls.contract.tensors import MODEL_INPUT, ORIGINAL_SIZE, PIPELINE_INPUT, PREPROCESS_NAME
+from bls.pipeline.image import decode_limits
+from bls.contract.metadata import ModelMetadata
+from bls.backend.metrics import ModelStart
+from bls.backend.process import configure_process
+from bls.pipeline import prepare
+from bls.backend.request import image_bytes
+from bls.backend.responses import error_response, output_response
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.meta = ModelMetadata.from_model_config(config)
-        values = PREPROCESS_PARAMETERS.read(config)
+        values = PREPROCESS_PARAMETERS.read_config(config)
         configure_process(values)
         self.limits = decode_limits(values)
         self.resize = values["resize"]

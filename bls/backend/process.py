@@ -1,11 +1,11 @@
-"""Keep freed memory in the process, so each request does not fault its pages in again.
+"""Process-wide settings of a model that runs the pipeline's steps (pipeline_bls,
+preprocess, postprocess): ``configure_process``.
 
-A request allocates tens of megabytes in a few large blocks (the decoded image, PIL's
+Keeping freed memory: a request allocates tens of megabytes in a few large blocks (the decoded image, PIL's
 4-byte copy, the resized image, the model input): 20 MB for a 1920x1080 JPEG. glibc's
 malloc serves blocks that large with mmap and unmaps them when freed, and a worker
 thread's arena trims its heap, so the next request faults every page in again and the
-kernel zeroes it: 5,000 page faults and a third of ``prepare``'s time for that image
-(measured, docs/benchmarks.md). Raising the mmap and trim thresholds and using one arena
+kernel zeroes it (what that costs: docs/benchmarks.md). Raising the mmap and trim thresholds and using one arena
 keeps that memory for reuse; the process then holds its peak working set (bounded by the
 thresholds: a block over ``MMAP_THRESHOLD`` is still mapped and returned).
 """
@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from typing import Mapping
+
+from bls.contract.parameters import RESIZE_TORCH
 
 MMAP_THRESHOLD = 64 * 1024 * 1024  # blocks below this come from the heap, and are reused
 TRIM_THRESHOLD = 256 * 1024 * 1024  # free memory kept at the heap's top
@@ -34,3 +37,16 @@ def keep_freed_memory() -> bool:
     return all(mallopt(param, value) == 1 for param, value in (
         (_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
         (_M_ARENA_MAX, ARENAS)))
+
+
+def configure_process(values: Mapping) -> None:
+    """Apply a model's process-wide config values (bls/contract/parameters.py): keep
+    freed memory; with ``resize`` "torch", torch on one thread per call, so each worker
+    thread resizes one image on one core (torch's default, a thread per core per call,
+    oversubscribes). Call it in ``initialize``, before any worker thread starts."""
+    if values["keep_freed_memory"] == "true":
+        keep_freed_memory()
+    if values.get("resize") == RESIZE_TORCH:
+        import torch
+
+        torch.set_num_threads(1)

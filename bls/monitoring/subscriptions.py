@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bls.contract import MONITORING_OUTPUT
-from bls.errors import InvalidInput, Unavailable
+from bls.contract.parameters import Parameter, ParameterSet, number, whole
+from bls.contract.tensors import MONITORING_NAME, MONITORING_OUTPUT
+from bls.errors import Unavailable
 
 MAX_DURATION_S = 24 * 3600.0
 
@@ -31,21 +32,16 @@ class Subscription:
 
     @classmethod
     def from_parameters(cls, parameters: dict) -> "Subscription":
-        unknown = sorted(set(parameters) - {"max_alerts", "duration_s"})
-        if unknown:
-            raise InvalidInput(unknown[0], "is not a subscribe parameter; known: "
-                                           "['duration_s', 'max_alerts']", "parameter")
-        try:
-            max_alerts = int(parameters.get("max_alerts", cls.max_alerts))
-            duration = float(parameters.get("duration_s", cls.duration_s))
-        except (TypeError, ValueError):
-            raise InvalidInput("max_alerts", f"max_alerts and duration_s must be numbers, "
-                                             f"got {parameters}", "parameter") from None
-        if max_alerts < 1 or not 0 < duration <= MAX_DURATION_S:
-            raise InvalidInput("duration_s", f"need max_alerts >= 1 and 0 < duration_s <= "
-                                             f"{MAX_DURATION_S:.0f}, got {max_alerts} and {duration}",
-                               "parameter")
-        return cls(max_alerts, duration)
+        """The subscribe request's parameters (SUBSCRIBE_PARAMETERS) -> Subscription;
+        InvalidInput naming the parameter otherwise."""
+        return cls(**SUBSCRIBE_PARAMETERS.read(parameters))
+
+
+SUBSCRIBE_PARAMETERS = ParameterSet(MONITORING_NAME, "subscribe parameter", (
+    Parameter("max_alerts", whole(1), Subscription.max_alerts, "alerts before the stream ends"),
+    Parameter("duration_s", number(1e-3, MAX_DURATION_S), Subscription.duration_s,
+              "seconds before the stream ends"),
+))
 
 
 def message_response(pb_utils, message: dict):

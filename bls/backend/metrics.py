@@ -23,6 +23,8 @@ differences. ``pb_utils`` is passed in, so this imports without the backend.
 
 from __future__ import annotations
 
+import time
+
 from bls.errors import classify
 
 OUTCOMES = ("ok", "invalid", "cancelled", "unavailable", "timeout", "failed")
@@ -66,9 +68,35 @@ class ModelStart:
     ``changes()``). Keep the object: the backend drops an orphaned family's metrics."""
 
     def __init__(self, pb_utils, model: str):
-        import time
 
         self.family = pb_utils.MetricFamily(START_METRIC, "When the model instance was "
                                             "initialized, Unix seconds", pb_utils.MetricFamily.GAUGE)
         self.metric = self.family.Metric(labels={"model": model})
         self.metric.set(time.time())
+
+
+class MonitoringCalls:
+    """pipeline_bls's counters of what became of its monitoring events, by outcome:
+    ok (acknowledged), failed (monitoring unloaded, raising, refusing or killed),
+    timeout (acknowledged later than the policy's timeout_ms), dropped (the queue held
+    max_pending_events events or max_queued_bytes), abandoned (still queued or unacknowledged
+    when pipeline_bls stopped). Prometheus counters
+    ``pipeline_monitoring_calls_total{outcome}`` and
+    ``pipeline_monitoring_captures_skipped_total``; ``pb_utils`` is passed in. The
+    families are kept: the backend refuses to update an orphaned metric."""
+
+    OUTCOMES = ("ok", "failed", "timeout", "dropped", "abandoned")
+
+    def __init__(self, pb_utils):
+        family = pb_utils.MetricFamily
+        self.family = family("pipeline_monitoring_calls_total",
+                             "Monitoring events pipeline_bls sent, by outcome", family.COUNTER)
+        self.metrics = {o: self.family.Metric(labels={"outcome": o}) for o in self.OUTCOMES}
+        self.skipped_family = family("pipeline_monitoring_captures_skipped_total",
+                                     "Captures sent without their image: over "
+                                     "max_capture_bytes", family.COUNTER)
+        self.captures_skipped = self.skipped_family.Metric(labels={})
+
+    def count(self, outcome: str, n: int = 1) -> None:
+        if n:
+            self.metrics[outcome].increment(n)

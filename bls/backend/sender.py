@@ -1,7 +1,7 @@
 """Monitoring events, sent off the request path.
 
 pipeline_bls tells the decoupled ``monitoring`` model about some answered requests
-(bls/policy.py). Monitoring must never slow or break an answer, so events share nothing
+(bls/monitoring/policy.py). Monitoring must never slow or break an answer, so events share nothing
 with the answers: not the event loop, not its default executor (which BLS
 ``async_exec`` uses: a hung monitoring there held every model call, measured), not the
 worker threads. ``EventSender`` owns one thread that makes the BLS calls with the
@@ -21,8 +21,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from bls.contract import MONITORING_NAME, MONITORING_OUTPUT
-from bls.policy import MonitoringCalls, MonitoringPolicy, Reason, event_inputs
+from bls.contract.tensors import MONITORING_NAME, MONITORING_OUTPUT
+from bls.backend.metrics import MonitoringCalls
+from bls.monitoring.event import event_inputs
+from bls.monitoring.policy import MonitoringPolicy, Reason
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ class EventSender:
         event = PendingEvent(tuple(reasons), answer, latency_ms, image)
         with self._cv:
             fits = (not self._closed
-                    and len(self._queue) + self._busy < self.policy.max_in_flight
+                    and len(self._queue) + self._busy < self.policy.max_pending_events
                     and self._queued_bytes + event.nbytes <= self.policy.max_queued_bytes)
             if fits:
                 self._queue.append(event)

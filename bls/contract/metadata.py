@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from bls.contract import model_outputs
+from bls.contract.tensors import model_outputs
 
 METADATA_PARAMETER = "model_metadata"  # config.pbtxt parameter key
 METADATA_FILE = "mask_rcnn.json"  # name inside the TorchScript archive's extra/ folder

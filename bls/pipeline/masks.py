@@ -237,7 +237,7 @@ def encode_rle(masks: np.ndarray, boxes: np.ndarray, height: int, width: int,
 def encode_runs(position: np.ndarray, owner: np.ndarray, n: int, height: int, width: int
                 ) -> list[bytes]:
     """Run boundaries (as for run_counts) -> COCO compressed RLE counts of n masks of
-    height x width. Shared by encode_rle and the device path (bls/device.py)."""
+    height x width. Shared by encode_rle and the device path (bls/pipeline/device.py)."""
     uncompressed = [{"size": [height, width], "counts": c}
                     for c in run_counts(position, owner, n, height * width)]
     return [r["counts"] for r in mask_utils.frPyObjects(uncompressed, height, width)]

@@ -1,19 +1,13 @@
-"""The pipeline's image work on a torch device: decode, resize, paste, encode, so that on a
-GPU the image stays in GPU memory from the JPEG bytes to the RLE runs.
+"""The device mask-and-image strategy: decode, resize, paste and encode with torch on a
+device, so that on a GPU the image stays in GPU memory from the JPEG bytes to the RLE runs.
 
-pipeline_bls uses this when its config parameter ``device`` is ``cuda`` (or ``cpu``,
-which runs the same code on the CPU: that is how CI tests it without a GPU). Only the
-encoded bytes go in and only run boundaries come out of the device; the model input and
-the mask-head output pass between pipeline_bls and mask_rcnn by DLPack.
-
-Against the numpy path (bls/image.py, bls/masks.py), measured on the CPU:
-- JPEG decoding: torchvision's decode_jpeg (nvJPEG on a GPU, libjpeg-turbo on the CPU);
-  on the CPU identical to OpenCV's; other formats are decoded by bls.image and uploaded.
-- Resizing: torch's antialiased bilinear interpolation instead of PIL's: within 1 grey
-  level of PIL (mean 0.1), so model outputs are close but not bitwise equal.
-- Pasting: detectron2's own formula (full-image grid_sample in chunks, as
-  paste_masks_in_image does on a GPU), so masks equal the numpy path up to float ties.
-torch is imported here, never by the rest of bls/.
+pipeline_bls uses ``DeviceOps`` when its config parameter ``device`` is ``cuda`` (or
+``cpu``, which runs the same code on the CPU: that is how CI tests it without a GPU).
+Only the encoded bytes go in and only run boundaries come out of the device; the model
+input and the mask-head output pass between pipeline_bls and mask_rcnn by DLPack.
+Against the host strategy (bls/pipeline/host.py) it differs where docs/benchmarks.md
+says: torch's antialiased resize instead of PIL's (1 grey level off on some pixels), and
+masks equal up to float ties. torch is imported here, never by the rest of bls/.
 """
 
 from __future__ import annotations
@@ -23,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from bls import image as image_ops
-from bls.masks import MASK_THRESHOLD, encode_runs
-from bls.metadata import ModelMetadata
+from bls.contract.metadata import ModelMetadata
+from bls.pipeline import image as image_ops
+from bls.pipeline.host import PreparedImage
+from bls.pipeline.masks import MASK_THRESHOLD, encode_runs
 
 # Bound on the float32 grid_sample output per chunk, as detectron2's GPU_MEM_LIMIT.
 CHUNK_BYTES = 1 << 30
@@ -46,8 +41,9 @@ def parse_device(text: str | None) -> torch.device | None:
 
 def prepare(data: bytes, meta: ModelMetadata, limits: image_ops.DecodeLimits,
             device: torch.device) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Encoded bytes -> (uint8 [3, h, w] on ``device``, resized, in the model's channel
-    order; (height, width) of the decoded image). Limits and errors as bls.image."""
+    """Encoded bytes -> (uint8 [3, h, w] on ``device``, resized with torch's antialiased
+    bilinear, in the model's channel order; (height, width) of the decoded image).
+    Limits and errors as bls.pipeline.image."""
     image_ops.check_limits(data, limits)
     if data.startswith(_JPEG):
         try:
@@ -107,24 +103,35 @@ def encode_rle(pasted: torch.Tensor) -> list[bytes]:
     return encode_runs(position, owner, n, height, width)
 
 
-def dense(pasted: torch.Tensor) -> np.ndarray:
-    """bool [N, H, W] on a device -> uint8 [N, H, W] in host memory."""
-    return pasted.to(torch.uint8).cpu().numpy()
+class DeviceOps:
+    """The host strategy's methods (bls/pipeline/host.py HostOps) on ``device``: the model
+    is called with torch tensors there and answers torch tensors there."""
 
+    def __init__(self, device: torch.device):
+        self.device = device
 
-def finish(outputs: dict[str, torch.Tensor], original_size: tuple[int, int],
-           meta: ModelMetadata, options, max_answer_bytes: int | None = None
-           ) -> dict[str, np.ndarray]:
-    """bls.pipeline.finish for outputs that are torch tensors on a device: the small ones
-    (boxes, scores, classes, image_size) come to the host, the masks are pasted and
-    encoded where they are."""
-    from bls import postprocess
+    def prepare(self, data: bytes, meta: ModelMetadata, limits: image_ops.DecodeLimits,
+                resize: str) -> PreparedImage:
+        """Encoded bytes -> PreparedImage with a torch model input on the device; every
+        ``resize`` is torch's here."""
+        return PreparedImage(*prepare(data, meta, limits, self.device))
 
-    masks = postprocess.model_output(meta.outputs, "masks")
-    host = {name: (value if masks is not None and name == masks.name else value.cpu().numpy())
-            for name, value in outputs.items()}
-    det, input_size = postprocess.from_model_outputs(host, meta)
-    det = postprocess.select(det, options.score_threshold, options.max_detections)
-    det = postprocess.rescale(det, input_size, original_size)
-    return postprocess.answer(det, original_size, meta, options.mask_format, max_answer_bytes,
-                              options.polygon_tolerance)
+    def to_host(self, value: torch.Tensor) -> np.ndarray:
+        return value.cpu().numpy()
+
+    def keep_masks(self, value: torch.Tensor, mask_resolution: int) -> torch.Tensor:
+        """float [N, M, M] on the device, where it stays until pasted."""
+        return value.reshape(-1, mask_resolution, mask_resolution)
+
+    def host_masks(self, masks: torch.Tensor) -> np.ndarray:
+        """For the formats traced on the host (polygon, box)."""
+        return masks.float().cpu().numpy()
+
+    def encode_rle(self, masks: torch.Tensor, boxes: np.ndarray, height: int, width: int
+                   ) -> list[bytes]:
+        return encode_rle(paste(masks, boxes, height, width))
+
+    def dense(self, masks: torch.Tensor, boxes: np.ndarray, height: int, width: int
+              ) -> np.ndarray:
+        return paste(masks, boxes, height, width).to(torch.uint8).cpu().numpy()
+

@@ -16,7 +16,7 @@ Threads, and what each may hold:
   default executor, which has one thread per job that can be held: a model call never
   waits for a thread.
 - ``worker_threads`` threads decode, resize, paste and encode.
-- Monitoring events have their own thread and bounded queue (bls/events.py): a hung or
+- Monitoring events have their own thread and bounded queue (bls/backend/sender.py): a hung or
   dead monitoring model can hold nothing that an answer needs.
 
 Every accepted request gets exactly one final response: ``Reply`` sends at most once and
@@ -33,17 +33,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from bls.config import PIPELINE_PARAMETERS
-from bls.contract import MODEL_INPUT, MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
+from bls.contract.parameters import PIPELINE_PARAMETERS
+from bls.contract.tensors import MODEL_INPUT, MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
 from bls.errors import Cancelled, ModelTimeout, Unavailable, model_call_error
-from bls.events import EventSender
-from bls.image import decode_limits
-from bls.metadata import ModelMetadata
-from bls.metrics import ModelStart, RequestMetrics
-from bls.pipeline import configure_process, finish, prepare
-from bls.policy import MonitoringCalls, MonitoringPolicy
-from bls.request import RequestOptions, image_bytes, parse_options
-from bls.responses import code_name, error_response, output_response
+from bls.backend.sender import EventSender
+from bls.pipeline.image import decode_limits
+from bls.contract.metadata import ModelMetadata
+from bls.backend.metrics import ModelStart, MonitoringCalls, RequestMetrics
+from bls.backend.process import configure_process
+from bls.pipeline import finish, prepare
+from bls.pipeline.host import HOST
+from bls.monitoring.policy import MonitoringPolicy
+from bls.backend.request import image_bytes, parse_options
+from bls.contract.parameters import RequestOptions
+from bls.backend.responses import code_name, error_response, output_response
 
 # How long finalize waits for jobs still held before answering them UNAVAILABLE. Triton
 # itself waits for every open response sender before it unloads a model (measured), so
@@ -110,12 +113,12 @@ class PipelineOrchestrator:
     """``execute(requests)`` and ``finalize()`` of pipeline_bls.
 
     model_config: the config as Triton hands it to ``initialize`` (a dict); its
-    parameters are read strictly (bls/config.py PIPELINE_PARAMETERS).
+    parameters are read strictly (bls/contract/parameters.py PIPELINE_PARAMETERS).
     """
 
     def __init__(self, pb_utils, model_config: dict):
         self.pb = pb_utils
-        values = PIPELINE_PARAMETERS.read(model_config)
+        values = PIPELINE_PARAMETERS.read_config(model_config)
         self.meta = ModelMetadata.from_model_config(model_config)
         configure_process(values)  # before the threads start
         self.limits = decode_limits(values)
@@ -126,14 +129,13 @@ class PipelineOrchestrator:
         self.policy = MonitoringPolicy.from_json(values["monitoring_policy"])
         batch = model_config.get("max_batch_size", 0)
         self.batched = batch > 0
-        self.max_in_flight = values["max_in_flight_requests"] or 2 * max(batch, 1)
+        self.max_in_flight_requests = values["max_in_flight_requests"] or 2 * max(batch, 1)
         self.output_names = [spec.name for spec in self.meta.outputs]
-        self.device = self.device_ops = None
+        self.ops = HOST  # where the image and mask work runs (bls/pipeline/host.py)
         if values["device"]:
-            from bls import device as device_ops  # torch, only on the device path
+            from bls.pipeline.device import DeviceOps, parse_device  # torch: device only
 
-            self.device_ops = device_ops
-            self.device = device_ops.parse_device(values["device"])
+            self.ops = DeviceOps(parse_device(values["device"]))
         self.metrics = RequestMetrics(pb_utils)
         self.started = ModelStart(pb_utils, PIPELINE_NAME)
         self.monitoring_calls = MonitoringCalls(pb_utils)
@@ -141,7 +143,7 @@ class PipelineOrchestrator:
                        if self.policy.enabled else None)
         self.workers = ThreadPoolExecutor(values["worker_threads"],
                                           thread_name_prefix=f"{PIPELINE_NAME}-worker")
-        self.model_calls = ThreadPoolExecutor(self.max_in_flight,
+        self.model_calls = ThreadPoolExecutor(self.max_in_flight_requests,
                                               thread_name_prefix=f"{PIPELINE_NAME}-model")
         self.loop = asyncio.new_event_loop()
         self.loop.set_default_executor(self.model_calls)  # where async_exec runs
@@ -193,9 +195,9 @@ class PipelineOrchestrator:
         return data, options, tuple(request.requested_output_names())
 
     def _start(self, job: Job) -> None:
-        """Take a slot (waiting while max_in_flight are taken) and run the job."""
+        """Take a slot (waiting while max_in_flight_requests are taken) and run the job."""
         with self._cv:
-            while self._slots >= self.max_in_flight and not self._stopping:
+            while self._slots >= self.max_in_flight_requests and not self._stopping:
                 self._cv.wait()
             if self._stopping:
                 raise Unavailable(f"{PIPELINE_NAME} is stopping")
@@ -217,30 +219,23 @@ class PipelineOrchestrator:
 
     async def _run(self, job: Job) -> dict:
         """The pipeline's answer arrays for one job; each stage's wall time goes into
-        ``job.seconds`` (bls/metrics.py)."""
+        ``job.seconds`` (bls/backend/metrics.py)."""
         loop = asyncio.get_running_loop()
         mark = time.perf_counter()
-        if self.device is None:
-            prepared = await loop.run_in_executor(self.workers, prepare, job.data, self.meta,
-                                                  self.limits, self.resize)
-            model_input, original_size = prepared.model_input, prepared.original_size
-            finish_on = finish
-        else:
-            model_input, original_size = await loop.run_in_executor(
-                self.workers, self.device_ops.prepare, job.data, self.meta, self.limits,
-                self.device)
-            finish_on = self.device_ops.finish
+        prepared = await loop.run_in_executor(self.workers, prepare, job.data, self.meta,
+                                              self.limits, self.resize, self.ops)
         job.seconds["prepare"], mark = time.perf_counter() - mark, time.perf_counter()
         # A cancelled (or disconnected) client's request goes no further: the model call
         # is the expensive part.
         if job.reply.cancelled():
             raise Cancelled(f"before the {MODEL_NAME} call")
-        outputs = await self._call_model(job, model_input)
+        outputs = await self._call_model(job, prepared.model_input)
         job.seconds["model"], mark = time.perf_counter() - mark, time.perf_counter()
         if job.reply.cancelled():
             raise Cancelled("before the postprocess")
-        answer = await loop.run_in_executor(self.workers, finish_on, outputs, original_size,
-                                            self.meta, job.options, self.max_answer_bytes)
+        answer = await loop.run_in_executor(self.workers, finish, outputs,
+                                            prepared.original_size, self.meta, job.options,
+                                            self.max_answer_bytes, self.ops)
         job.seconds["finish"] = time.perf_counter() - mark
         return answer
 
@@ -248,9 +243,9 @@ class PipelineOrchestrator:
         """numpy in and out on the host; or, on a device, torch tensors both ways by DLPack
         (on a GPU nothing crosses to the host). Raises what the client should see
         (bls/errors.py model_call_error)."""
-        pb = self.pb
-        on_gpu = self.device is not None and self.device.type == "cuda"
-        if self.device is None:
+        pb, device = self.pb, self.ops.device
+        on_gpu = device is not None and device.type == "cuda"
+        if device is None:
             tensor = pb.Tensor(MODEL_INPUT.name, model_input)
         else:
             from torch.utils.dlpack import to_dlpack
@@ -263,7 +258,7 @@ class PipelineOrchestrator:
             # path asks for its outputs on the host, the cuda path on its GPU.
             preferred_memory=pb.PreferredMemory(
                 pb.TRITONSERVER_MEMORY_GPU if on_gpu else pb.TRITONSERVER_MEMORY_CPU,
-                self.device.index or 0 if on_gpu else 0))
+                device.index or 0 if on_gpu else 0))
         try:
             call = asyncio.ensure_future(request.async_exec())
             if self.timeout_us:
@@ -287,11 +282,11 @@ class PipelineOrchestrator:
             raise model_call_error(MODEL_NAME, code_name(pb, error.code()), error.message())
         tensors = {name: pb.get_output_tensor_by_name(response, name)
                    for name in self.output_names}
-        if self.device is None:
+        if device is None:
             return {name: t.as_numpy() for name, t in tensors.items()}
         import torch
 
-        return {name: torch.from_dlpack(t.to_dlpack()).to(self.device)
+        return {name: torch.from_dlpack(t.to_dlpack()).to(device)
                 for name, t in tensors.items()}
 
     def _conclude(self, job: Job, answer: dict | None, error: Exception | None) -> None:

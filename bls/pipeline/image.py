@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from bls.config import MAX_ENCODED_BYTES, MAX_PIXELS
-from bls.contract import PIPELINE_INPUT
+from bls.contract.parameters import MAX_ENCODED_BYTES, MAX_PIXELS
+from bls.contract.tensors import PIPELINE_INPUT
 from bls.errors import InvalidInput
 
 # Applies EXIF orientation (OpenCV does, unless IMREAD_UNCHANGED), keeps 16-bit depth
@@ -176,5 +176,5 @@ def to_model_input(image: np.ndarray, reverse_channels: bool = False) -> np.ndar
 
 
 def decode_limits(values: dict) -> DecodeLimits:
-    """DecodeLimits from a model's config values (bls.config.DECODE_LIMITS)."""
+    """DecodeLimits from a model's config values (bls.contract.parameters.DECODE_LIMITS)."""
     return DecodeLimits(values["max_encoded_bytes"], values["max_pixels"])

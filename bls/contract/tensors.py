@@ -131,33 +131,6 @@ class MaskFormat(str, Enum):
     NONE = "none"
 
 
-@dataclass(frozen=True)
-class RequestParameter:
-    name: str
-    kind: type
-    doc: str
-
-
-REQUEST_PARAMETERS = (
-    RequestParameter("score_threshold", float,
-                     "keep detections with score >= this, in [0, 1]; default from the export"),
-    RequestParameter("max_detections", int,
-                     "keep at most this many (highest scores first); default: all"),
-    RequestParameter("mask_format", str, "rle (default) | dense | polygon | box | none"),
-    RequestParameter("polygon_tolerance", float,
-                     "mask_format=polygon: simplify outlines to within this many pixels "
-                     "(Douglas-Peucker), in [0, 100]; default 0, exact"),
-)
-
-# Upper bound on polygon_tolerance: a coarser outline is not a mask any more.
-MAX_POLYGON_TOLERANCE = 100.0
-
-# Upper bound on max_detections: the models emit at most 100 per image
-# (detectron2's TEST.DETECTIONS_PER_IMAGE, torchvision's box_detections_per_img);
-# a larger request is a client bug worth reporting, not a quiet clamp.
-MAX_DETECTIONS_LIMIT = 1000
-
-
 # --------------------------------------------------------------------------- monitoring
 MONITORING_NAME = "monitoring"
 

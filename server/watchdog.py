@@ -1,4 +1,4 @@
-"""python -m client.watchdog: reload a Python model whose stub process died.
+"""python -m server.watchdog: reload a Python model whose stub process died.
 
 Triton 2.51's Python backend does not restart a dead stub: every request to that model
 fails with "Stub process '<model>_0_0' is not healthy." until the model is reloaded.
@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from client.server import live_processes
+from server.launcher import live_processes
 
 STUB = b"triton_python_backend_stub"
 
@@ -100,7 +100,7 @@ def watch(base_url: str, server_pid: int, header: str, key: str, interval: float
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m client.watchdog", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m server.watchdog", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", required=True, help="the server's HTTP base URL, http://host:port")
     p.add_argument("--server-pid", type=int, required=True)

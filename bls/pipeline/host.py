@@ -1,0 +1,84 @@
+"""The host mask-and-image strategy: numpy, OpenCV and Pillow on the CPU, exactly as
+detectron2's DefaultPredictor (its resize, its paste). ``HOST`` is the default strategy of
+bls.pipeline; bls/pipeline/device.py's ``DeviceOps`` is the other one, with the same
+methods, for torch on a device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bls.contract.metadata import ModelMetadata
+from bls.contract.parameters import RESIZE_PIL, RESIZE_TORCH
+from bls.pipeline import image as image_ops
+from bls.pipeline import masks as mask_ops
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """What ``prepare`` hands to the model call.
+
+    model_input: uint8 [3, h, w], resized, in the model's channel order (numpy on the
+        host; a torch tensor on DeviceOps' device).
+    original_size: (height, width) of the decoded image, after EXIF orientation.
+    """
+
+    model_input: object
+    original_size: tuple[int, int]
+
+
+class HostOps:
+    """Image and mask work in host memory. ``device`` is None: the model is called with
+    numpy arrays and answers numpy arrays."""
+
+    device = None
+
+    def prepare(self, data: bytes, meta: ModelMetadata, limits: image_ops.DecodeLimits,
+                resize: str) -> PreparedImage:
+        """Encoded bytes -> PreparedImage (what DefaultPredictor feeds detectron2).
+
+        resize: "pil" (detectron2's resize, exact) or "torch" (image.resize_torch: faster,
+        1 grey level off on a few pixels). The image is decoded and resized in OpenCV's
+        BGR order and put in the model's order by the final CHW copy: both resizes filter
+        each channel alone, so the order they see changes nothing, and a copy is saved."""
+        if resize not in (RESIZE_PIL, RESIZE_TORCH):
+            raise ValueError(f"resize must be {RESIZE_PIL!r} or {RESIZE_TORCH!r}, got {resize!r}")
+        decoded = image_ops.decode_image(data, "BGR", limits)
+        reverse = meta.channel_order != "BGR"
+        height, width = decoded.shape[:2]
+        new_h, new_w = image_ops.resized_shape(height, width, meta.min_size, meta.max_size)
+        if resize == RESIZE_TORCH:
+            model_input = image_ops.resize_torch(decoded, new_h, new_w, reverse)
+        else:
+            model_input = image_ops.to_model_input(
+                image_ops.resize_image(decoded, new_h, new_w), reverse)
+        return PreparedImage(model_input, (height, width))
+
+    def to_host(self, value) -> np.ndarray:
+        """A model output -> a numpy array (here it already is one)."""
+        return np.asarray(value)
+
+    def keep_masks(self, value, mask_resolution: int) -> np.ndarray:
+        """The masks output -> float32 [N, M, M] where this strategy pastes them."""
+        return np.asarray(value, dtype=np.float32).reshape(-1, mask_resolution, mask_resolution)
+
+    def host_masks(self, masks: np.ndarray) -> np.ndarray:
+        """float32 [N, M, M] kept by keep_masks -> the same in host memory."""
+        return masks
+
+    def encode_rle(self, masks: np.ndarray, boxes: np.ndarray, height: int, width: int
+                   ) -> list[bytes]:
+        """masks float32 [N, M, M], boxes float32 [N, 4] in original pixels -> the COCO
+        compressed RLE counts of each pasted mask (bls/pipeline/masks.py)."""
+        return mask_ops.encode_rle(masks, boxes, height, width)
+
+    def dense(self, masks: np.ndarray, boxes: np.ndarray, height: int, width: int
+              ) -> np.ndarray:
+        """As encode_rle -> uint8 [N, height, width], 1 inside each pasted mask."""
+        return mask_ops.dense_masks(mask_ops.paste_windows(masks, boxes, height, width),
+                                    height, width)
+
+
+HOST = HostOps()
