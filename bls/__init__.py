@@ -1,7 +1,20 @@
-"""Mask R-CNN on Triton: the pipeline's logic, pipeline_bls's orchestration
-(orchestrator.py, events.py), monitoring, and the config and tensor contracts.
+"""Mask R-CNN on Triton: everything the Python models do, importable without Triton.
 
-Importable without triton_python_backend_utils or torch: ``pb_utils`` is passed in where
-Triton is needed, so bls.testing's double can stand in for it; torch only in device.py.
-Every model.py in the repository is a thin adapter over this package.
+One subpackage per concept, each depending only on those above it:
+
+- ``bls.errors``: the errors a client can act on, and their Triton codes.
+- ``bls.contract``: what is declared once: tensors (tensors.py), the export's model
+  metadata (metadata.py) and every parameter (parameters.py).
+- ``bls.pipeline``: the image and mask pipeline, pure functions over numpy (or torch on
+  a device): prepare -> model call -> finish.
+- ``bls.monitoring``: the monitoring model: sending policy, event format, statistics,
+  drift, capture, metrics, alert streams, and its request handling (service.py).
+- ``bls.backend``: pipeline_bls's side of Triton: request parsing, responses, metrics and
+  the BLS orchestration (orchestrator.py), monitoring events sent off the request path.
+- ``bls.testing``: a faithful double of ``triton_python_backend_utils`` to test any of
+  them (and users' own BLS models) without a server.
+
+``pb_utils`` is passed in where Triton is needed; torch is imported only by
+bls/pipeline/device.py (and image.resize_torch). Each models/*/1/model.py is a thin
+adapter over this package; docs/architecture.md walks a request through it.
 """

@@ -28,11 +28,11 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from bls.contract.tensors import ENSEMBLE_NAME, PIPELINE_INPUT, PIPELINE_NAME, MaskFormat
 from bls.contract.metadata import ModelMetadata
+from bls.contract.tensors import ENSEMBLE_NAME, PIPELINE_INPUT, PIPELINE_NAME, MaskFormat
 from client import overlay as overlay_ops
-from client.results import (Detections, coco_results, decode_masks, latency_summary,
-                            throughput, top_labels)
+from client.results import (Detections, coco_results, decode_masks, latency_summary, throughput,
+                            top_labels)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}

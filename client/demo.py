@@ -26,10 +26,10 @@ from pathlib import Path
 from bls.contract.tensors import MODEL_NAME, PIPELINE_NAME
 from client import cli
 from client.results import differences
-from server.launcher import ROOT, ServerFailed, TritonServer
 from export import samples
 from export.torchscript import MODEL_FILENAME, read_metadata
 from export.weights import coco_weights
+from server.launcher import ROOT, ServerFailed, TritonServer
 
 # With random weights every score is noise; a lower threshold than the export's
 # default shows the pipeline's masks and boxes on more of them.

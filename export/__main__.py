@@ -17,8 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from bls.contract.tensors import MODEL_NAME
 from bls.contract.metadata import ModelMetadata
+from bls.contract.tensors import MODEL_NAME
 from export import detectron2_cli
 from export import tune as tune_cli
 
@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from export import exporter, torchvision_maskrcnn as tvm
+    from export import exporter
+    from export import torchvision_maskrcnn as tvm
 
     model, weights_desc = tvm.build(args.checkpoint, args.pretrained, args.seed,
                                     args.box_score_thresh, args.detections, args.proposals)

@@ -118,8 +118,8 @@ def run(args: argparse.Namespace, assemble, overrides: dict) -> int:
 
 
 def _export(args, assemble, overrides) -> int:
-    from export import detectron2_maskrcnn as d2
     from bls.contract.tensors import MODEL_NAME
+    from export import detectron2_maskrcnn as d2
 
     cfg = d2.load_config(args.config, args.opts)
     devices = ("cpu",) if args.device == "cpu" else ("cpu", "cuda")

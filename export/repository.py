@@ -22,11 +22,11 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from bls.contract.tensors import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, MONITORING_INPUTS,
-                          MONITORING_NAME, MONITORING_OUTPUT, ORIGINAL_SIZE, PIPELINE_INPUT,
-                          PIPELINE_NAME, PIPELINE_OUTPUTS, POSTPROCESS_NAME, PREPROCESS_NAME,
-                          TensorSpec)
 from bls.contract.metadata import METADATA_PARAMETER, ModelMetadata
+from bls.contract.tensors import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, MONITORING_INPUTS,
+                                  MONITORING_NAME, MONITORING_OUTPUT, ORIGINAL_SIZE, PIPELINE_INPUT,
+                                  PIPELINE_NAME, PIPELINE_OUTPUTS, POSTPROCESS_NAME,
+                                  PREPROCESS_NAME, TensorSpec)
 from export import execution_env as xenv
 from export.torchscript import MODEL_FILENAME, read_metadata
 

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from bls.contract.tensors import ENSEMBLE_NAME, PIPELINE_INPUT, PIPELINE_NAME, PIPELINE_OUTPUTS, MaskFormat
 from bls.contract.parameters import RequestOptions
+from bls.contract.tensors import (ENSEMBLE_NAME, PIPELINE_INPUT, PIPELINE_NAME, PIPELINE_OUTPUTS,
+                                  MaskFormat)
 from client import cli
 from client.overlay import class_color, decode_image, draw_overlay, write_png
 from client.results import (AnswerError, Detections, coco_results, decode_masks, differences,

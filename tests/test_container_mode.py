@@ -19,8 +19,8 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from bls.contract.tensors import MODEL_INPUT, MODEL_NAME, PIPELINE_NAME
-from server.launcher import RUN_TRITON
 from export.repository import assemble
+from server.launcher import RUN_TRITON
 
 ROOT = Path(__file__).resolve().parent.parent
 HELPER = ROOT / "envs" / "triton_container.py"

@@ -24,8 +24,8 @@ import pytest
 import torch
 from torch import nn
 
-from bls.pipeline import Pipeline, prepare
 from bls.contract.parameters import RequestOptions
+from bls.pipeline import Pipeline, prepare
 from export import samples
 from export.detectron2_devices import hardcoded_cuda, host_device_mixing
 
@@ -286,8 +286,8 @@ def test_traced_export_equals_default_predictor_in_process(mask_export, mask_cfg
 @pytest.mark.server
 def test_served_pipeline_equals_default_predictor(mask_export, mask_cfg, mask_weights, workdir, d2):
     """The parity command's comparison against the real embedded server."""
-    from server.launcher import TritonServer
     from export import detectron2_parity as parity
+    from server.launcher import TritonServer
 
     repository, _, _, _ = mask_export
     paths = generated_files(workdir / "served", 4)
@@ -354,8 +354,8 @@ def test_scripted_export_equals_default_predictor(d2, mask_cfg, mask_weights, wo
 
 @needs_d2
 def test_scripted_file_loads_in_the_embedded_runner(d2, mask_cfg, mask_weights, workdir):
-    from export.repository import assemble
     from bls.testing import TritonDouble, model_config_dict
+    from export.repository import assemble
 
     out = workdir / "scripted" / "model.pt"
     if not out.exists():
@@ -473,8 +473,8 @@ def test_gpu_target_is_refused_without_a_gpu(d2, mask_cfg, workdir):
 def test_gpu_export_is_served(method, mask_cfg, mask_weights, workdir):
     """Export for the GPU (traced on the CPU, verified on the GPU), serve mask_rcnn on a
     GPU instance of the embedded server, and compare with DefaultPredictor."""
-    from server.launcher import TritonServer
     from export import detectron2_parity as parity
+    from server.launcher import TritonServer
 
     repository = workdir / f"gpu_{method}"
     rc, out = run_cli(["detectron2", "--config", MASK_CONFIG, "--opts", *SMALL, "--method", method,

@@ -12,16 +12,16 @@ import torch
 import tritonclient.grpc as grpcclient
 from pycocotools import mask as mask_utils
 
-from bls.pipeline import device as device_ops
-from bls.pipeline import image as image_ops
+from bls.contract.parameters import RequestOptions
 from bls.contract.tensors import MODEL_INPUT, MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
 from bls.errors import InvalidInput
-from bls.pipeline.masks import dense_masks, paste_windows
+from bls.pipeline import device as device_ops
 from bls.pipeline import finish
-from bls.contract.parameters import RequestOptions
+from bls.pipeline import image as image_ops
+from bls.pipeline.masks import dense_masks, paste_windows
+from bls.testing import TritonDouble, model_config_dict
 from export import samples
 from tests.test_masks import random_case
-from bls.testing import TritonDouble, model_config_dict
 
 CPU = torch.device("cpu")
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
@@ -116,8 +116,8 @@ def test_pipeline_bls_on_the_cpu_device_through_the_double(torchscript, exported
 
 @pytest.mark.server
 def test_pipeline_bls_on_the_cpu_device_served(exported, torchscript, images, tmp_path):
-    from server.launcher import TritonServer
     from export.repository import assemble
+    from server.launcher import TritonServer
 
     repository = assemble(exported.model_file, tmp_path / "repository", {
         PIPELINE_NAME: 'parameters { key: "device" value { string_value: "cpu" } }'})

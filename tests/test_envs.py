@@ -17,11 +17,11 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from bls.contract.tensors import MODEL_NAME, PIPELINE_NAME
 from bls.contract.parameters import RequestOptions
-from server.launcher import ServerFailed, TritonServer
+from bls.contract.tensors import MODEL_NAME, PIPELINE_NAME
 from export import execution_env as xenv
 from export.repository import assemble, check_self_contained
+from server.launcher import ServerFailed, TritonServer
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_ENV_DIR = ROOT / "envs" / "build_env_dir.sh"

@@ -22,12 +22,12 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from bls.contract.tensors import MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
 from bls.contract.parameters import RequestOptions
+from bls.contract.tensors import MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
 from client import cli
 from client.metrics import scrape, value
-from server.launcher import TritonServer
 from export.repository import assemble
+from server.launcher import TritonServer
 
 pytestmark = pytest.mark.server
 

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
 from bls.errors import InvalidInput
-from bls.pipeline.image import DecodeLimits, decode_image, resize_image, resized_shape, to_model_input
+from bls.pipeline.image import (DecodeLimits, decode_image, resize_image, resized_shape,
+                                to_model_input)
 
 RNG = np.random.default_rng(0)
 

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 
-from bls.pipeline.masks import (crops, dense_masks, encode_rle, iter_windows, paste_windows, polygons,
-                       run_counts, window_bounds)
+from bls.pipeline.masks import (crops, dense_masks, encode_rle, iter_windows, paste_windows,
+                                polygons, run_counts, window_bounds)
 
 
 def grid_sample_paste(masks: np.ndarray, boxes: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -5,8 +5,9 @@ server in test_server.py."""
 import numpy as np
 import pytest
 
-from bls.contract.tensors import MODEL_INPUT, MODEL_NAME, ORIGINAL_SIZE, PIPELINE_INPUT, PIPELINE_OUTPUTS
 from bls.contract.parameters import RequestOptions
+from bls.contract.tensors import (MODEL_INPUT, MODEL_NAME, ORIGINAL_SIZE, PIPELINE_INPUT,
+                                  PIPELINE_OUTPUTS)
 from bls.testing import TritonDouble, model_config_dict
 
 

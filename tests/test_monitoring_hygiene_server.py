@@ -20,11 +20,11 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from bls.contract.tensors import MONITORING_NAME, MONITORING_OUTPUT
-from bls.monitoring.policy import Reason
 from bls.monitoring.event import event_inputs
+from bls.monitoring.policy import Reason
 from client.metrics import scrape, value
-from server.launcher import TritonServer
 from export.repository import assemble
+from server.launcher import TritonServer
 from tests.test_monitoring_server import monitoring_input, parameter, send_command
 
 pytestmark = pytest.mark.server

@@ -18,14 +18,14 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from bls.contract.tensors import (MODEL_NAME, MONITORING_INPUTS, MONITORING_NAME, MONITORING_OUTPUT,
-                          PIPELINE_INPUT, PIPELINE_NAME)
-from bls.monitoring.policy import Reason
-from bls.monitoring.event import event_inputs
 from bls.contract.parameters import RequestOptions
+from bls.contract.tensors import (MODEL_NAME, MONITORING_INPUTS, MONITORING_NAME, MONITORING_OUTPUT,
+                                  PIPELINE_INPUT, PIPELINE_NAME)
+from bls.monitoring.event import event_inputs
+from bls.monitoring.policy import Reason
 from client.metrics import scrape, value
-from server.launcher import TritonServer
 from export.repository import assemble
+from server.launcher import TritonServer
 
 pytestmark = pytest.mark.server
 

@@ -16,17 +16,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bls.monitoring.service
-from bls.monitoring.capture import CaptureSettings, CaptureStore, image_extension
-from bls.contract.parameters import MONITORING_PARAMETERS
+from bls.contract.parameters import MAX_DETECTIONS_LIMIT, MONITORING_PARAMETERS
 from bls.contract.tensors import MONITORING_INPUTS, MONITORING_NAME
-from bls.contract.parameters import MAX_DETECTIONS_LIMIT
-from bls.monitoring.drift import DriftMonitor, DriftSettings, psi, shares
 from bls.errors import Unavailable
-from bls.monitoring.aggregate import Event, Monitor, MonitorSettings
+from bls.monitoring.aggregate import Monitor, MonitorSettings
+from bls.monitoring.capture import CaptureSettings, CaptureStore, image_extension
+from bls.monitoring.drift import DriftMonitor, DriftSettings, psi, shares
+from bls.monitoring.event import Event, event_inputs, predictions_json
 from bls.monitoring.metrics import MAX_LABEL_VALUES, OTHER, TritonMetrics
-from bls.monitoring.queue import EventQueue
 from bls.monitoring.policy import POLICY_PARAMETER, Capture, MonitoringPolicy, Reason
-from bls.monitoring.event import event_inputs, predictions_json
+from bls.monitoring.queue import EventQueue
 from bls.monitoring.subscriptions import Subscribers, Subscription
 from bls.testing import InferenceResponseSender, TritonDouble, TritonError, model_config_dict
 

@@ -17,13 +17,12 @@ import pytest
 
 import bls.backend.orchestrator
 import bls.backend.process
-from bls.contract.parameters import MAX_ANSWER_BYTES, PIPELINE_PARAMETERS
-from bls.contract.tensors import (MODEL_INPUT, MODEL_NAME, MONITORING_NAME, MONITORING_OUTPUT,
-                          PIPELINE_INPUT, PIPELINE_NAME, PIPELINE_OUTPUTS, MaskFormat,
-                          model_output)
 from bls.backend.metrics import DURATION_METRIC, REQUESTS_METRIC, STAGES, UNSENT_METRIC
+from bls.contract.parameters import MAX_ANSWER_BYTES, PIPELINE_PARAMETERS, RequestOptions
+from bls.contract.tensors import (MODEL_INPUT, MODEL_NAME, MONITORING_NAME, MONITORING_OUTPUT,
+                                  PIPELINE_INPUT, PIPELINE_NAME, PIPELINE_OUTPUTS, MaskFormat,
+                                  model_output)
 from bls.monitoring.policy import POLICY_PARAMETER
-from bls.contract.parameters import RequestOptions
 from bls.testing import TRITONSERVER_MEMORY_CPU, TritonDouble, TritonError, model_config_dict
 from tests.test_models_unit import assert_same_answer
 

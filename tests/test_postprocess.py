@@ -4,14 +4,13 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from bls.contract.metadata import ModelMetadata
+from bls.contract.parameters import RequestOptions
 from bls.contract.tensors import PIPELINE_OUTPUTS, MaskFormat, model_outputs
 from bls.errors import InvalidInput
-from bls.contract.metadata import ModelMetadata
 from bls.pipeline import finish
-from bls.pipeline.instances import from_model_outputs, rescale, select
-from bls.pipeline.instances import Instances
 from bls.pipeline.answer import build_answer
-from bls.contract.parameters import RequestOptions
+from bls.pipeline.instances import Instances, from_model_outputs, rescale, select
 
 META = ModelMetadata(source="test", channel_order="BGR", min_size=20, max_size=40,
                      mask_resolution=28, class_names=("a", "b", "c"), category_ids=(1, 2, 3))
@@ -97,7 +96,8 @@ def test_disagreeing_model_outputs_are_reported():
 def test_every_mask_format_carries_the_same_masks_in_its_own_outputs():
     """rle, dense, box and polygon decode to the same masks; each format fills only its
     own outputs."""
-    from client.results import Detections as Answer, decode_masks
+    from client.results import Detections as Answer
+    from client.results import decode_masks
 
     det = detections(6)
     outputs = {fmt: finish(model_arrays(det), (80, 120), META, RequestOptions(0.0, None, fmt))

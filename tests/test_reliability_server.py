@@ -18,12 +18,12 @@ import tritonclient.http as httpclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from bls.contract.tensors import MODEL_NAME, MONITORING_NAME, PIPELINE_INPUT, PIPELINE_NAME
 from bls.contract.parameters import RequestOptions
-from server.launcher import TritonServer
-from server.watchdog import stubs
+from bls.contract.tensors import MODEL_NAME, MONITORING_NAME, PIPELINE_INPUT, PIPELINE_NAME
 from export import samples
 from export.repository import assemble
+from server.launcher import TritonServer
+from server.watchdog import stubs
 
 pytestmark = pytest.mark.server
 

@@ -9,9 +9,9 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from bls.contract.tensors import (ENSEMBLE_NAME, MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME,
-                          PIPELINE_OUTPUTS)
 from bls.contract.metadata import METADATA_PARAMETER, ModelMetadata
+from bls.contract.tensors import (ENSEMBLE_NAME, MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME,
+                                  PIPELINE_OUTPUTS)
 from export.repository import BLS_PACKAGE, assemble, check_self_contained, model_io
 
 CONFIG_TYPES = {"TYPE_UINT8", "TYPE_INT64", "TYPE_FP32", "TYPE_STRING"}

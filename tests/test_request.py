@@ -7,11 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bls.contract.tensors import MaskFormat
-from bls.contract.parameters import MAX_DETECTIONS_LIMIT
-from bls.errors import InvalidInput
 from bls.backend.request import image_bytes, parse_options
-from bls.contract.parameters import RequestOptions
+from bls.contract.parameters import MAX_DETECTIONS_LIMIT, RequestOptions
+from bls.contract.tensors import MaskFormat
+from bls.errors import InvalidInput
 
 
 def test_defaults_and_values():

@@ -10,11 +10,13 @@ import pytest
 import tritonclient.grpc as grpcclient
 from PIL import Image
 
-from bls.contract.parameters import PIPELINE_PARAMETERS, PREPROCESS_PARAMETERS, RESIZE_PIL, RESIZE_TORCH
-from bls.contract.tensors import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME,
-                          PREPROCESS_NAME)
-from bls.pipeline.image import decode_image, resize_image, resize_torch, resized_shape, to_model_input
+from bls.contract.parameters import (PIPELINE_PARAMETERS, PREPROCESS_PARAMETERS, RESIZE_PIL,
+                                     RESIZE_TORCH)
+from bls.contract.tensors import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, PIPELINE_INPUT,
+                                  PIPELINE_NAME, PREPROCESS_NAME)
 from bls.pipeline import Pipeline, prepare
+from bls.pipeline.image import (decode_image, resize_image, resize_torch, resized_shape,
+                                to_model_input)
 from bls.testing import TritonDouble, model_config_dict
 from export import samples
 
@@ -117,8 +119,8 @@ def test_pipeline_bls_resizes_with_torch_when_configured(exported, torchscript):
 
 @pytest.mark.server
 def test_served_resize_torch_in_pipeline_bls_and_the_ensemble(exported, torchscript, tmp_path):
-    from server.launcher import TritonServer
     from export.repository import assemble
+    from server.launcher import TritonServer
 
     setting = 'parameters { key: "resize" value { string_value: "torch" } }'
     repository = assemble(exported.model_file, tmp_path / "repository",

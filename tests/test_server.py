@@ -11,10 +11,11 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from bls.contract.tensors import ENSEMBLE_NAME, PIPELINE_INPUT, PIPELINE_NAME, PIPELINE_OUTPUTS, MaskFormat
-from bls.contract.metadata import ModelMetadata
 from bls.backend.metrics import DURATION_METRIC, REQUESTS_METRIC, STAGES
+from bls.contract.metadata import ModelMetadata
 from bls.contract.parameters import RequestOptions
+from bls.contract.tensors import (ENSEMBLE_NAME, PIPELINE_INPUT, PIPELINE_NAME, PIPELINE_OUTPUTS,
+                                  MaskFormat)
 from client.metrics import scrape, value
 
 pytestmark = pytest.mark.server

@@ -13,8 +13,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from bls.contract.tensors import ENSEMBLE_NAME, MODEL_NAME, PIPELINE_NAME
 from bls.contract.metadata import METADATA_FILE, ModelMetadata
+from bls.contract.tensors import ENSEMBLE_NAME, MODEL_NAME, PIPELINE_NAME
 from export import tune as tune_mod
 from export.__main__ import main as export_main
 from export.repository import assemble, check_self_contained, model_io

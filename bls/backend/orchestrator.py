@@ -33,20 +33,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from bls.contract.parameters import PIPELINE_PARAMETERS
-from bls.contract.tensors import MODEL_INPUT, MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
-from bls.errors import Cancelled, ModelTimeout, Unavailable, model_call_error
-from bls.backend.sender import EventSender
-from bls.pipeline.image import decode_limits
-from bls.contract.metadata import ModelMetadata
 from bls.backend.metrics import ModelStart, MonitoringCalls, RequestMetrics
 from bls.backend.process import configure_process
+from bls.backend.request import image_bytes, parse_options
+from bls.backend.responses import code_name, error_response, output_response
+from bls.backend.sender import EventSender
+from bls.contract.metadata import ModelMetadata
+from bls.contract.parameters import PIPELINE_PARAMETERS, RequestOptions
+from bls.contract.tensors import MODEL_INPUT, MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
+from bls.errors import Cancelled, ModelTimeout, Unavailable, model_call_error
+from bls.monitoring.policy import MonitoringPolicy
 from bls.pipeline import finish, prepare
 from bls.pipeline.host import HOST
-from bls.monitoring.policy import MonitoringPolicy
-from bls.backend.request import image_bytes, parse_options
-from bls.contract.parameters import RequestOptions
-from bls.backend.responses import code_name, error_response, output_response
+from bls.pipeline.image import decode_limits
 
 # How long finalize waits for jobs still held before answering them UNAVAILABLE. Triton
 # itself waits for every open response sender before it unloads a model (measured), so

@@ -21,8 +21,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from bls.contract.tensors import MONITORING_NAME, MONITORING_OUTPUT
 from bls.backend.metrics import MonitoringCalls
+from bls.contract.tensors import MONITORING_NAME, MONITORING_OUTPUT
 from bls.monitoring.event import event_inputs
 from bls.monitoring.policy import MonitoringPolicy, Reason
 

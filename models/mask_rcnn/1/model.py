@@ -14,9 +14,9 @@ import torchvision  # noqa: F401  registers torchvision::nms and roi_align, whic
 import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
+from bls.backend.metrics import ModelStart
 from bls.contract.parameters import RUNNER_PARAMETERS
 from bls.contract.tensors import MODEL_NAME
-from bls.backend.metrics import ModelStart
 
 
 class TritonPythonModel:

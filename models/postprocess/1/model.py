@@ -5,14 +5,14 @@ import json
 
 import triton_python_backend_utils as pb_utils
 
-from bls.contract.parameters import POSTPROCESS_PARAMETERS
-from bls.contract.tensors import ORIGINAL_SIZE, POSTPROCESS_NAME
-from bls.contract.metadata import ModelMetadata
 from bls.backend.metrics import ModelStart
 from bls.backend.process import configure_process
-from bls.pipeline import finish
 from bls.backend.request import parse_options
 from bls.backend.responses import error_response, output_response
+from bls.contract.metadata import ModelMetadata
+from bls.contract.parameters import POSTPROCESS_PARAMETERS
+from bls.contract.tensors import ORIGINAL_SIZE, POSTPROCESS_NAME
+from bls.pipeline import finish
 
 
 class TritonPythonModel:

@@ -6,15 +6,15 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from bls.contract.parameters import PREPROCESS_PARAMETERS
-from bls.contract.tensors import MODEL_INPUT, ORIGINAL_SIZE, PIPELINE_INPUT, PREPROCESS_NAME
-from bls.pipeline.image import decode_limits
-from bls.contract.metadata import ModelMetadata
 from bls.backend.metrics import ModelStart
 from bls.backend.process import configure_process
-from bls.pipeline import prepare
 from bls.backend.request import image_bytes
 from bls.backend.responses import error_response, output_response
+from bls.contract.metadata import ModelMetadata
+from bls.contract.parameters import PREPROCESS_PARAMETERS
+from bls.contract.tensors import MODEL_INPUT, ORIGINAL_SIZE, PIPELINE_INPUT, PREPROCESS_NAME
+from bls.pipeline import prepare
+from bls.pipeline.image import decode_limits
 
 
 class TritonPythonModel:
