@@ -427,7 +427,7 @@ def bench_latency(server, meta: ModelMetadata, images: list[BenchImage], iterati
     on how the server runs mask_rcnn."""
     import tritonclient.grpc as grpcclient
 
-    from bls.pipeline import prepare
+    from bls.pipeline.steps import prepare
 
     client = grpcclient.InferenceServerClient(server.grpc_url)
     try:

@@ -42,7 +42,7 @@ import PIL
 from benchmarks.pipeline import begin, check_images, load_images, run_main, table
 from bls.pipeline import image as image_ops
 from bls.backend.process import keep_freed_memory
-from bls.pipeline import prepare
+from bls.pipeline.steps import prepare
 
 MIN_SIZE, MAX_SIZE = 800, 1333
 REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,

@@ -214,7 +214,7 @@ def build_targets(names: list[str], images: list[BenchImage], meta, pipe_batch: 
                   ens_batch: bool) -> list[Target]:
     import tritonclient.grpc as grpcclient
 
-    from bls.pipeline import prepare
+    from bls.pipeline.steps import prepare
 
     targets = []
     for name in names:
@@ -502,7 +502,7 @@ class InProcessCompute:
 
     def one(self, k: int) -> tuple[float, float]:
         """(prepare ms, finish ms) of image k (cycling), once."""
-        from bls.pipeline import finish, prepare
+        from bls.pipeline.steps import finish, prepare
 
         image = self.images[k % len(self.images)]
         t0 = time.perf_counter()

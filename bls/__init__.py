@@ -7,10 +7,13 @@ One subpackage per concept, each depending only on those above it:
   metadata (metadata.py) and every parameter (parameters.py).
 - ``bls.pipeline``: the image and mask pipeline, pure functions over numpy (or torch on
   a device): prepare -> model call -> finish.
+- ``bls.backend``: the Triton-facing layer all the Python models share: request
+  parsing, responses, metrics, process settings, the model.py adapter.
 - ``bls.monitoring``: the monitoring model: sending policy, event format, statistics,
   drift, capture, metrics, alert streams, and its request handling (service.py).
-- ``bls.backend``: pipeline_bls's side of Triton: request parsing, responses, metrics and
-  the BLS orchestration (orchestrator.py), monitoring events sent off the request path.
+- ``bls.orchestration``: what runs the pipeline inside Triton: pipeline_bls's BLS
+  orchestration (orchestrator.py), its monitoring events sent off the request path
+  (sender.py), and the ensemble's two Python steps (ensemble.py).
 - ``bls.testing``: a faithful double of ``triton_python_backend_utils`` to test any of
   them (and users' own BLS models) without a server.
 

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 
 class InvalidInput(ValueError):
-    """A request's input or parameter is unusable. Answered as INVALID_ARG for that
-    request alone; the rest of its batch is unaffected.
+    """A request's input or parameter is unusable; answered INVALID_ARG.
 
-    kind: "input" (a tensor) or "parameter" (a request parameter).
+    Only that request is refused; the rest of its batch is unaffected.
+
+    Args:
+        name: the input or parameter.
+        problem: what is wrong with it, in words the client can act on.
+        kind: "input" (a tensor) or "parameter" (a request parameter).
     """
 
     def __init__(self, name: str, problem: str, kind: str = "input"):
@@ -28,28 +32,39 @@ class InvalidInput(ValueError):
 
 
 class Cancelled(RuntimeError):
-    """The client cancelled the request (or went away): the work stops where it is and
-    the request is answered CANCELLED, which nobody reads but Triton requires."""
+    """The client cancelled the request (or went away); answered CANCELLED.
+
+    The work stops where it is; the CANCELLED answer is read by nobody, but Triton
+    requires one."""
 
 
 class Unavailable(RuntimeError):
-    """The request is fine but cannot be served here now: a model it needs is not ready
-    or its process is unhealthy, the server or this model is stopping. A client should
-    retry, on another replica or after a backoff."""
+    """The request is fine but cannot be served here now; answered UNAVAILABLE.
+
+    A model it needs is not ready or its process is unhealthy, or the server or this
+    model is stopping. A client should retry, on another replica or after a backoff."""
 
 
 class ModelTimeout(Unavailable):
-    """mask_rcnn did not answer within ``mask_rcnn_timeout_us``: the server is
-    overloaded. Retryable like any Unavailable; counted under its own outcome."""
+    """mask_rcnn did not answer within ``mask_rcnn_timeout_us``; answered UNAVAILABLE.
+
+    The server is overloaded. Retryable like any Unavailable; counted under its own
+    outcome."""
 
 
 class ModelCallFailed(RuntimeError):
-    """The called model ran and failed (it raised, or answered an error). INTERNAL."""
+    """The called model ran and failed (it raised, or answered an error); answered INTERNAL."""
 
 
 def classify(error: Exception | None) -> tuple[str, str]:
-    """(Triton error code name, outcome label) of an error, the table above; None is an
-    answer: ("", "ok")."""
+    """Classify an error by the module's table.
+
+    Args:
+        error: the exception a request ended with, or None for an answer.
+
+    Returns:
+        (Triton error code name, outcome label); ("", "ok") for None.
+    """
     if error is None:
         return "", "ok"
     for kind, code, outcome in _KINDS:
@@ -62,7 +77,7 @@ _KINDS = ((InvalidInput, "INVALID_ARG", "invalid"), (Cancelled, "CANCELLED", "ca
           (ModelTimeout, "UNAVAILABLE", "timeout"), (Unavailable, "UNAVAILABLE", "unavailable"))
 
 # Triton 2.51 answers a BLS call whose target cannot serve with code INTERNAL, whatever
-# the reason (measured): "Model 'mask_rcnn' is not ready.", "Stub process 'mask_rcnn_0_0'
+# the reason: "Model 'mask_rcnn' is not ready.", "Stub process 'mask_rcnn_0_0'
 # is not healthy.", "Server not ready" during a stop. These phrases tell them apart from
 # a model that ran and failed.
 _UNAVAILABLE_PHRASES = ("not ready", "is not healthy", "is stopping")
@@ -70,12 +85,18 @@ _TIMEOUT_PHRASES = ("request timeout expired",)  # Triton's own, where it enforc
 
 
 def model_call_error(model: str, code: str, message: str) -> Exception:
-    """The exception for a BLS response error of ``model``.
+    """Turn a BLS response error of ``model`` into the exception the client should see.
 
-    code: the TritonError code's name (``INTERNAL``, ``UNAVAILABLE``, ...); message: its
-    message. UNAVAILABLE and not-ready / unhealthy / stopping messages -> Unavailable;
-    CANCELLED -> Cancelled; a Triton request timeout -> ModelTimeout; else
-    ModelCallFailed."""
+    Args:
+        model: the called model's name.
+        code: the TritonError code's name (``INTERNAL``, ``UNAVAILABLE``, ...).
+        message: the TritonError's message.
+
+    Returns:
+        Unavailable for UNAVAILABLE and not-ready / unhealthy / stopping messages;
+        Cancelled for CANCELLED; ModelTimeout for a Triton request timeout; else
+        ModelCallFailed.
+    """
     text = f"{model} failed: {message}"
     lowered = message.lower()
     if any(p in lowered for p in _TIMEOUT_PHRASES):

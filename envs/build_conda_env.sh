@@ -13,7 +13,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYVER=3.12
+PYTHON=3.12  # the version (MAJOR.MINOR) here, not an interpreter
 SPEC="$ROOT/envs/conda-serving.yml"
 REQUIREMENTS="$ROOT/envs/requirements-serving.txt"
 CONDA="${CONDA:-conda}"
@@ -21,20 +21,10 @@ CONDA_PACK="${CONDA_PACK:-conda-pack}"
 OUTPUT=""
 PREFIX=""
 
-die() { echo "build_conda_env.sh: $*" >&2; exit 2; }
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
-
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --python) PYVER="$2"; shift 2 ;;
-    --spec) SPEC="$2"; shift 2 ;;
-    --output) OUTPUT="$2"; shift 2 ;;
-    --prefix) PREFIX="$2"; shift 2 ;;
-    --conda) CONDA="$2"; shift 2 ;;
-    -h|--help) usage 0 ;;
-    *) echo "build_conda_env.sh: unknown option $1" >&2; usage 2 ;;
-  esac
-done
+SCRIPT=build_conda_env.sh HELP=2,12p
+source "$ROOT/envs/cli.sh"
+parse_options "python spec output prefix conda" "" "$@"
+PYVER="$PYTHON"
 
 [[ "$PYVER" =~ ^3\.[0-9]+$ ]] || die "--python must be MAJOR.MINOR such as 3.12, got '$PYVER'"
 [[ -f "$SPEC" ]] || die "no environment spec at $SPEC"

@@ -26,20 +26,9 @@ OUTPUT=""
 FORCE=0
 ARCHIVE=0
 
-die() { echo "build_env_dir.sh: $*" >&2; exit 2; }
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
-
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --python) PYTHON="$2"; shift 2 ;;
-    --requirements) REQUIREMENTS="$2"; shift 2 ;;
-    --output) OUTPUT="$2"; shift 2 ;;
-    --archive) ARCHIVE=1; shift ;;
-    --force) FORCE=1; shift ;;
-    -h|--help) usage 0 ;;
-    *) echo "build_env_dir.sh: unknown option $1" >&2; usage 2 ;;
-  esac
-done
+SCRIPT=build_env_dir.sh HELP=2,19p
+source "$ROOT/envs/cli.sh"
+parse_options "python requirements output" "archive force" "$@"
 
 command -v "$PYTHON" >/dev/null || die "no Python '$PYTHON' (set --python)"
 [[ -f "$REQUIREMENTS" ]] || die "no requirements file at $REQUIREMENTS"

@@ -218,11 +218,7 @@ def class_names(cfg, names_file: Path | None = None) -> tuple[tuple[str, ...], t
     ids), else class_<i>. Detectron2 class indices have no background class."""
     num = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     if names_file is not None:
-        names = tuple(line.strip() for line in Path(names_file).read_text().splitlines()
-                      if line.strip())
-        if len(names) != num:
-            raise ValueError(f"{names_file} has {len(names)} names; the model has "
-                             f"{num} classes (MODEL.ROI_HEADS.NUM_CLASSES)")
+        names = exporter.names_from_file(names_file, num, "MODEL.ROI_HEADS.NUM_CLASSES")
         return names, tuple(range(num)), f"file {Path(names_file).name}"
     import detectron2.data  # noqa: F401  registers the builtin datasets (no file is read)
     from detectron2.data import MetadataCatalog

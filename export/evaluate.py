@@ -115,7 +115,7 @@ def reference_pipeline(meta, checkpoint: Path | None):
     and the same box threshold, proposals and detections."""
     import torch
 
-    from bls.pipeline import Pipeline
+    from bls.pipeline.steps import Pipeline
     from export import torchvision_maskrcnn as tvm
 
     if not meta.source.startswith("torchvision"):

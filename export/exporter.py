@@ -14,12 +14,22 @@ from typing import Sequence
 import torch
 
 from bls.contract.metadata import ModelMetadata
-from bls.pipeline import prepare
+from bls.pipeline.steps import prepare
 from export import samples
 from export.torchscript import save
 from export.verify import ExportMismatch, check_outputs, compare
 
 METHODS = ("script", "trace")
+
+
+def names_from_file(path: Path, count: int, what: str) -> tuple[str, ...]:
+    """The class names in ``path``, one per line (blank lines skipped); ValueError unless
+    there are ``count``, naming ``what`` the model's classes are."""
+    names = tuple(line.strip() for line in Path(path).read_text().splitlines() if line.strip())
+    if len(names) != count:
+        raise ValueError(f"{path} has {len(names)} names; the model has {count} classes "
+                         f"({what})")
+    return names
 
 
 def sample_inputs(meta: ModelMetadata, images: Sequence[bytes] = ()) -> list[torch.Tensor]:

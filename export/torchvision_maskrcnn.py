@@ -20,6 +20,8 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.resnet import resnet50
 from torchvision.ops import misc as misc_nn_ops
 
+from export import exporter
+
 log = logging.getLogger(__name__)
 
 COCO_CATEGORIES = tuple(MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
@@ -106,12 +108,7 @@ def build(checkpoint: Path | None = None, pretrained: bool = False, seed: int = 
 def class_names(num_classes: int, names_file: Path | None = None) -> tuple[str, ...]:
     """COCO's 91 torchvision categories, names from a file (one per line), or class_<i>."""
     if names_file is not None:
-        names = tuple(line.strip() for line in Path(names_file).read_text().splitlines()
-                      if line.strip())
-        if len(names) != num_classes:
-            raise ValueError(f"{names_file} has {len(names)} names; the model has "
-                             f"{num_classes} classes (index 0 is the background)")
-        return names
+        return exporter.names_from_file(names_file, num_classes, "index 0 is the background")
     if num_classes == len(COCO_CATEGORIES):
         return COCO_CATEGORIES
     return tuple(f"class_{i}" for i in range(num_classes))

@@ -24,7 +24,7 @@ refuses, naming the option and its value, when it means something nowhere:
   that name (declared in bls/contract/parameters.py: mask_rcnn's runner reads ``intra_op_threads``). 0 leaves
   torch's default.
 * ``--worker-threads``: the ``worker_threads`` parameter, read by pipeline_bls.
-* ``--max-in-flight``: ``max_in_flight_requests``, read by pipeline_bls: requests one
+* ``--max-in-flight-requests``: ``max_in_flight_requests``, read by pipeline_bls: requests one
   instance works on at once (default 2 x max_batch_size); beyond it they wait in
   Triton's queue.
 
@@ -62,7 +62,7 @@ PARAMETERS = {
     "intra_op_threads": {"python": "intra_op_threads", "pytorch": "INTRA_OP_THREAD_COUNT"},
     "inter_op_threads": {"python": "inter_op_threads", "pytorch": "INTER_OP_THREAD_COUNT"},
     "worker_threads": {"python": "worker_threads"},
-    "max_in_flight": {"python": "max_in_flight_requests"},
+    "max_in_flight_requests": {"python": "max_in_flight_requests"},
 }
 PROCESS_GLOBAL = {"INTRA_OP_THREAD_COUNT", "INTER_OP_THREAD_COUNT"}
 MAIN_CONFIG = "config"  # --config-name for config.pbtxt; others name configs/<name>.pbtxt
@@ -86,7 +86,7 @@ class TuneOptions:
     intra_op_threads: int | None = None
     inter_op_threads: int | None = None
     worker_threads: int | None = None
-    max_in_flight: int | None = None
+    max_in_flight_requests: int | None = None
 
     def given(self) -> dict[str, object]:
         """The options set, by field name."""
@@ -212,7 +212,7 @@ def reads_parameter(model_dir: Path, name: str) -> bool:
 # --------------------------------------------------------------------------- rules
 def _check_values(options: TuneOptions) -> None:
     given = options.given()
-    for name in ("instances", "worker_threads", "max_in_flight"):
+    for name in ("instances", "worker_threads", "max_in_flight_requests"):
         if name in given and getattr(options, name) < 1:
             raise TuneError(f"{describe(name, given[name])}: must be at least 1")
     for name in ("max_batch_size", "max_queue_delay_us", "intra_op_threads", "inter_op_threads"):
@@ -479,6 +479,20 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+# The options that take one whole number: flag -> meaning (the TuneOptions field of the
+# same name holds it).
+WHOLE_NUMBER_OPTIONS = {
+    "--instances": "instances (instance_group count)",
+    "--max-batch-size": "max_batch_size",
+    "--max-queue-delay-us": "dynamic batching: longest wait to fill a batch, microseconds",
+    "--intra-op-threads": "torch threads per op (0: torch's default, one per core)",
+    "--inter-op-threads": "torch inter-op threads (libtorch backend; a runner that reads it)",
+    "--worker-threads": "pipeline_bls decode/paste threads per instance",
+    "--max-in-flight-requests": "pipeline_bls requests in progress per instance (default 2 x "
+                                "max batch size)",
+}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repository", type=Path, required=True,
                    help="an assembled model repository (python -m export), edited in place")
@@ -486,26 +500,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config-name", metavar="NAME",
                    help="only this config: 'config' (config.pbtxt, NVIDIA's container) or a "
                         "name in configs/ (e.g. 'embedded'); default: all of the model's")
-    p.add_argument("--instances", type=int, metavar="N", help="instances (instance_group count)")
     p.add_argument("--kind", choices=sorted(KINDS), help="instance kind (KIND_CPU / KIND_GPU)")
     p.add_argument("--gpus", type=_int_list, metavar="0,1",
                    help="GPU ids of a KIND_GPU group (instances per listed GPU)")
-    p.add_argument("--max-batch-size", type=int, metavar="N")
-    p.add_argument("--max-queue-delay-us", type=int, metavar="N",
-                   help="dynamic batching: longest wait to fill a batch, microseconds")
     p.add_argument("--preferred-batch-sizes", type=_int_list, metavar="2,4",
                    help="dynamic batching: preferred batch sizes")
     p.add_argument("--no-dynamic-batching", action="store_true",
                    help="remove dynamic_batching (e.g. with --max-batch-size 0)")
-    p.add_argument("--intra-op-threads", type=int, metavar="N",
-                   help="torch threads per op (0: torch's default, one per core)")
-    p.add_argument("--inter-op-threads", type=int, metavar="N",
-                   help="torch inter-op threads (libtorch backend; a runner that reads it)")
-    p.add_argument("--worker-threads", type=int, metavar="N",
-                   help="pipeline_bls decode/paste threads per instance")
-    p.add_argument("--max-in-flight", type=int, metavar="N",
-                   help="pipeline_bls requests in progress per instance (default 2 x max "
-                        "batch size)")
+    for flag, meaning in WHOLE_NUMBER_OPTIONS.items():
+        p.add_argument(flag, type=int, metavar="N", help=meaning)
     p.add_argument("--from-sweep", type=Path, metavar="SWEEP_JSON",
                    help="pipeline_bls only: apply the per-instance recommendation of "
                         "python -m benchmarks.sweep --stand-in (its sweep.json) for "

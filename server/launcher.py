@@ -22,7 +22,7 @@ READY_LINE = "run_triton.sh: ready"
 
 
 def free_ports(count: int) -> list[int]:
-    """Ports the kernel hands out on 127.0.0.1, all held open together so they differ."""
+    """Pick ``count`` free ports on 127.0.0.1, all held open together so they differ."""
     with ExitStack() as stack:
         socks = [stack.enter_context(closing(socket.socket())) for _ in range(count)]
         for s in socks:
@@ -31,7 +31,7 @@ def free_ports(count: int) -> list[int]:
 
 
 def live_processes():
-    """(pid, ppid, pgrp) of every process that is not a zombie, from /proc."""
+    """Yield (pid, ppid, pgrp) of every process that is not a zombie, from /proc."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             # "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after ')'
@@ -43,7 +43,7 @@ def live_processes():
 
 
 def live_members(pgid: int) -> list[int]:
-    """Pids of process group ``pgid`` that are not zombies."""
+    """List the pids of process group ``pgid`` that are not zombies."""
     return [pid for pid, _, group in live_processes() if group == pgid]
 
 
@@ -51,7 +51,11 @@ def remove_shm_regions(run_triton_pid: int) -> list[Path]:
     """Delete the Python backend's shared-memory regions of a server that is gone.
 
     run_triton.sh names them triton_bls_<its pid>_*; a server that was killed (or whose
-    stubs were) leaves them behind in /dev/shm, holding memory until removed."""
+    stubs were) leaves them behind in /dev/shm, holding memory until removed.
+
+    Returns:
+        The paths removed.
+    """
     removed = []
     for path in Path("/dev/shm").glob(f"triton_bls_{run_triton_pid}_*"):
         path.unlink(missing_ok=True)
@@ -60,14 +64,18 @@ def remove_shm_regions(run_triton_pid: int) -> list[Path]:
 
 
 class ServerFailed(RuntimeError):
-    pass
+    """The server exited or was not ready in time; the message holds its log's tail."""
 
 
 class TritonServer:
-    """``with TritonServer(repository) as server: server.http_url ...``
+    """Run one server on free loopback ports: ``with TritonServer(repository) as server: ...``.
 
-    mode: run_triton.sh's --mode (embedded here; container where a GPU and Docker are).
-    log: where the server's output goes (a temporary file by default; ``log_text()``).
+    Args:
+        repository: the model repository.
+        mode: run_triton.sh's --mode (embedded here; container where a GPU and Docker are).
+        log: where the server's output goes (a temporary file by default; ``log_text()``).
+        ready_timeout: seconds run_triton.sh waits for the server to be ready.
+        extra_args: more run_triton.sh arguments.
     """
 
     def __init__(self, repository: Path, mode: str = "embedded", log: Path | None = None,
@@ -83,18 +91,22 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
+        """host:port of the HTTP endpoint."""
         return f"127.0.0.1:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
+        """host:port of the gRPC endpoint."""
         return f"127.0.0.1:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
+        """The URL of the Prometheus metrics."""
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
     def pid(self) -> int | None:
+        """run_triton.sh's pid, or None when not running."""
         return self.process.pid if self.process else None
 
     @property
@@ -104,9 +116,18 @@ class TritonServer:
         return int(match.group(1)) if match else None
 
     def log_text(self) -> str:
+        """The server's output so far ("" before it starts)."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def start(self, attempts: int = 3) -> "TritonServer":
+        """Start the server and wait until it is ready; nothing is left running on failure.
+
+        Args:
+            attempts: tries with fresh ports when a port was taken meanwhile.
+
+        Raises:
+            ServerFailed: the server exited, or was not ready in time.
+        """
         try:
             return self._start(attempts)
         except BaseException:  # Ctrl-C or a failure while waiting: leave nothing running
@@ -149,10 +170,12 @@ class TritonServer:
         raise ServerFailed(f"server not ready after {self.ready_timeout}s; log {self.log_path}")
 
     def stop(self, timeout: float = 60) -> None:
-        """SIGTERM to run_triton.sh alone: it forwards it to tritonserver, which unloads
+        """Stop the server and everything it started.
+
+        SIGTERM goes to run_triton.sh alone: it forwards it to tritonserver, which unloads
         the models (their finalize runs) and ends its Python stubs itself. Signalling the
-        whole group would kill the stubs under the server. Whatever is left of the
-        group after ``timeout`` (or after a clean exit) gets SIGKILL."""
+        whole group would kill the stubs under the server. Whatever is left of the group
+        after ``timeout`` (or after a clean exit) gets SIGKILL."""
         process, self.process = self.process, None
         if process is None:
             return

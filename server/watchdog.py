@@ -28,8 +28,9 @@ STUB = b"triton_python_backend_stub"
 
 
 def stubs(server_pid: int) -> dict[str, set[int]]:
-    """Live stub processes of ``server_pid`` by model name (the model directory of the
-    model.py each stub runs)."""
+    """Find the live stub processes of ``server_pid``, by model name.
+
+    The model's name is the model directory of the model.py each stub runs."""
     found: dict[str, set[int]] = {}
     for pid, ppid, _ in live_processes():
         if ppid != server_pid:
@@ -52,12 +53,17 @@ def _post(url: str, header: str, key: str, timeout: float) -> None:
 
 
 def reload(base_url: str, model: str, header: str, key: str, timeout: float = 600) -> None:
-    """Unload and load ``model`` (a plain load of an unchanged model is a no-op)."""
+    """Unload and load ``model`` (a plain load of an unchanged model is a no-op).
+
+    Raises:
+        urllib.error.URLError: the server refused or did not answer.
+    """
     _post(f"{base_url}/v2/repository/models/{model}/unload", header, key, timeout)
     _post(f"{base_url}/v2/repository/models/{model}/load", header, key, timeout)
 
 
 def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -68,10 +74,19 @@ def alive(pid: int) -> bool:
 
 
 def log(message: str) -> None:
+    """Write ``message`` to stderr, prefixed as run_triton.sh's watchdog."""
     print(f"run_triton.sh watchdog: {message}", file=sys.stderr, flush=True)
 
 
 def watch(base_url: str, server_pid: int, header: str, key: str, interval: float = 1.0) -> None:
+    """Reload each model whose stub dies, until the server exits.
+
+    Args:
+        base_url: the server's HTTP base URL, http://host:port.
+        server_pid: tritonserver's pid.
+        header, key: the admin header and its value, for the model-repository API.
+        interval: seconds between looks at the stub processes.
+    """
     known = stubs(server_pid)
     log(f"watching {sum(len(p) for p in known.values())} stub processes of "
         f"{len(known)} models (server pid {server_pid})")
@@ -100,6 +115,7 @@ def watch(base_url: str, server_pid: int, header: str, key: str, interval: float
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``python -m server.watchdog``; returns its exit status."""
     p = argparse.ArgumentParser(prog="python -m server.watchdog", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", required=True, help="the server's HTTP base URL, http://host:port")

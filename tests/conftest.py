@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bls.contract.metadata import ModelMetadata
-from bls.pipeline import Pipeline
+from bls.pipeline.steps import Pipeline
 from export import samples
 from export.torchscript import MODEL_FILENAME, read_metadata
 

@@ -156,8 +156,8 @@ def test_rollout_never_drops_capacity_or_requests():
     exit_timeout = int(next(a for a in container["args"] if a.startswith("--exit-timeout-secs="))
                        .split("=")[1])
     # preStop, then Triton's wait for the models to unload, then pipeline_bls's own drain
-    # of what it still holds (bls/backend/orchestrator.py DRAIN_S), within the grace period.
-    from bls.backend.orchestrator import DRAIN_S
+    # of what it still holds (bls/orchestration/orchestrator.py DRAIN_S), within the grace period.
+    from bls.orchestration.orchestrator import DRAIN_S
 
     assert sleep > 0 and pod["terminationGracePeriodSeconds"] > sleep + exit_timeout + DRAIN_S
     # A new repository path changes the pod template, which is what rolls the pods.

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from bls.contract.parameters import RequestOptions
-from bls.pipeline import Pipeline, prepare
+from bls.contract.tensors import MODEL_INPUT, model_output, model_outputs
+from bls.pipeline.steps import Pipeline, prepare
 from export import samples
 from export.detectron2_devices import hardcoded_cuda, host_device_mixing
 
@@ -356,6 +357,7 @@ def test_scripted_export_equals_default_predictor(d2, mask_cfg, mask_weights, wo
 def test_scripted_file_loads_in_the_embedded_runner(d2, mask_cfg, mask_weights, workdir):
     from bls.testing import TritonDouble, model_config_dict
     from export.repository import assemble
+    from export.torchscript import read_metadata
 
     out = workdir / "scripted" / "model.pt"
     if not out.exists():
@@ -365,13 +367,21 @@ def test_scripted_file_loads_in_the_embedded_runner(d2, mask_cfg, mask_weights, 
     repo = assemble(out, workdir / "scripted_repository")
     double = TritonDouble({})
     with double.installed():
-        double.load_model(repo / "mask_rcnn",
-                          model_config_dict(repo / "mask_rcnn" / "configs" / "embedded.pbtxt"))
+        runner = double.load_model(
+            repo / "mask_rcnn", model_config_dict(repo / "mask_rcnn" / "configs" / "embedded.pbtxt"))
+        meta = read_metadata(out)
+        model_input = prepare(samples.encode(samples.scene(200, 260, seed=4)), meta).model_input
+        [served] = double.execute(runner, [double.request({MODEL_INPUT.name: model_input})])
+    assert not served.has_error(), served.error()
+    got = {t.name(): t.as_numpy() for t in served.output_tensors()}
+    expected = torchscript_call(out, meta)(model_input)
+    assert list(got) == [s.name for s in meta.outputs] == list(expected)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name])
 
 
 @needs_d2
 def test_faster_rcnn_exports_boxes_only_and_matches_default_predictor(d2, workdir):
-    from bls.contract.tensors import model_outputs
     from client.results import Detections
 
     cfg = d2.load_config(BOX_CONFIG, SMALL)
@@ -413,7 +423,7 @@ def test_mismatching_export_is_refused_and_nothing_written(d2, mask_cfg, mask_we
                   images=[samples.encode(samples.scene(200, 260, seed=4))], log=lines.append)
     assert not out.exists() and not list(out.parent.glob("*"))
     report = "\n".join(lines)
-    assert "boxes__0" in report and "max |diff| 0.5" in report and "MISMATCH" in report
+    assert model_output(model_outputs(None), "boxes").name in report and "max |diff| 0.5" in report and "MISMATCH" in report
 
 
 @needs_d2

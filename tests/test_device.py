@@ -4,7 +4,6 @@ CPU here (the same code as on a GPU); the CUDA-only checks skip without a GPU.
 References: the numpy path (bls/pipeline/image.py, bls/pipeline/masks.py), pycocotools, and for
 pipeline_bls the TorchScript model fed the device path's own model input."""
 
-import json
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from bls.contract.parameters import RequestOptions
 from bls.contract.tensors import MODEL_INPUT, MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
 from bls.errors import InvalidInput
 from bls.pipeline import device as device_ops
-from bls.pipeline import finish
+from bls.pipeline.steps import finish
 from bls.pipeline import image as image_ops
 from bls.pipeline.masks import dense_masks, paste_windows
 from bls.testing import TritonDouble, model_config_dict
@@ -56,7 +55,7 @@ def test_prepare_matches_the_numpy_path_within_one_level():
     for data in (samples.encode(samples.scene(240, 320, seed=1), ".jpg"),
                  samples.encode(samples.scene(330, 210, seed=2), ".png")):
         got, size = device_ops.prepare(data, meta, image_ops.DecodeLimits(), CPU)
-        from bls.pipeline import prepare
+        from bls.pipeline.steps import prepare
 
         expected = prepare(data, meta)
         assert size == expected.original_size and got.dtype == torch.uint8
@@ -133,7 +132,7 @@ def test_pipeline_bls_on_the_cpu_device_served(exported, torchscript, images, tm
             assert_close(got, expected_answer(torchscript, exported.meta, images[name],
                                               RequestOptions(0.0)))
         config = client.get_model_config(PIPELINE_NAME, as_json=True)["config"]
-        assert json.loads(json.dumps(config))["parameters"]["device"]["string_value"] == "cpu"
+        assert config["parameters"]["device"]["string_value"] == "cpu"  # the override served
 
 
 @CUDA

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from bls.contract.tensors import MODEL_INPUT, model_outputs
-from bls.pipeline import prepare
+from bls.contract.tensors import MODEL_INPUT, model_output, model_outputs
+from bls.pipeline.steps import prepare
 from export import exporter, samples
 from export import torchvision_maskrcnn as tvm
 from export.torchscript import read_metadata
@@ -35,17 +35,19 @@ def test_exported_file_follows_the_contract(exported, torchscript, images):
     model_input = prepare(images["scene.jpg"], exported.meta).model_input
     assert model_input.dtype == MODEL_INPUT.numpy_dtype and model_input.shape[0] == 3
     outputs = torchscript(model_input)
-    specs = model_outputs(28)
+    specs = model_outputs(exported.meta.mask_resolution)
     assert list(outputs) == [s.name for s in specs]
-    n = len(outputs["scores__3"])
+    scores, image_size, masks = (model_output(specs, field).name
+                                 for field in ("scores", "image_size", "masks"))
+    n = len(outputs[scores])
     assert 0 < n <= 20
     for spec in specs:
         value = outputs[spec.name]
         assert value.dtype == spec.numpy_dtype, spec.name
         assert [d if d != -1 else value.shape[i] for i, d in enumerate(spec.dims)] == list(value.shape)
-    assert outputs["image_size__4"].tolist() == list(model_input.shape[1:])
-    assert (np.diff(outputs["scores__3"]) <= 0).all()
-    masks = outputs["masks__2"]
+    assert outputs[image_size].tolist() == list(model_input.shape[1:])
+    assert (np.diff(outputs[scores]) <= 0).all()
+    masks = outputs[masks]
     assert masks.min() >= 0 and masks.max() <= 1  # probabilities, not pasted
 
 
@@ -123,7 +125,8 @@ def test_mismatching_export_is_refused_and_nothing_written(exported, tmp_path):
         exporter.export_module(_DivergesWhenScripted(tvm.TorchvisionMaskRCNN(model)), exported.meta, out, log=lines.append)
     assert not out.exists()
     report = "\n".join(lines)
-    assert "boxes__0" in report and "max |diff| 0.5" in report and "MISMATCH" in report
+    boxes = model_output(exported.meta.outputs, "boxes").name
+    assert boxes in report and "max |diff| 0.5" in report and "MISMATCH" in report
 
 
 def test_export_cli_on_a_fresh_process_says_which_weights(tmp_path):

@@ -171,8 +171,14 @@ def test_client_infer_retries_unavailable_until_the_model_is_back(server, admin,
 
 # --------------------------------------------------------------------------- 3: one response each
 FAULT = '''
-    def execute(self, requests):  # injected by the test: a bug once the first has started
-        read = self.pipeline._read
+
+
+_Served = TritonPythonModel
+
+
+class TritonPythonModel(_Served):  # injected by the test: a bug once the first has started
+    def execute(self, requests):
+        read = self.handler._read
 
         def flaky(request):
             self.reads = getattr(self, "reads", 0) + 1
@@ -180,11 +186,11 @@ FAULT = '''
                 raise RuntimeError("fault injected after a request had started")
             return read(request)
 
-        self.pipeline._read = flaky
+        self.handler._read = flaky
         try:
-            return self.pipeline.execute(requests)
+            return self.handler.execute(requests)
         finally:
-            self.pipeline._read = read
+            self.handler._read = read
 '''
 
 
@@ -192,9 +198,7 @@ def test_each_request_gets_exactly_one_response_when_execute_fails_midway(server
                                                                          reference, images):
     model_py = server.repository_path / PIPELINE_NAME / "1" / "model.py"
     real = model_py.read_text()
-    head, _, tail = real.partition("    def execute(self, requests):")
-    model_py.write_text(head + FAULT.lstrip("\n") + "\n    def _real_execute(self, requests):"
-                        + tail)
+    model_py.write_text(real + FAULT)
     answers: queue.Queue = queue.Queue()
     try:
         admin.unload_model(PIPELINE_NAME)

@@ -56,7 +56,7 @@ def test_ensemble_steps_compose_to_the_same_answer(double, exported, reference, 
 
 
 def test_mask_rcnn_runner_equals_the_torchscript_module(double, exported, torchscript, images):
-    from bls.pipeline import prepare
+    from bls.pipeline.steps import prepare
 
     model_dir = exported.repository / MODEL_NAME
     runner = double.load_model(model_dir, model_config_dict(model_dir / "configs" / "embedded.pbtxt"))

@@ -492,7 +492,7 @@ def test_monitoring_acknowledges_counts_alerts_and_captures(monitoring_model, tm
     requests = [double.request(steady) for _ in range(5)] + [double.request(shifted) for _ in range(5)]
     double.execute(model, requests)
     assert all(acknowledged(r) for r in requests)
-    wait_for(lambda: model.service.monitor.events == 10 and subscribe.sender.closed)
+    wait_for(lambda: model.handler.monitor.events == 10 and subscribe.sender.closed)
     alert, end = messages(subscribe)[1:]
     assert alert["type"] == "alert" and alert["kind"] in DriftMonitor.ALERT_KINDS
     assert alert["psi"] > alert["threshold"] and end == {"type": "end", "reason": "max_alerts reached"}
@@ -514,7 +514,7 @@ def test_monitoring_refuses_bad_commands_and_events(monitoring_model, exported):
                              "reasons": np.array([b"made_up"], dtype=object)})
     out_of_range = double.request(detections([0.9], [class_count]))
     huge = double.request(event_inputs([Reason.SAMPLED], answer(1), 1.0,
-                                       bytes(model.service.monitor.settings.max_event_bytes)))
+                                       bytes(model.handler.monitor.settings.max_event_bytes)))
     requests = [bad, missing, reason, out_of_range, huge]
     double.execute(model, requests)
     assert all(r.sender.closed and len(r.sender.responses) == 1 for r in requests)
@@ -526,8 +526,8 @@ def test_monitoring_refuses_bad_commands_and_events(monitoring_model, exported):
     assert f"monitoring: input 'classes': class index {class_count} (detection 0) is outside " \
            f"[0, {class_count})" in range_
     assert re.search(r"monitoring: input 'image': the event is \d+ bytes \(image: "
-                     rf"{model.service.monitor.settings.max_event_bytes}\), more than the limit "
-                     rf"\(max_event_bytes\) of {model.service.monitor.settings.max_event_bytes}$", huge_)
+                     rf"{model.handler.monitor.settings.max_event_bytes}\), more than the limit "
+                     rf"\(max_event_bytes\) of {model.handler.monitor.settings.max_event_bytes}$", huge_)
     stats = command(double, "stats")
     double.execute(model, [stats])
     assert messages(stats)[0]["events"] == 0
@@ -540,14 +540,14 @@ class Blocked:
 
     def __init__(self, model):
         self.entered, self.released = threading.Event(), threading.Event()
-        record = model.service.monitor.record
+        record = model.handler.monitor.record
 
         def blocking(event):
             self.entered.set()
             self.released.wait(10)
             return record(event)
 
-        model.service.monitor.record = blocking
+        model.handler.monitor.record = blocking
 
 
 @pytest.mark.parametrize("bound", ["count", "bytes"])
@@ -569,7 +569,7 @@ def test_monitoring_drops_events_past_either_queue_bound(load_monitoring, bound)
     assert snapshot["dropped"] == 2 and snapshot["queue"] == {"events": 2, "bytes": 2 * size}
     assert double.metric("monitoring_dropped_total") == 2
     blocked.released.set()
-    wait_for(lambda: model.service.monitor.events == 3)
+    wait_for(lambda: model.handler.monitor.events == 3)
 
 
 def test_reset_reference_waits_for_room_then_answers_unavailable(load_monitoring, monkeypatch):
@@ -593,7 +593,7 @@ def test_reset_reference_waits_for_room_then_answers_unavailable(load_monitoring
 
 def test_monitoring_refuses_a_subscription_past_max_subscriptions(load_monitoring):
     double, model = load_monitoring(max_subscriptions=2)
-    limit = model.service.monitor.settings.max_subscriptions
+    limit = model.handler.monitor.settings.max_subscriptions
     streams = [command(double, "subscribe", {"max_alerts": 1}) for _ in range(limit + 1)]
     double.execute(model, streams)
     assert [messages(s)[0]["type"] for s in streams[:limit]] == ["subscribed"] * limit

@@ -1,4 +1,4 @@
-"""pipeline_bls's orchestration (bls/backend/orchestrator.py) through its model.py and the
+"""pipeline_bls's orchestration (bls/orchestration/orchestrator.py) through its model.py and the
 bls.testing double, with BLS routed to the exported TorchScript file in process.
 
 The double behaves like the stub where these tests look: requests unusable once execute
@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-import bls.backend.orchestrator
+import bls.orchestration.orchestrator
 import bls.backend.process
 from bls.backend.metrics import DURATION_METRIC, REQUESTS_METRIC, STAGES, UNSENT_METRIC
 from bls.contract.parameters import MAX_ANSWER_BYTES, PIPELINE_PARAMETERS, RequestOptions
@@ -167,7 +167,7 @@ def test_malformed_requests_are_answered_before_execute_returns(double, load, im
 
 
 def test_zero_detections_answer_empty(double, load, empty_image, torchscript, exported):
-    from bls.pipeline import prepare
+    from bls.pipeline.steps import prepare
 
     model_input = prepare(empty_image, exported.meta).model_input
     scores = torchscript(model_input)[model_output(exported.meta.outputs, "scores").name]
@@ -221,7 +221,7 @@ def test_model_errors_map_to_codes_a_client_can_act_on(double, load, images):
 
 def test_a_timeout_is_answered_unavailable_and_holds_its_slot_until_the_model_lets_go(
         double, load, images, torchscript, exported):
-    from bls.pipeline import prepare
+    from bls.pipeline.steps import prepare
 
     # Computed now, so that once the gate opens mask_rcnn answers at once, however busy
     # the machine: only the gate decides what is late.
@@ -293,7 +293,7 @@ def test_execute_returns_while_answers_run_and_holds_at_max_in_flight(double, lo
     held.start()
     held.join(0.3)
     assert held.is_alive(), "a third request was started beyond max_in_flight_requests=2"
-    assert model.pipeline.held() == 2
+    assert model.handler.held() == 2
     gate.open()
     held.join(30)
     double.wait_closed(first + [third])
@@ -303,7 +303,7 @@ def test_execute_returns_while_answers_run_and_holds_at_max_in_flight(double, lo
 def test_finalize_answers_what_it_holds(double, load, images, torchscript, monkeypatch):
     """Triton waits for open senders before it unloads a model, so this is the rare case;
     still nothing may be left unanswered: UNAVAILABLE, so the client retries elsewhere."""
-    monkeypatch.setattr(bls.backend.orchestrator, "DRAIN_S", 0.3)
+    monkeypatch.setattr(bls.orchestration.orchestrator, "DRAIN_S", 0.3)
     gate = Gate(lambda inputs, _: torchscript(inputs[MODEL_INPUT.name]))
     double.models[MODEL_NAME] = gate
     model = load()

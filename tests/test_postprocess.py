@@ -6,17 +6,17 @@ from pycocotools import mask as mask_utils
 
 from bls.contract.metadata import ModelMetadata
 from bls.contract.parameters import RequestOptions
-from bls.contract.tensors import PIPELINE_OUTPUTS, MaskFormat, model_outputs
+from bls.contract.tensors import PIPELINE_OUTPUTS, MaskFormat, model_output, model_outputs
 from bls.errors import InvalidInput
-from bls.pipeline import finish
 from bls.pipeline.answer import build_answer
 from bls.pipeline.instances import Instances, from_model_outputs, rescale, select
+from bls.pipeline.steps import finish
 
 META = ModelMetadata(source="test", channel_order="BGR", min_size=20, max_size=40,
                      mask_resolution=28, class_names=("a", "b", "c"), category_ids=(1, 2, 3))
 
 
-def detections(n, m=28, seed=0):
+def detections(n, m=META.mask_resolution, seed=0):
     rng = np.random.default_rng(seed)
     xy = rng.uniform(0, 30, (n, 2))
     boxes = np.concatenate([xy, xy + rng.uniform(1, 10, (n, 2))], 1).astype(np.float32)
@@ -28,7 +28,7 @@ def detections(n, m=28, seed=0):
 def model_arrays(det, input_size=(40, 40)):
     values = {"boxes": det.boxes, "classes": det.classes, "masks": det.masks[:, None],
               "scores": det.scores, "image_size": np.array(input_size, np.int64)}
-    return {spec.name: values[spec.name.rsplit("__", 1)[0]] for spec in model_outputs(28)}
+    return {model_output(META.outputs, field).name: value for field, value in values.items()}
 
 
 def test_select_threshold_is_inclusive_and_cap_keeps_highest():
@@ -51,7 +51,7 @@ def test_rescale_scales_clips_and_drops_empty_boxes():
 
 def test_zero_detections_give_empty_outputs_of_the_contract():
     empty = Instances(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
-                       np.zeros(0, np.int64), np.zeros((0, 28, 28), np.float32))
+                       np.zeros(0, np.int64), np.zeros((0, META.mask_resolution, META.mask_resolution), np.float32))
     for fmt in MaskFormat:
         out = build_answer(empty, (30, 50), META, fmt)
         assert list(out) == [s.name for s in PIPELINE_OUTPUTS]
@@ -88,7 +88,8 @@ def test_model_without_masks():
 
 def test_disagreeing_model_outputs_are_reported():
     arrays = model_arrays(detections(4))
-    arrays["scores__3"] = arrays["scores__3"][:3]
+    scores = model_output(META.outputs, "scores").name
+    arrays[scores] = arrays[scores][:3]
     with pytest.raises(ValueError, match="boxes 4, classes 4, scores 3, masks 4"):
         from_model_outputs(arrays, META)
 

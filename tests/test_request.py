@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bls.backend.request import image_bytes, parse_options
-from bls.contract.parameters import MAX_DETECTIONS_LIMIT, RequestOptions
+from bls.contract.parameters import (MAX_DETECTIONS_LIMIT, MAX_POLYGON_TOLERANCE,
+                                     REQUEST_PARAMETERS, RequestOptions)
 from bls.contract.tensors import MaskFormat
 from bls.errors import InvalidInput
 
@@ -72,8 +73,8 @@ JSON_VALUES = st.recursive(
     | st.text(max_size=12),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
     max_leaves=6)
-NAMES = st.sampled_from(["score_threshold", "max_detections", "mask_format", "Score_Threshold",
-                         "max_detection", ""]) | st.text(max_size=10)
+NAMES = (st.sampled_from(REQUEST_PARAMETERS.names)
+         | st.sampled_from(["Score_Threshold", "max_detection", ""]) | st.text(max_size=10))
 
 
 @settings(max_examples=400, deadline=None)
@@ -89,7 +90,8 @@ def test_fuzz_parameters_parse_or_refuse(parameters, as_json):
         assert e.kind == "parameter" and str(e).startswith(f"parameter '{e.name}': ")
     else:
         assert 0 <= options.score_threshold <= 1
-        assert options.max_detections is None or 0 <= options.max_detections <= 1000
+        assert options.max_detections is None or 0 <= options.max_detections <= MAX_DETECTIONS_LIMIT
+        assert 0 <= options.polygon_tolerance <= MAX_POLYGON_TOLERANCE
 
 
 @settings(max_examples=200, deadline=None)

@@ -14,7 +14,7 @@ from bls.contract.parameters import (PIPELINE_PARAMETERS, PREPROCESS_PARAMETERS,
                                      RESIZE_TORCH)
 from bls.contract.tensors import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, PIPELINE_INPUT,
                                   PIPELINE_NAME, PREPROCESS_NAME)
-from bls.pipeline import Pipeline, prepare
+from bls.pipeline.steps import Pipeline, prepare
 from bls.pipeline.image import (decode_image, resize_image, resize_torch, resized_shape,
                                 to_model_input)
 from bls.testing import TritonDouble, model_config_dict

@@ -18,7 +18,7 @@ from benchmarks.standin import StandIn, metadata, synthetic_outputs
 from benchmarks.sweep import SweepConfig, ideal_throughput
 from bls.contract.parameters import RequestOptions
 from bls.contract.tensors import MODEL_NAME, PIPELINE_NAME, model_outputs
-from bls.pipeline import finish
+from bls.pipeline.steps import finish
 from export.tune import TuneError, config_files, from_sweep
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -336,20 +336,22 @@ def test_cancel_shows_on_the_request_and_on_its_sender():
     double = TritonDouble()
     pb = double.module
 
+    senders, seen = [], []
+
     class Toy:
         def execute(self, requests):
-            self.senders = [r.get_response_sender() for r in requests]
-            self.seen = [(r.is_cancelled(), r.get_response_sender().is_cancelled())
-                         for r in requests]
+            for request in requests:
+                senders.append(request.get_response_sender())
+                seen.append((request.is_cancelled(), senders[-1].is_cancelled()))
             return [pb.InferenceResponse([]) for _ in requests]
 
     model = setup(double, Toy())
     cancelled, live = double.request({}), double.request({})
     double.cancel(cancelled)
     double.execute(model, [cancelled, live])
-    assert model.seen == [(True, True), (False, False)]
+    assert seen == [(True, True), (False, False)]
     double.cancel(live)  # after execute returned: the sender still answers
-    assert [s.is_cancelled() for s in model.senders] == [True, True]
+    assert [s.is_cancelled() for s in senders] == [True, True]
 
 
 # --------------------------------------------------------------------------- BLS

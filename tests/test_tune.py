@@ -88,7 +88,7 @@ def test_inter_op_threads_only_where_read(repo):
 def test_pipeline_bls_batching_and_workers(repo):
     result = tune(repo, PIPELINE_NAME, TuneOptions(
         instances=2, max_queue_delay_us=5000, preferred_batch_sizes=(4, 2), max_batch_size=4,
-        worker_threads=3, max_in_flight=6))
+        worker_threads=3, max_in_flight_requests=6))
     config = parse(repo / PIPELINE_NAME / "config.pbtxt")
     assert config.instance_group[0].count == 2 and config.max_batch_size == 4
     assert config.dynamic_batching.max_queue_delay_microseconds == 5000
@@ -171,7 +171,7 @@ def test_unbatching_pipeline_bls_needs_dynamic_batching_dropped(repo):
                                     r"\(give --kind gpu"),
     (PIPELINE_NAME, {"instances": 0}, r"--instances 0: must be at least 1"),
     (PIPELINE_NAME, {"worker_threads": 0}, r"--worker-threads 0: must be at least 1"),
-    (PIPELINE_NAME, {"max_in_flight": 0}, r"--max-in-flight 0: must be at least 1"),
+    (PIPELINE_NAME, {"max_in_flight_requests": 0}, r"--max-in-flight-requests 0: must be at least 1"),
     (MODEL_NAME, {"intra_op_threads": -1}, r"--intra-op-threads -1: must not be negative"),
     (PIPELINE_NAME, {"max_queue_delay_us": -5}, r"--max-queue-delay-us -5: must not be negative"),
     (ENSEMBLE_NAME, {"instances": 2}, r"--instances 2: infer_pipeline is an ensemble"),

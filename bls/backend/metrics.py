@@ -35,8 +35,11 @@ UNSENT_METRIC = "pipeline_responses_unsent_total"
 
 
 class RequestMetrics:
-    """The two families; kept on the instance, as the backend refuses to update a metric
-    whose family was collected."""
+    """pipeline_bls's request counters: outcomes, stage durations and unsent answers.
+
+    The families are kept on the instance, as the backend refuses to update a metric
+    whose family was collected. ``pb_utils`` is passed in.
+    """
 
     def __init__(self, pb_utils):
         family = pb_utils.MetricFamily
@@ -51,7 +54,13 @@ class RequestMetrics:
         self.unsent = self.unsent_family.Metric(labels={})
 
     def record(self, error: Exception | None, seconds: dict[str, float]) -> None:
-        """One answered request: its outcome and the seconds of each stage it went through."""
+        """Count one answered request.
+
+        Args:
+            error: the exception it ended with, or None for an answer (bls/errors.py
+                classify gives its outcome).
+            seconds: wall seconds by stage (STAGES) for the stages it went through.
+        """
         self.requests[classify(error)[1]].increment(1)
         for stage, value in seconds.items():
             self.durations[stage].increment(value * 1e6)
@@ -61,8 +70,9 @@ START_METRIC = "bls_model_start_time_seconds"
 
 
 class ModelStart:
-    """``bls_model_start_time_seconds{model}``: when this Python model instance was
-    initialized (Unix time). Each of the project's Python models sets it at load, so a
+    """Set ``bls_model_start_time_seconds{model}`` to when this model instance was initialized.
+
+    The value is Unix time. Each of the project's Python models sets it at load, so a
     change means the model was loaded again: after its stub died and the watchdog
     reloaded it, or a deliberate reload (the alert rule in deploy/ reads it with
     ``changes()``). Keep the object: the backend drops an orphaned family's metrics."""
@@ -76,8 +86,9 @@ class ModelStart:
 
 
 class MonitoringCalls:
-    """pipeline_bls's counters of what became of its monitoring events, by outcome:
-    ok (acknowledged), failed (monitoring unloaded, raising, refusing or killed),
+    """Count what became of pipeline_bls's monitoring events, by outcome.
+
+    Outcomes: ok (acknowledged), failed (monitoring unloaded, raising, refusing or killed),
     timeout (acknowledged later than the policy's timeout_ms), dropped (the queue held
     max_pending_events events or max_queued_bytes), abandoned (still queued or unacknowledged
     when pipeline_bls stopped). Prometheus counters
@@ -98,5 +109,6 @@ class MonitoringCalls:
         self.captures_skipped = self.skipped_family.Metric(labels={})
 
     def count(self, outcome: str, n: int = 1) -> None:
+        """Add ``n`` events to ``outcome`` (one of OUTCOMES)."""
         if n:
             self.metrics[outcome].increment(n)

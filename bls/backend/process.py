@@ -1,13 +1,14 @@
-"""Process-wide settings of a model that runs the pipeline's steps (pipeline_bls,
-preprocess, postprocess): ``configure_process``.
+"""Process-wide settings of the models that run the pipeline's steps: ``configure_process``.
 
-Keeping freed memory: a request allocates tens of megabytes in a few large blocks (the decoded image, PIL's
-4-byte copy, the resized image, the model input): 20 MB for a 1920x1080 JPEG. glibc's
-malloc serves blocks that large with mmap and unmaps them when freed, and a worker
-thread's arena trims its heap, so the next request faults every page in again and the
-kernel zeroes it (what that costs: docs/benchmarks.md). Raising the mmap and trim thresholds and using one arena
-keeps that memory for reuse; the process then holds its peak working set (bounded by the
-thresholds: a block over ``MMAP_THRESHOLD`` is still mapped and returned).
+Those models are pipeline_bls, preprocess and postprocess. Keeping freed memory: a
+request allocates a few large blocks (the decoded image, PIL's 4-byte copy, the resized
+image, the model input; their size for a 1080p photo, and what faulting them in costs:
+docs/benchmarks.md, 'Measured: the pipeline at GPU speed'). glibc's malloc serves blocks
+that large with mmap and unmaps them when freed, and a worker thread's arena trims its
+heap, so the next request faults every page in again and the kernel zeroes it. Raising
+the mmap and trim thresholds and using one arena keeps that memory for reuse; the process
+then holds its peak working set (bounded by the thresholds: a block over
+``MMAP_THRESHOLD`` is still mapped and returned).
 """
 
 from __future__ import annotations
@@ -27,8 +28,13 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 
 
 def keep_freed_memory() -> bool:
-    """Set glibc's malloc to keep freed memory (process-wide; call it once, before the
-    worker threads start). False where it cannot (not glibc): nothing changes then."""
+    """Set glibc's malloc to keep freed memory, process-wide.
+
+    Call it once, before the worker threads start.
+
+    Returns:
+        True if every setting took; False where it cannot (not glibc): nothing changes then.
+    """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"))
         mallopt = libc.mallopt
@@ -40,10 +46,17 @@ def keep_freed_memory() -> bool:
 
 
 def configure_process(values: Mapping) -> None:
-    """Apply a model's process-wide config values (bls/contract/parameters.py): keep
-    freed memory; with ``resize`` "torch", torch on one thread per call, so each worker
-    thread resizes one image on one core (torch's default, a thread per core per call,
-    oversubscribes). Call it in ``initialize``, before any worker thread starts."""
+    """Apply a model's process-wide config values (bls/contract/parameters.py).
+
+    Keeps freed memory if asked; with ``resize`` "torch", sets torch to one thread per
+    call, so each worker thread resizes one image on one core (torch's default, a thread
+    per core per call, oversubscribes). Call it in ``initialize``, before any worker
+    thread starts.
+
+    Args:
+        values: the model's parsed config values, with ``keep_freed_memory`` and
+            optionally ``resize``.
+    """
     if values["keep_freed_memory"] == "true":
         keep_freed_memory()
     if values.get("resize") == RESIZE_TORCH:

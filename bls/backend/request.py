@@ -1,4 +1,4 @@
-"""Request parsing: the image bytes and the request parameters, validated.
+"""Parse a request: the image bytes and the request parameters, validated.
 
 Every problem raises InvalidInput naming the input or parameter, so a bad request is
 answered alone with a message the client can act on.
@@ -17,7 +17,7 @@ from bls.contract.tensors import PIPELINE_INPUT, PIPELINE_NAME, MaskFormat
 from bls.errors import InvalidInput
 
 # Keys Triton reserves (protocol extension "parameters"). Its frontends consume most of
-# them, but "headers" reaches the model as a parameter (measured on 2.51), and a
+# them, but "headers" reaches the model as a parameter (Triton 2.51), and a
 # "triton_" key refused today may be passed on by a later release.
 RESERVED = frozenset({"sequence_id", "sequence_start", "sequence_end", "priority", "timeout",
                       "headers"})
@@ -25,7 +25,19 @@ RESERVED_PREFIX = "triton_"
 
 
 def image_bytes(tensor: np.ndarray | None, name: str = PIPELINE_INPUT.name) -> bytes:
-    """The one encoded image in a BYTES tensor of shape [1] or [1, 1]."""
+    """Take the one encoded image out of a request's image tensor.
+
+    Args:
+        tensor: object (bytes) [1] or [1, 1], or None when the input is missing.
+        name: the input's name, for errors.
+
+    Returns:
+        The encoded image (text elements are taken as their UTF-8 bytes).
+
+    Raises:
+        InvalidInput: the tensor is missing, not BYTES, or does not hold exactly one
+            bytes element.
+    """
     if tensor is None:
         raise InvalidInput(name, "is missing")
     if tensor.dtype != np.object_:
@@ -44,13 +56,21 @@ def image_bytes(tensor: np.ndarray | None, name: str = PIPELINE_INPUT.name) -> b
 def parse_options(parameters: str | Mapping[str, Any] | None,
                   default_score_threshold: float,
                   forwarded_headers: re.Pattern | None = None) -> RequestOptions:
-    """Request parameters (Triton hands them as a JSON object string) -> RequestOptions,
-    read by REQUEST_PARAMETERS (bls/contract/parameters.py).
+    """Read a request's parameters into RequestOptions, by REQUEST_PARAMETERS.
 
     Triton's reserved keys, and keys that ``forwarded_headers`` matches (the server's
     --http/--grpc-header-forward-pattern turns matching headers into parameters), are
     skipped. Any other unknown name is refused rather than ignored: a misspelt
     ``score_treshold`` silently answered with the default would be a lost instruction.
+
+    Args:
+        parameters: the request's parameters as Triton hands them (a JSON object
+            string), a mapping, or None.
+        default_score_threshold: the score threshold when the request sets none.
+        forwarded_headers: the model's ``header_forward_pattern``, or None.
+
+    Raises:
+        InvalidInput: an unknown parameter name, or a value its parser refuses.
     """
     if parameters is None or parameters == "":
         parameters = {}

@@ -1,5 +1,7 @@
-"""Building Triton responses from pipeline results. ``pb_utils`` is passed in, so this
-module imports without triton_python_backend_utils (tests hand it a test double)."""
+"""Build Triton responses from pipeline results and errors.
+
+``pb_utils`` is passed in, so this module imports without triton_python_backend_utils
+(tests hand it a test double)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ from bls.errors import Cancelled, InvalidInput, ModelCallFailed, Unavailable, cl
 
 
 def error_message(error: Exception, model: str) -> str:
-    """``<model>: <message>``; an unexpected exception also names its type, so the log
-    and the client agree on what failed."""
+    """Format an error for the client and the log as ``<model>: <message>``.
+
+    An unexpected exception also names its type, so the log and the client agree on
+    what failed."""
     if isinstance(error, (InvalidInput, Unavailable, ModelCallFailed)):
         return f"{model}: {error}"
     if isinstance(error, Cancelled):
@@ -21,6 +25,7 @@ def error_message(error: Exception, model: str) -> str:
 
 
 def error_response(pb_utils, error: Exception, model: str):
+    """Build the error InferenceResponse for ``error``, with its Triton code (bls/errors.py)."""
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(
         error_message(error, model), getattr(pb_utils.TritonError, classify(error)[0])))
 
@@ -30,15 +35,20 @@ CODES = ("UNKNOWN", "INTERNAL", "NOT_FOUND", "INVALID_ARG", "UNAVAILABLE", "UNSU
 
 
 def code_name(pb_utils, code) -> str:
-    """A TritonError's code() as its name (``pb_utils.TritonError.<NAME>`` equals it)."""
+    """Name a TritonError's code() (``pb_utils.TritonError.<NAME>`` equals it); else UNKNOWN."""
     return next((n for n in CODES if getattr(pb_utils.TritonError, n, None) == code), "UNKNOWN")
 
 
 def output_response(pb_utils, outputs: Mapping[str, np.ndarray], batched: bool,
                     requested: Sequence[str] = ()):
-    """Arrays by name -> InferenceResponse; ``batched`` adds the leading batch dim of 1
-    that a model with max_batch_size > 0 must return per request; ``requested``: only
-    these outputs (empty: all)."""
+    """Build an InferenceResponse from output arrays.
+
+    Args:
+        outputs: arrays by output name, without a batch dim.
+        batched: add the leading batch dim of 1 that a model with max_batch_size > 0
+            must return per request.
+        requested: only these outputs (empty: all).
+    """
     return pb_utils.InferenceResponse([
         pb_utils.Tensor(name, value[np.newaxis] if batched else value)
         for name, value in outputs.items() if not requested or name in requested])

@@ -1,4 +1,4 @@
-"""What the pipeline must know about an exported model, recorded by the export.
+"""Record what the pipeline must know about an exported model (``ModelMetadata``).
 
 The export writes this as JSON inside the TorchScript file (an extra file, ignored by
 the libtorch backend) and the repository assembly copies it into the configs of the
@@ -21,16 +21,23 @@ CHANNEL_ORDERS = ("BGR", "RGB")
 
 @dataclass(frozen=True)
 class ModelMetadata:
-    """
-    channel_order: order of the model's input channels (detectron2 INPUT.FORMAT;
-        torchvision models are RGB).
-    min_size, max_size: ResizeShortestEdge parameters (detectron2 MIN_SIZE_TEST,
-        MAX_SIZE_TEST): the short edge becomes min_size unless the long edge would
-        exceed max_size.
-    mask_resolution: M of the [N,1,M,M] mask-head output, or None without masks.
-    class_names: name per class index the model emits.
-    category_ids: dataset category id per class index (COCO results' category_id).
-    score_threshold: default for requests that do not set one.
+    """Describe an exported model: its input, its resize, its masks and its classes.
+
+    Attributes:
+        source: what the export was made from.
+        channel_order: order of the model's input channels (detectron2 INPUT.FORMAT;
+            torchvision models are RGB).
+        min_size, max_size: ResizeShortestEdge parameters (detectron2 MIN_SIZE_TEST,
+            MAX_SIZE_TEST): the short edge becomes min_size unless the long edge would
+            exceed max_size.
+        mask_resolution: M of the float32 [N, 1, M, M] mask-head output, or None without
+            masks.
+        class_names: name per class index the model emits.
+        category_ids: dataset category id per class index (COCO results' category_id).
+        score_threshold: default for requests that do not set one.
+
+    Raises:
+        ValueError: the values are inconsistent (named in the message).
     """
 
     source: str
@@ -64,22 +71,27 @@ class ModelMetadata:
 
     @property
     def has_masks(self) -> bool:
+        """Whether the model has a mask head."""
         return self.mask_resolution is not None
 
     @property
     def outputs(self):
+        """The model's output TensorSpecs (bls/contract/tensors.py model_outputs)."""
         return model_outputs(self.mask_resolution)
 
     def class_name(self, index: int) -> str:
+        """Name a class index; ``class_<index>`` for one outside class_names."""
         if 0 <= index < len(self.class_names):
             return self.class_names[index]
         return f"class_{index}"
 
     def to_json(self) -> str:
+        """Serialise as JSON, the form the export stores."""
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "ModelMetadata":
+        """Read the JSON that ``to_json`` wrote."""
         data = json.loads(text)
         data["class_names"] = tuple(data["class_names"])
         data["category_ids"] = tuple(int(i) for i in data["category_ids"])
@@ -87,7 +99,11 @@ class ModelMetadata:
 
     @classmethod
     def from_model_config(cls, model_config: dict) -> "ModelMetadata":
-        """Read it from a model's config as Triton hands it to ``initialize``."""
+        """Read it from a model's config as Triton hands it to ``initialize``.
+
+        Raises:
+            ValueError: the config has no ``model_metadata`` parameter.
+        """
         try:
             text = model_config["parameters"][METADATA_PARAMETER]["string_value"]
         except KeyError:

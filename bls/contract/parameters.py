@@ -1,4 +1,4 @@
-"""Every parameter of the product, declared once, read by one set of rules.
+"""Declare every parameter of the product once, and read them all by one set of rules.
 
 A ``ParameterSet`` lists the parameters one place may set: a Python model's
 ``config.pbtxt`` (read in ``initialize``), a request (REQUEST_PARAMETERS), the fields of
@@ -38,43 +38,39 @@ def _bound(lo, hi) -> str:
     return f">= {lo:g}" if hi in (None, math.inf) else f"in [{lo:g}, {hi:g}]"
 
 
+def _numeric(value: Any, whole_number: bool) -> int | float:
+    """A JSON number, or its decimal text, as an int (``whole_number``) or a float;
+    ValueError naming what it must be otherwise (booleans, NaN and fractions included)."""
+    what = "a whole number" if whole_number else "a number"
+    if isinstance(value, str):
+        try:
+            value = (int if whole_number else float)(value.strip())
+        except ValueError:
+            raise ValueError(f"must be {what}, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
+            or (whole_number and isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"must be {what}, got {value!r}")
+    return int(value) if whole_number else float(value)
+
+
+def _within(value: int | float, lo, hi) -> int | float:
+    if not (math.isfinite(value) and lo <= value <= (math.inf if hi is None else hi)):
+        raise ValueError(f"must be {_bound(lo, hi)}, got {value}")
+    return value
+
+
 def whole(lo: int = 0, hi: int | None = None) -> Parser:
-    """A whole number in [lo, hi] (hi None: no upper bound), or its decimal text."""
-    def parse(value: Any) -> int:
-        if isinstance(value, str):
-            try:
-                value = int(value.strip())
-            except ValueError:
-                raise ValueError(f"must be a whole number, got {value!r}") from None
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"must be a whole number, got {value!r}")
-        if value < lo or (hi is not None and value > hi):
-            raise ValueError(f"must be {_bound(lo, hi)}, got {value}")
-        return value
-    return parse
+    """Make a parser for a whole number in [lo, hi] (hi None: no upper bound), or its text."""
+    return lambda value: _within(_numeric(value, True), lo, hi)
 
 
 def number(lo: float, hi: float = math.inf) -> Parser:
-    """A finite number in [lo, hi], or its decimal text."""
-    def parse(value: Any) -> float:
-        if isinstance(value, str):
-            try:
-                value = float(value.strip())
-            except ValueError:
-                raise ValueError(f"must be a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise ValueError(f"must be a number, got {value!r}")
-        value = float(value)
-        if not (math.isfinite(value) and lo <= value <= hi):
-            raise ValueError(f"must be {_bound(lo, hi)}, got {value}")
-        return value
-    return parse
+    """Make a parser for a finite number in [lo, hi], or its decimal text."""
+    return lambda value: _within(_numeric(value, False), lo, hi)
 
 
 def one_of(*choices: str) -> Parser:
-    """One of ``choices`` (text, case-insensitive)."""
+    """Make a parser for one of ``choices`` (text, case-insensitive)."""
     def parse(value: Any) -> str:
         text = str(value).strip().lower() if isinstance(value, str) else None
         if text not in choices:
@@ -84,7 +80,7 @@ def one_of(*choices: str) -> Parser:
 
 
 def flag(value: Any) -> bool:
-    """true or false (JSON, or its text)."""
+    """Parse true or false (JSON, or its text)."""
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
     if not isinstance(value, bool):
@@ -93,20 +89,21 @@ def flag(value: Any) -> bool:
 
 
 def text(value: Any) -> str:
+    """Parse text, stripped of surrounding whitespace."""
     if not isinstance(value, str):
         raise ValueError(f"must be text, got {value!r}")
     return value.strip()
 
 
 def names(value: Any) -> tuple[str, ...]:
-    """A list of names (JSON)."""
+    """Parse a list of names (JSON)."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"must be a list of names, got {value!r}")
     return tuple(value)
 
 
 def pattern(value: Any) -> re.Pattern:
-    """A regular expression, matched case-insensitively against a whole key."""
+    """Parse a regular expression, to be matched case-insensitively against a whole key."""
     try:
         return re.compile(text(value), re.IGNORECASE)
     except re.error as e:
@@ -115,8 +112,15 @@ def pattern(value: Any) -> re.Pattern:
 
 @dataclass(frozen=True)
 class Parameter:
-    """name: the key; parse: value -> parsed (bls.contract.parameters parsers); default:
-    the value when unset; doc: one line for the README."""
+    """Declare one parameter.
+
+    Attributes:
+        name: the key.
+        parse: value -> parsed (this module's parsers); raises ValueError whose text is
+            the problem.
+        default: the value when unset.
+        doc: one line for the README.
+    """
 
     name: str
     parse: Parser
@@ -126,9 +130,13 @@ class Parameter:
 
 @dataclass(frozen=True)
 class ParameterSet:
-    """The parameters one place reads. owner: who reads them (a model's name, or a
-    config parameter holding JSON); kind: what a parameter is called in errors
-    ("config parameter", "parameter", ...)."""
+    """Declare the parameters one place reads, and read them.
+
+    Attributes:
+        owner: who reads them (a model's name, or a config parameter holding JSON).
+        kind: what a parameter is called in errors ("config parameter", "parameter", ...).
+        parameters: the Parameters.
+    """
 
     owner: str
     kind: str
@@ -136,15 +144,24 @@ class ParameterSet:
 
     @property
     def names(self) -> tuple[str, ...]:
+        """The parameters' names, in order."""
         return tuple(p.name for p in self.parameters)
 
     def read(self, values: Mapping[str, Any], skip: Callable[[str], bool] = lambda k: False
              ) -> dict[str, Any]:
-        """Values by name -> parsed values of every parameter (defaults for the unset).
+        """Parse values by name into every parameter's value (defaults for the unset).
 
-        Keys for which ``skip`` is true are passed over. Raises InvalidInput (a
-        ValueError) naming the first unknown key with the known ones, or the first value
-        that does not parse."""
+        Args:
+            values: raw values by name (text or JSON values).
+            skip: keys for which it is true are passed over.
+
+        Returns:
+            Parsed values by name, one for every parameter.
+
+        Raises:
+            InvalidInput: (a ValueError) naming the first unknown key with the known
+                ones, or the first value that does not parse.
+        """
         unknown = sorted(k for k in values if k not in self.names and not skip(k))
         if unknown:
             raise InvalidInput(unknown[0], f"is not a known {self.kind} of {self.owner}; "
@@ -162,17 +179,20 @@ class ParameterSet:
         return parsed
 
     def read_config(self, model_config: Mapping) -> dict[str, Any]:
-        """The model's config (as ``initialize`` gets it) -> parsed values; keys set by
-        the deployment (DEPLOYMENT_KEYS) are passed over."""
+        """Parse a model's config (as ``initialize`` gets it), as ``read``.
+
+        Keys set by the deployment (DEPLOYMENT_KEYS) are passed over.
+        """
         return self.read(raw_parameters(model_config), skip=DEPLOYMENT_KEYS.__contains__)
 
 
 def raw_parameters(model_config: Mapping) -> dict[str, str]:
-    """``parameters`` of a config as Triton hands it to ``initialize``: key -> text."""
+    """Take the ``parameters`` of a config as Triton hands it to ``initialize``: key -> text."""
     return {k: v.get("string_value", "") for k, v in model_config.get("parameters", {}).items()}
 
 
 def config_parameters(model: str, *parameters: Parameter) -> ParameterSet:
+    """Declare the config parameters of the Python model ``model``."""
     return ParameterSet(model, "config parameter", parameters)
 
 
@@ -181,13 +201,14 @@ def config_parameters(model: str, *parameters: Parameter) -> ParameterSet:
 MAX_ENCODED_BYTES = 64 * 1024 * 1024
 MAX_PIXELS = 64_000_000  # 8000x8000; a 3-channel copy is ~190 MB
 # The largest answer pipeline_bls (or the ensemble's postprocess) builds: 16 MiB, so that
-# even rendered as HTTP JSON (the costliest form, measured in docs/answers.md) one answer
+# even rendered as HTTP JSON (the costliest form, docs/answers.md) one answer
 # stays under 1 GiB of server memory. It holds dense masks of 52 detections at 640x480
 # or 8 at 1920x1080; larger answers are refused with INVALID_ARG naming mask_format=rle.
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
 # How images are resized (bls/pipeline/image.py): PIL's bilinear, as detectron2's
-# ResizeTransform (exact parity), or torch's antialiased bilinear (faster; within 1).
+# ResizeTransform (exact parity), or torch's antialiased bilinear (faster; within 1;
+# docs/benchmarks.md, 'The resize: exact or fast').
 RESIZE_PIL, RESIZE_TORCH = "pil", "torch"
 RESIZE = Parameter("resize", one_of(RESIZE_PIL, RESIZE_TORCH), RESIZE_PIL,
                    "pil: detectron2's resize, exact; torch: faster, a few values 1 off "
@@ -299,7 +320,7 @@ REQUEST_PARAMETERS = ParameterSet(PIPELINE_NAME, "parameter", (
 
 @dataclass(frozen=True)
 class RequestOptions:
-    """One request's parameters, parsed (REQUEST_PARAMETERS)."""
+    """Hold one request's parameters, parsed (REQUEST_PARAMETERS)."""
 
     score_threshold: float
     max_detections: int | None = None

@@ -1,4 +1,4 @@
-"""The tensor contract, defined once.
+"""Define the tensor contract of every model once: names, dtypes, shapes and order.
 
 Export, repository assembly, pipeline_bls, the ensemble, the client and the tests all
 read tensor names, dtypes, shapes and order from here; nothing else spells them.
@@ -25,6 +25,15 @@ import numpy as np
 
 @dataclass(frozen=True)
 class TensorSpec:
+    """Declare one tensor.
+
+    Attributes:
+        name: the tensor's name in the model config.
+        dtype: Triton's dtype name.
+        dims: the shape without the batch dim; -1 is variable.
+        doc: one line for the README and the configs.
+    """
+
     name: str
     dtype: str  # Triton's dtype name: UINT8, INT64, FP32, BYTES
     dims: tuple[int, ...]
@@ -32,6 +41,7 @@ class TensorSpec:
 
     @property
     def numpy_dtype(self) -> np.dtype:
+        """The numpy dtype of the tensor (object for BYTES)."""
         return np.dtype(_NUMPY_DTYPES[self.dtype])
 
     @property
@@ -53,11 +63,12 @@ MODEL_INPUT = TensorSpec(
 
 
 def model_outputs(mask_resolution: int | None) -> tuple[TensorSpec, ...]:
-    """Outputs of the exported model, in tuple order.
+    """Declare the outputs of the exported model, in tuple order.
 
-    ``mask_resolution`` is M of the mask head (28 for the standard heads), or None
-    for a model without masks (Faster R-CNN), whose ``masks`` output is absent:
-    detectron2 then flattens pred_boxes, pred_classes, scores, image_size.
+    Args:
+        mask_resolution: M of the mask head (28 for the standard heads), or None for a
+            model without masks (Faster R-CNN), whose ``masks`` output is absent:
+            detectron2 then flattens pred_boxes, pred_classes, scores, image_size.
     """
     fields = [
         ("boxes", "FP32", (-1, 4), "x1,y1,x2,y2 in model-input pixels"),
@@ -75,7 +86,7 @@ def model_outputs(mask_resolution: int | None) -> tuple[TensorSpec, ...]:
 
 
 def model_output(outputs: tuple[TensorSpec, ...], field: str) -> TensorSpec | None:
-    """The output whose name (without its ``__<index>``) is ``field``, or None."""
+    """Find the output whose name (without its ``__<index>``) is ``field``; None if none."""
     for spec in outputs:
         if spec.name.rsplit("__", 1)[0] == field:
             return spec
@@ -121,8 +132,10 @@ ORIGINAL_SIZE = TensorSpec("original_size", "INT64", (2,), "height,width of the 
 
 
 class MaskFormat(str, Enum):
-    """How the answer carries the masks (outputs above): rle (masks_rle), dense (masks),
-    polygon (masks_polygon), box (masks_box + mask_windows), none."""
+    """Say how the answer carries the masks (the outputs above).
+
+    rle (masks_rle), dense (masks), polygon (masks_polygon), box (masks_box +
+    mask_windows), none."""
 
     RLE = "rle"
     DENSE = "dense"

@@ -1,5 +1,6 @@
-"""What the ``monitoring`` model computes over the events it is given, without Triton:
-statistics, drift and sample capture (``Monitor``), from its config (``MonitorSettings``).
+"""Compute the ``monitoring`` model's statistics, drift and captures over its events.
+
+Without Triton: ``Monitor`` does the work, from the config (``MonitorSettings``).
 
 The worker thread (bls/monitoring/service.py) calls ``Monitor.record``;
 ``Monitor.snapshot`` (the 'stats' command) and ``Monitor.drop`` run on Triton's threads
@@ -27,7 +28,7 @@ LATENCY_WINDOW = 1000  # requests kept for latency percentiles
 
 @dataclass(frozen=True)
 class MonitorSettings:
-    """The monitoring model's config parameters (bls.contract.parameters.MONITORING_PARAMETERS)."""
+    """Hold the monitoring model's config parameters (MONITORING_PARAMETERS), checked."""
 
     queue_size: int
     queue_max_bytes: int
@@ -38,8 +39,12 @@ class MonitorSettings:
 
     @classmethod
     def from_config(cls, model_config: Mapping) -> "MonitorSettings":
-        """From the model's config as ``initialize`` gets it, read strictly through the
-        registry: an unknown or malformed parameter raises ValueError naming it."""
+        """Read the model's config as ``initialize`` gets it, strictly, through the registry.
+
+        Raises:
+            ValueError: an unknown or malformed parameter, named (InvalidInput is one),
+                or max_event_bytes over queue_max_bytes.
+        """
         p = MONITORING_PARAMETERS.read_config(model_config)
         if p["max_event_bytes"] > p["queue_max_bytes"]:
             raise ValueError(f"config parameter max_event_bytes={p['max_event_bytes']} must be "
@@ -54,15 +59,18 @@ class MonitorSettings:
 
 
 class Monitor:
-    """Statistics, drift and capture over the events it is given.
+    """Keep statistics, drift and captures over the events it is given.
 
     ``record`` and ``reset_reference`` are the worker's (one thread): the drift monitor
     and the capture store are its alone. Everything ``snapshot`` reads (counters,
     histograms, latencies, the latest PSI, the capture statistics) is changed under
     ``_lock`` and read under it; capture's file writes happen outside it.
 
-    metrics: an object with the methods of ``TritonMetrics`` (or None): the Prometheus
-    side, updated under the same lock as the statistics.
+    Args:
+        class_names: the model's class names, indexed by an event's classes.
+        settings: the config.
+        metrics: an object with the methods of ``TritonMetrics`` (or None): the
+            Prometheus side, updated under the same lock as the statistics.
     """
 
     def __init__(self, class_names: Sequence[str], settings: MonitorSettings,
@@ -86,12 +94,15 @@ class Monitor:
         self.started = time.time()
 
     def parse(self, arrays: Mapping[str, np.ndarray | None]) -> Event:
-        """Input arrays by name -> a checked Event (Event.from_arrays with this model's
-        class names and max_event_bytes)."""
+        """Check input arrays by name into an Event (Event.from_arrays, this model's bounds).
+
+        Raises:
+            InvalidInput: naming the input and the offending value.
+        """
         return Event.from_arrays(arrays, len(self.class_names), self.settings.max_event_bytes)
 
     def record(self, event: Event) -> list[dict]:
-        """Account for one event; the alerts it raises (as JSON-able dicts)."""
+        """Account for one event; return the alerts it raises (as JSON-able dicts)."""
         names = [self.class_names[c] for c in event.classes.tolist()]
         scores = np.histogram(event.scores, SCORE_EDGES)[0]
         per_request = np.histogram([len(event.scores)], COUNT_EDGES)[0]
@@ -122,7 +133,7 @@ class Monitor:
             self.psi = {}
 
     def drop(self) -> None:
-        """An event that found the queue full."""
+        """Count an event that found the queue full."""
         with self._lock:
             self.dropped += 1
             if self.metrics is not None:
@@ -137,7 +148,7 @@ class Monitor:
                 "max_files": self.capture.settings.max_files}
 
     def snapshot(self) -> dict:
-        """Statistics as JSON-able data (for the 'stats' command), all of one moment."""
+        """Report the statistics as JSON-able data (the 'stats' command), all of one moment."""
         with self._lock:
             latencies = np.array(self.latencies, np.float64)
             stats = {

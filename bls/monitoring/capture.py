@@ -1,4 +1,4 @@
-"""Sample capture under a disk quota and a file-count cap.
+"""Store captured samples under a disk quota and a file-count cap.
 
 A sample is two files, ``<sequence>.<image extension>`` and ``<sequence>.json``. Names
 come from a counter only; the extension from a fixed table of image signatures, so no
@@ -21,6 +21,7 @@ _SAMPLE = re.compile(r"^(\d{10})\.(jpg|png|gif|bmp|tif|webp|bin|json)$")
 
 
 def image_extension(data: bytes) -> str:
+    """Name the file extension of an encoded image by its signature; "bin" if unknown."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
     return next((ext for sig, ext in _SIGNATURES if data.startswith(sig)), "bin")
@@ -28,6 +29,17 @@ def image_extension(data: bytes) -> str:
 
 @dataclass(frozen=True)
 class CaptureSettings:
+    """Where samples go and how much of them is kept.
+
+    Attributes:
+        directory: where samples are written (created if missing).
+        max_bytes: disk quota of the samples, bytes.
+        max_files: files kept (a sample is two).
+
+    Raises:
+        ValueError: a quota that cannot hold one sample.
+    """
+
     directory: Path
     max_bytes: int = 256 * 1024 * 1024
     max_files: int = 1000
@@ -39,7 +51,9 @@ class CaptureSettings:
 
 
 class CaptureStore:
-    """``save(image, predictions_json)`` -> the paths written, or None when refused.
+    """Save samples as files, deleting the oldest to stay under the quota.
+
+    ``save(image, predictions_json)`` -> the paths written, or None when refused.
 
     Only files this store names (``_SAMPLE``) are counted and deleted; anything else in
     the directory is left alone and does not count. Not thread-safe: the monitoring
@@ -63,13 +77,20 @@ class CaptureStore:
 
     @property
     def bytes_used(self) -> int:
+        """Bytes of the samples in the directory."""
         return sum(self._sizes.values())
 
     @property
     def files(self) -> int:
+        """Sample files in the directory."""
         return len(self._sizes)
 
     def save(self, image: bytes, predictions: str) -> list[Path] | None:
+        """Write one sample (the image, and the predictions as JSON), evicting old ones.
+
+        Returns:
+            The paths written; None (counted ``refused``) for a sample over the quota.
+        """
         payload = [(image_extension(image), image), ("json", predictions.encode())]
         size = sum(len(data) for _, data in payload)
         if size > self.settings.max_bytes:

@@ -1,4 +1,4 @@
-"""Drift of the answers against a reference window: the population stability index.
+"""Measure drift of the answers against a reference window, by the population stability index.
 
 PSI = sum over bins of (p - q) * ln(p / q), p the current share of a bin and q the
 reference share. It is symmetric, needs no distribution assumptions and has the usual
@@ -23,8 +23,15 @@ PSI_FLOOR = 1e-4
 
 
 def shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Fraction of ``values`` per bin [edges[i], edges[i+1]) (the last bin closed),
-    floored at PSI_FLOOR and renormalised. All zeros -> uniform."""
+    """Compute the fraction of ``values`` per bin, floored at PSI_FLOOR and renormalised.
+
+    Args:
+        values: float64-convertible [K].
+        edges: float [B + 1]; bin i is [edges[i], edges[i+1]) (the last bin closed).
+
+    Returns:
+        float64 [B]; uniform when no value falls in a bin.
+    """
     counts, _ = np.histogram(np.asarray(values, np.float64), bins=edges)
     total = counts.sum()
     if total == 0:
@@ -34,17 +41,26 @@ def shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 def psi(reference: np.ndarray, current: np.ndarray, edges: np.ndarray) -> float:
-    """Population stability index of ``current`` against ``reference`` over ``edges``."""
+    """Compute the population stability index of ``current`` against ``reference``.
+
+    Args:
+        reference, current: values [K] and [L], binned by ``edges`` (as ``shares``).
+        edges: float [B + 1].
+    """
     q, p = shares(reference, edges), shares(current, edges)
     return float(np.sum((p - q) * np.log(p / q)))
 
 
 @dataclass(frozen=True)
 class DriftSettings:
-    """reference_size: the first this-many events form the reference.
-    window_size: the current window is the last this-many events.
-    check_every: recompute after this many new events once both windows are full.
-    threshold: PSI above which an alert is raised (0.25: a large shift)."""
+    """Configure drift detection.
+
+    Attributes:
+        reference_size: the first this-many events form the reference.
+        window_size: the current window is the last this-many events.
+        check_every: recompute after this many new events once both windows are full.
+        threshold: PSI above which an alert is raised (0.25: a large shift).
+    """
 
     reference_size: int = 500
     window_size: int = 500
@@ -61,18 +77,21 @@ class DriftSettings:
 
 @dataclass(frozen=True)
 class DriftAlert:
+    """One signal's PSI passing the threshold."""
+
     signal: str  # "scores" or "detections"
     psi: float
     threshold: float
     events: int  # events seen when it was raised
 
     def to_dict(self) -> dict:
+        """The alert as JSON-able data, as subscribers receive it."""
         return {"type": "alert", "kind": f"drift_{self.signal}", "psi": round(self.psi, 4),
                 "threshold": self.threshold, "events": self.events}
 
 
 class DriftMonitor:
-    """Feed one event at a time; get the alerts it raises.
+    """Watch drift: feed one event at a time, get the alerts it raises.
 
     An alert is raised when a signal's PSI goes above the threshold, once per
     excursion: it re-arms when the PSI falls back below. Not thread-safe (the
@@ -99,6 +118,15 @@ class DriftMonitor:
         self.latest: dict[str, float] = {}
 
     def add(self, scores: np.ndarray, detections: int) -> list[DriftAlert]:
+        """Add one event.
+
+        Args:
+            scores: float32 [N], the event's detection scores.
+            detections: N.
+
+        Returns:
+            The alerts it raises (none until the reference and a window are full).
+        """
         self.events += 1
         scores = np.asarray(scores, np.float32)
         if self._frozen is None:

@@ -1,6 +1,7 @@
-"""The monitoring event's wire format, both ways: what pipeline_bls sends about one
-answered request (``event_inputs``) and what the monitoring model reads back
-(``Event.from_arrays``), as the tensors bls/contract/tensors.py MONITORING_INPUTS declares.
+"""Write and read the monitoring event's wire format (bls/contract/tensors.py MONITORING_INPUTS).
+
+What pipeline_bls sends about one answered request (``event_inputs``) and what the
+monitoring model reads back (``Event.from_arrays``).
 
 The monitoring model is reachable by any client, so nothing an event says may grow
 memory or the metrics without bound: an event is refused (INVALID_ARG) unless its
@@ -27,9 +28,21 @@ REASONS = tuple(r.value for r in Reason)
 
 def event_inputs(reasons: Sequence[Reason], answer: Mapping[str, np.ndarray], latency_ms: float,
                  image: bytes | None) -> dict[str, np.ndarray]:
-    """The monitoring inputs (bls.contract.tensors.MONITORING_INPUTS, no ``command``) for one
-    answered request. ``image`` is given only when the policy captures it; then the answer
-    goes along as JSON (predictions), so a stored sample can be replayed and inspected."""
+    """Build the monitoring inputs (MONITORING_INPUTS, no ``command``) for one answered request.
+
+    Args:
+        reasons: why the policy sends it.
+        answer: the pipeline's output arrays by name (no batch dim): scores float32 [N],
+            classes int64 [N], and for a capture boxes, class_names, masks_rle and
+            image_size.
+        latency_ms: the request's time in pipeline_bls.
+        image: the encoded image, only when the policy captures it; then the answer goes
+            along as JSON (predictions), so a stored sample can be replayed and inspected.
+
+    Returns:
+        Arrays by input name: reasons object (bytes) [R], scores float32 [N], classes
+        int64 [N], latency_ms float32 [1], image and predictions object (bytes) [1] or [0].
+    """
     specs = {spec.name: spec for spec in MONITORING_INPUTS}
     captured = image is not None
     values = {
@@ -46,7 +59,7 @@ def event_inputs(reasons: Sequence[Reason], answer: Mapping[str, np.ndarray], la
 
 
 def predictions_json(answer: Mapping[str, np.ndarray]) -> str:
-    """The answer as JSON: boxes, scores, classes, class names, RLE masks (text), size."""
+    """Render the answer as JSON: boxes, scores, classes, class names, RLE masks (text), size."""
     def text(v):
         return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
@@ -62,8 +75,15 @@ def predictions_json(answer: Mapping[str, np.ndarray]) -> str:
 
 @dataclass(frozen=True)
 class Event:
-    """One answered request, as pipeline_bls sent it (bls.contract.tensors.MONITORING_INPUTS).
-    nbytes: its size as received (what it holds in the queue)."""
+    """Hold one answered request, as pipeline_bls sent it (MONITORING_INPUTS), checked.
+
+    Attributes:
+        scores: float32 [N].
+        classes: int64 [N], each in [0, number of class names).
+        nbytes: its size as received (what it holds in the queue).
+        image: the encoded image when captured, else None.
+        predictions: the answer as JSON when captured, else None.
+    """
 
     reasons: tuple[str, ...]
     scores: np.ndarray  # float32 [N]
@@ -76,8 +96,16 @@ class Event:
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray | None], class_count: int,
                     max_event_bytes: int) -> "Event":
-        """Input arrays by name -> Event; raises InvalidInput naming the input and the
-        offending value. class_count: the model's number of class names."""
+        """Check the monitoring input arrays and read them into an Event.
+
+        Args:
+            arrays: input arrays by name (None for an absent one), as MONITORING_INPUTS.
+            class_count: the model's number of class names.
+            max_event_bytes: the largest event accepted, bytes.
+
+        Raises:
+            InvalidInput: naming the input and the offending value.
+        """
         sizes = {name: _nbytes(value) for name, value in arrays.items() if value is not None}
         nbytes = sum(sizes.values())
         if nbytes > max_event_bytes:

@@ -1,4 +1,4 @@
-"""The monitoring model's Prometheus metrics (``TritonMetrics``).
+"""Export the monitoring model's statistics as Prometheus metrics (``TritonMetrics``).
 
 Label values come from fixed sets, so no client can grow the metrics without bound:
 
@@ -27,8 +27,9 @@ OTHER = "other"
 
 
 class TritonMetrics:
-    """The monitoring model's Prometheus metrics, through the Python backend's metrics
-    API (``pb_utils.MetricFamily``); they appear on the server's metrics port beside the
+    """Keep the monitoring model's Prometheus metrics, through ``pb_utils.MetricFamily``.
+
+    They appear on the server's metrics port beside the
     nv_inference_* metrics. ``pb_utils`` is passed in, so tests can hand a double.
 
     Labelled series come only from fixed sets (the module docstring); the families must
@@ -89,6 +90,14 @@ class TritonMetrics:
 
     def event(self, event: Event, names: Sequence[str], psi: Mapping[str, float],
               alerts: Sequence[dict]) -> None:
+        """Count one recorded event.
+
+        Args:
+            event: the event.
+            names: the class name of each of its detections.
+            psi: the latest PSI by signal.
+            alerts: the alerts it raised (DriftAlert.to_dict).
+        """
         for reason in event.reasons:
             self._labelled("events", reason).increment(1)
         for name, count in Counter(names).items():
@@ -103,9 +112,11 @@ class TritonMetrics:
             self._labelled("alerts", alert["kind"]).increment(1)
 
     def captured(self, saved: bool, bytes_used: int) -> None:
+        """Count a capture (if ``saved``) and set the capture directory's bytes."""
         if saved:
             self._captured.increment(1)
         self._capture_bytes.set(bytes_used)
 
     def dropped(self) -> None:
+        """Count an event dropped at a full queue."""
         self._dropped.increment(1)

@@ -1,9 +1,9 @@
-"""When pipeline_bls tells the ``monitoring`` model about a request, and what it sends.
+"""Decide when pipeline_bls tells the ``monitoring`` model about a request, and what it sends.
 
 The policy is pipeline_bls's config parameter ``monitoring_policy`` (JSON), so operators
 change it in the repository. A request is sent when any trigger fires; the reasons go
 with it, so monitoring can count why it was sent. Nothing here waits on monitoring:
-pipeline_bls sends events in the background (bls/backend/sender.py).
+pipeline_bls sends events in the background (bls/orchestration/sender.py).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ class Capture(str, Enum):
 
 
 class Reason(str, Enum):
+    """Why a request is sent to monitoring: one per trigger of the policy."""
+
     SAMPLED = "sampled"
     LOW_SCORE = "low_score"
     NO_DETECTIONS = "no_detections"
@@ -40,19 +42,23 @@ class Reason(str, Enum):
 
 @dataclass(frozen=True)
 class MonitoringPolicy:
-    """sample_rate: fraction of all requests sent, in [0, 1].
-    low_best_score: send when the best score is below this (a request with detections).
-    no_detections: send requests whose answer is empty.
-    watched_classes: class names; send when any detection has one of them.
-    slow_ms: send when pipeline_bls took longer than this.
-    capture: which sent requests carry image bytes and predictions.
-    max_capture_bytes: a captured image larger than this goes without image and
-        predictions (counted in pipeline_monitoring_captures_skipped_total).
-    max_pending_events: events waiting or being sent at once; more are dropped and
-        counted.
-    max_queued_bytes: bytes of those events (images included); more are dropped.
-    timeout_ms: an event acknowledged later than this counts as ``timeout`` (the
-        answer never waits for it).
+    """Decide which answered requests go to monitoring, and bound what waits to go.
+
+    Attributes:
+        sample_rate: fraction of all requests sent, in [0, 1].
+        low_best_score: send when the best score is below this (a request with
+            detections).
+        no_detections: send requests whose answer is empty.
+        watched_classes: class names; send when any detection has one of them.
+        slow_ms: send when pipeline_bls took longer than this.
+        capture: which sent requests carry image bytes and predictions.
+        max_capture_bytes: a captured image larger than this goes without image and
+            predictions (counted in pipeline_monitoring_captures_skipped_total).
+        max_pending_events: events waiting or being sent at once; more are dropped and
+            counted.
+        max_queued_bytes: bytes of those events (images included); more are dropped.
+        timeout_ms: an event acknowledged later than this counts as ``timeout`` (the
+            answer never waits for it).
     """
 
     sample_rate: float = 0.0
@@ -68,13 +74,17 @@ class MonitoringPolicy:
 
     @property
     def enabled(self) -> bool:
+        """Whether any trigger can fire."""
         return (self.sample_rate > 0 or self.low_best_score is not None or self.no_detections
                 or bool(self.watched_classes) or self.slow_ms is not None)
 
     @classmethod
     def from_json(cls, text: str | None) -> "MonitoringPolicy":
         """Parse the config parameter (POLICY_FIELDS); an empty one disables monitoring.
-        Raises InvalidInput (a ValueError) naming the field and the value."""
+
+        Raises:
+            InvalidInput: (a ValueError) naming the field and the value.
+        """
         if not text or not text.strip():
             return cls()
         try:
@@ -91,10 +101,14 @@ class MonitoringPolicy:
 
     def reasons(self, scores: np.ndarray, class_names: Sequence[str], latency_ms: float,
                 draw: float) -> list[Reason]:
-        """Why this answer should be sent (empty: not at all).
+        """Say why this answer should be sent (empty: not at all).
 
-        scores: float32 [N] descending; class_names: N names; draw: uniform in [0, 1),
-        the caller's random number for sampling (a parameter so tests can choose it).
+        Args:
+            scores: float32 [N], descending.
+            class_names: the N detections' class names.
+            latency_ms: the request's time in pipeline_bls.
+            draw: uniform in [0, 1), the caller's random number for sampling (a
+                parameter so tests can choose it).
         """
         reasons = []
         if draw < self.sample_rate:
@@ -111,6 +125,7 @@ class MonitoringPolicy:
         return reasons
 
     def captures(self, reasons: Sequence[Reason]) -> bool:
+        """Whether an event sent for ``reasons`` carries its image and predictions."""
         if self.capture is Capture.ALL:
             return bool(reasons)
         if self.capture is Capture.FLAGGED:

@@ -1,4 +1,4 @@
-"""The monitoring model's queue between Triton's threads and its one worker."""
+"""Queue the monitoring model's events between Triton's threads and its one worker."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from collections import deque
 
 
 class EventQueue:
-    """What waits for the worker, bounded by count and by bytes (events may carry images,
-    so a count alone would let a burst hold gigabytes). Thread-safe; once closed, ``get``
-    hands out what is left, then None at once."""
+    """Hold what waits for the worker, bounded by count and by bytes.
+
+    Events may carry images, so a count alone would let a burst hold gigabytes.
+    Thread-safe; once closed, ``get`` hands out what is left, then None at once.
+    """
 
     def __init__(self, max_items: int, max_bytes: int):
         self.max_items, self.max_bytes = max_items, max_bytes
@@ -19,8 +21,11 @@ class EventQueue:
         self._changed = threading.Condition()
 
     def put(self, item, nbytes: int, timeout: float = 0.0) -> bool:
-        """Append ``item`` if both bounds allow, waiting up to ``timeout`` s for room;
-        False (not queued) if they do not or the queue is closed."""
+        """Append ``item`` if both bounds allow, waiting up to ``timeout`` s for room.
+
+        Returns:
+            True if queued; False if there was no room in time or the queue is closed.
+        """
         def room():
             return self.closed or (len(self._items) < self.max_items
                                    and self._bytes + nbytes <= self.max_bytes)
@@ -34,7 +39,7 @@ class EventQueue:
             return True
 
     def get(self, timeout: float):
-        """The oldest item; None if none came within ``timeout`` s, or closed and empty."""
+        """Take the oldest item; None if none came within ``timeout`` s, or closed and empty."""
         with self._changed:
             if not self._changed.wait_for(lambda: self._items or self.closed, timeout) \
                     or not self._items:
@@ -45,11 +50,12 @@ class EventQueue:
             return item
 
     def close(self) -> None:
+        """Refuse new items; ``get`` hands out what is left, then None."""
         with self._changed:
             self.closed = True
             self._changed.notify_all()
 
     def usage(self) -> tuple[int, int]:
-        """(items, bytes) waiting."""
+        """Report (items, bytes) waiting."""
         with self._changed:
             return len(self._items), self._bytes

@@ -1,6 +1,7 @@
-"""The ``monitoring`` model's request handling, without Triton: ``pb_utils`` is passed in,
-so bls.testing's double runs it exactly as the stub does (models/monitoring/1/model.py
-is a thin adapter).
+"""Handle the ``monitoring`` model's requests: events, 'stats', 'subscribe', 'reset_reference'.
+
+``pb_utils`` is passed in, so bls.testing's double runs it exactly as the stub does
+(models/monitoring/1/model.py is a thin adapter).
 
 Decoupled. An event is checked (bls/monitoring/event.py: a malformed, unknown-reason,
 out-of-range or oversized one is answered INVALID_ARG), acknowledged at once (a FINAL
@@ -32,10 +33,15 @@ RESET_WAIT_S = 5.0  # how long 'reset_reference' waits for room in a full queue
 
 
 class MonitoringService:
-    """``execute(requests)`` and ``finalize()`` of the monitoring model.
+    """Run the monitoring model: its ``execute(requests)`` and ``finalize()``.
 
-    model_config: the config as Triton hands it to ``initialize`` (a dict), read strictly
-    (bls/contract/parameters.py MONITORING_PARAMETERS).
+    Args:
+        pb_utils: ``triton_python_backend_utils``, or bls.testing's double.
+        model_config: the config as Triton hands it to ``initialize`` (a dict), read
+            strictly (bls/contract/parameters.py MONITORING_PARAMETERS).
+
+    Raises:
+        ValueError: a config parameter is unknown or malformed (the model fails to load).
     """
 
     def __init__(self, pb_utils, model_config: dict):
@@ -51,7 +57,7 @@ class MonitoringService:
         self.worker.start()
 
     def execute(self, requests) -> None:
-        """Answer or acknowledge every request through its response sender; None."""
+        """Answer or acknowledge every request through its response sender; returns None."""
         final = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         for request in requests:
             sender = request.get_response_sender()

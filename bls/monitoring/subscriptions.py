@@ -1,4 +1,4 @@
-"""Alert streams of the decoupled ``monitoring`` model.
+"""Stream alerts to the decoupled ``monitoring`` model's subscribers.
 
 A watcher sends ``command = subscribe`` over a gRPC stream; the model keeps the
 request's response sender and sends each alert on it as it happens, then a final
@@ -27,13 +27,18 @@ MAX_DURATION_S = 24 * 3600.0
 
 @dataclass(frozen=True)
 class Subscription:
+    """One 'subscribe' request's bounds: the stream ends after max_alerts or duration_s."""
+
     max_alerts: int = 1000
     duration_s: float = 3600.0
 
     @classmethod
     def from_parameters(cls, parameters: dict) -> "Subscription":
-        """The subscribe request's parameters (SUBSCRIBE_PARAMETERS) -> Subscription;
-        InvalidInput naming the parameter otherwise."""
+        """Read the subscribe request's parameters (SUBSCRIBE_PARAMETERS).
+
+        Raises:
+            InvalidInput: naming an unknown or malformed parameter.
+        """
         return cls(**SUBSCRIBE_PARAMETERS.read(parameters))
 
 
@@ -45,7 +50,7 @@ SUBSCRIBE_PARAMETERS = ParameterSet(MONITORING_NAME, "subscribe parameter", (
 
 
 def message_response(pb_utils, message: dict):
-    """One response carrying ``message`` as JSON in the monitoring output."""
+    """Build one response carrying ``message`` as JSON in the monitoring output."""
     data = np.array([json.dumps(message).encode()], dtype=np.object_)
     return pb_utils.InferenceResponse([pb_utils.Tensor(MONITORING_OUTPUT.name, data)])
 
@@ -58,7 +63,7 @@ class _Stream:
 
 
 class Subscribers:
-    """Open alert streams, at most ``max_open``; thread-safe (execute adds, the worker
+    """Keep the open alert streams, at most ``max_open``; thread-safe (execute adds, the worker
     publishes and expires). A stream that ends (max_alerts, duration_s, its client gone,
     the model unloaded) frees its slot."""
 
@@ -74,8 +79,11 @@ class Subscribers:
             return len(self._open)
 
     def add(self, sender, subscription: Subscription) -> None:
-        """Open a stream on ``sender``; raises Unavailable (answered UNAVAILABLE) when
-        ``max_open`` are open."""
+        """Open a stream on ``sender``, and tell its client it is subscribed.
+
+        Raises:
+            Unavailable: (answered UNAVAILABLE) ``max_open`` streams are open.
+        """
         with self._lock:
             if len(self._open) >= self.max_open:
                 raise Unavailable(f"{len(self._open)} alert streams are open, the limit "
@@ -114,6 +122,7 @@ class Subscribers:
                     self._end(stream, "duration_s elapsed")
 
     def close_all(self, why: str) -> None:
+        """End every stream, telling its client ``why``."""
         with self._lock:
             for stream in list(self._open):
                 self._end(stream, why)

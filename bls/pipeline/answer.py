@@ -1,5 +1,7 @@
-"""The answer: one request's output tensors (bls/contract/tensors.py PIPELINE_OUTPUTS),
-built from Instances in original pixels, with its size bounded before it is built.
+"""Build the answer, one request's output tensors, with its size bounded before it is built.
+
+The outputs are bls/contract/tensors.py PIPELINE_OUTPUTS, built from Instances in
+original pixels.
 
 Masks are pasted and encoded by the strategy ``ops`` (HOST, or a DeviceOps for rle and
 dense); polygons and box crops are traced on the host (bls/pipeline/masks.py).
@@ -29,10 +31,17 @@ WINDOW_BYTES = _ITEM_BYTES["mask_windows"]
 
 def mask_bytes(instances: Instances, original_size: tuple[int, int],
                mask_format: MaskFormat) -> int:
-    """Bytes of the mask outputs whose size grows with the pixels, known from the boxes
-    alone: dense N x H x W; box the window areas plus a mask_windows row each. RLE and
-    polygon strings are not counted here (a few values per column of each box; polygons
-    are bounded as they are traced, build_answer)."""
+    """Compute the bytes of the mask outputs whose size grows with the pixels, from the boxes.
+
+    Dense: N x H x W; box: the window areas plus a mask_windows row each. RLE and polygon
+    strings are not counted here (a few values per column of each box; polygons are
+    bounded as they are traced, build_answer).
+
+    Args:
+        instances: detections in original pixels; boxes float32 [N, 4].
+        original_size: (height, width) of the original image.
+        mask_format: the requested format.
+    """
     if instances.masks is None or not len(instances):
         return 0
     if mask_format is MaskFormat.DENSE:
@@ -45,9 +54,10 @@ def mask_bytes(instances: Instances, original_size: tuple[int, int],
 
 def answer_bytes(instances: Instances, original_size: tuple[int, int], meta: ModelMetadata,
                  mask_format: MaskFormat) -> int:
-    """The answer's size before it is built: the outputs fixed per detection
-    (DETECTION_BYTES), class names as UTF-8 with a length prefix each, image_size, plus
-    mask_bytes."""
+    """Compute the answer's size in bytes before it is built.
+
+    That is the outputs fixed per detection (DETECTION_BYTES), class names as UTF-8 with
+    a length prefix each, image_size, plus mask_bytes."""
     names = sum(len(meta.class_name(int(c)).encode()) + LENGTH_PREFIX_BYTES
                 for c in instances.classes)
     return (DETECTION_BYTES * len(instances) + names + _ITEM_BYTES["image_size"] * 2
@@ -65,10 +75,22 @@ def _too_large(size: int, what: str, max_answer_bytes: int) -> InvalidInput:
 def check_answer_size(instances: Instances, original_size: tuple[int, int],
                       meta: ModelMetadata, mask_format: MaskFormat,
                       max_answer_bytes: int | None) -> None:
-    """Raise InvalidInput (INVALID_ARG) naming the computed size, the bound and the way
-    out, before anything of that size is allocated. A dense answer is rendered again by
-    the server (as JSON over HTTP, at tens of bytes per byte), so this bound is what
-    keeps one request from taking the server's memory."""
+    """Refuse an answer over ``max_answer_bytes`` before anything of that size is allocated.
+
+    A dense answer is rendered again by the server (as JSON over HTTP, many bytes per
+    byte: docs/answers.md, 'The default, and the memory a server needs'), so this bound
+    is what keeps one request from taking the server's memory.
+
+    Args:
+        instances: detections in original pixels; boxes float32 [N, 4].
+        original_size: (height, width) of the original image.
+        meta: the model's metadata (class names).
+        mask_format: the requested format.
+        max_answer_bytes: the bound; None for none.
+
+    Raises:
+        InvalidInput: (INVALID_ARG) naming the computed size, the bound and the way out.
+    """
     if max_answer_bytes is None:
         return
     size = answer_bytes(instances, original_size, meta, mask_format)
@@ -84,9 +106,29 @@ def check_answer_size(instances: Instances, original_size: tuple[int, int],
 def build_answer(instances: Instances, original_size: tuple[int, int], meta: ModelMetadata,
                  mask_format: MaskFormat, max_answer_bytes: int | None = None,
                  polygon_tolerance: float = 0.0, ops: HostOps = HOST) -> dict[str, np.ndarray]:
-    """Instances in original pixels -> the answer: output arrays by name, no batch dim,
-    typed as PIPELINE_OUTPUTS. Refuses an answer over ``max_answer_bytes``: before
-    building it (check_answer_size), or for polygons as soon as their text passes it."""
+    """Build the answer from Instances in original pixels.
+
+    Args:
+        instances: boxes float32 [N, 4], scores float32 [N], classes int64 [N], masks
+            float32 [N, M, M] (where ``ops`` keeps them) or None.
+        original_size: (height, width) of the original image.
+        meta: the model's metadata (class names).
+        mask_format: how the masks are carried.
+        max_answer_bytes: the bound on the answer; None for none.
+        polygon_tolerance: Douglas-Peucker tolerance of polygons, pixels.
+        ops: where masks are pasted and encoded (HOST or a DeviceOps).
+
+    Returns:
+        Output arrays by name, no batch dim, typed as PIPELINE_OUTPUTS: boxes float32
+        [N, 4], scores float32 [N], classes int64 [N], class_names object (bytes) [N],
+        image_size int64 [2], masks_rle object (bytes) [N or 0], masks uint8 [N or 0, H,
+        W], masks_polygon object (bytes) [N or 0], masks_box uint8 [K], mask_windows
+        int64 [N or 0, 4].
+
+    Raises:
+        InvalidInput: the answer is over ``max_answer_bytes``: before building it
+            (check_answer_size), or for polygons as soon as their text passes it.
+    """
     check_answer_size(instances, original_size, meta, mask_format, max_answer_bytes)
     height, width = original_size
     n = len(instances)

@@ -1,5 +1,6 @@
-"""The device mask-and-image strategy: decode, resize, paste and encode with torch on a
-device, so that on a GPU the image stays in GPU memory from the JPEG bytes to the RLE runs.
+"""The device strategy: decode, resize, paste and encode with torch on a device.
+
+On a GPU the image stays in GPU memory from the JPEG bytes to the RLE runs.
 
 pipeline_bls uses ``DeviceOps`` when its config parameter ``device`` is ``cuda`` (or
 ``cpu``, which runs the same code on the CPU: that is how CI tests it without a GPU).
@@ -28,7 +29,11 @@ _JPEG = b"\xff\xd8\xff"
 
 
 def parse_device(text: str | None) -> torch.device | None:
-    """The ``device`` config parameter: empty -> None (the numpy path)."""
+    """Read the ``device`` config parameter: empty -> None (the numpy path).
+
+    Raises:
+        ValueError: not cpu, cuda or cuda:N, or cuda without a visible device.
+    """
     if not text:
         return None
     device = torch.device(text)
@@ -41,9 +46,24 @@ def parse_device(text: str | None) -> torch.device | None:
 
 def prepare(data: bytes, meta: ModelMetadata, limits: image_ops.DecodeLimits,
             device: torch.device) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Encoded bytes -> (uint8 [3, h, w] on ``device``, resized with torch's antialiased
-    bilinear, in the model's channel order; (height, width) of the decoded image).
-    Limits and errors as bls.pipeline.image."""
+    """Decode and resize an encoded image into the model input, on ``device``.
+
+    JPEG is decoded on the device where torchvision can; anything else by
+    bls.pipeline.image on the host.
+
+    Args:
+        data: the encoded image.
+        meta: the model's metadata (channel order, resize sizes).
+        limits: bounds checked before decoding.
+        device: where the work runs.
+
+    Returns:
+        (uint8 [3, h, w] on ``device``, resized with torch's antialiased bilinear, in the
+        model's channel order; (height, width) of the decoded image).
+
+    Raises:
+        InvalidInput: as bls.pipeline.image, for data that is not a usable image.
+    """
     image_ops.check_limits(data, limits)
     if data.startswith(_JPEG):
         try:
@@ -69,9 +89,20 @@ def prepare(data: bytes, meta: ModelMetadata, limits: image_ops.DecodeLimits,
 
 def paste(masks: torch.Tensor, boxes: np.ndarray, height: int, width: int,
           threshold: float = MASK_THRESHOLD) -> torch.Tensor:
-    """masks float [N, M, M] on a device, boxes float32 [N, 4] (original pixels) ->
-    bool [N, height, width] on that device: detectron2's _do_paste_mask over the whole
-    image (bilinear grid_sample, zeros outside the mask), thresholded at >= threshold."""
+    """Paste mask-head probabilities into the image, as detectron2's _do_paste_mask.
+
+    Over the whole image: bilinear grid_sample, zeros outside the mask, in chunks of at
+    most CHUNK_BYTES of float32 samples.
+
+    Args:
+        masks: float [N, M, M] mask-head probabilities, on the device.
+        boxes: float32 [N, 4] x1, y1, x2, y2 in original-image pixels.
+        height, width: the original image's size.
+        threshold: a pixel is in the mask when its sampled probability is >= this.
+
+    Returns:
+        bool [N, height, width] on the masks' device.
+    """
     n = masks.shape[0]
     out = torch.empty((n, height, width), dtype=torch.bool, device=masks.device)
     if n == 0:
@@ -92,8 +123,14 @@ def paste(masks: torch.Tensor, boxes: np.ndarray, height: int, width: int,
 
 
 def encode_rle(pasted: torch.Tensor) -> list[bytes]:
-    """bool [N, H, W] on a device -> COCO compressed RLE counts per mask. Only the run
-    boundaries (a few per column) leave the device."""
+    """Encode pasted masks as COCO compressed RLE; only the run boundaries leave the device.
+
+    Args:
+        pasted: bool [N, H, W] on a device.
+
+    Returns:
+        N COCO compressed RLE counts strings.
+    """
     n, height, width = pasted.shape
     if n == 0:
         return []
@@ -104,34 +141,40 @@ def encode_rle(pasted: torch.Tensor) -> list[bytes]:
 
 
 class DeviceOps:
-    """The host strategy's methods (bls/pipeline/host.py HostOps) on ``device``: the model
-    is called with torch tensors there and answers torch tensors there."""
+    """Run the host strategy's methods (bls/pipeline/host.py HostOps) with torch on ``device``.
+
+    The model is called with torch tensors there and answers torch tensors there."""
 
     def __init__(self, device: torch.device):
         self.device = device
 
     def prepare(self, data: bytes, meta: ModelMetadata, limits: image_ops.DecodeLimits,
                 resize: str) -> PreparedImage:
-        """Encoded bytes -> PreparedImage with a torch model input on the device; every
-        ``resize`` is torch's here."""
+        """Decode and resize into a PreparedImage whose model input is on the device.
+
+        Every ``resize`` is torch's here; the model input is uint8 [3, h, w] on the device.
+        """
         return PreparedImage(*prepare(data, meta, limits, self.device))
 
     def to_host(self, value: torch.Tensor) -> np.ndarray:
+        """Copy a model output tensor to a numpy array."""
         return value.cpu().numpy()
 
     def keep_masks(self, value: torch.Tensor, mask_resolution: int) -> torch.Tensor:
-        """float [N, M, M] on the device, where it stays until pasted."""
+        """Reshape the masks output to float [N, M, M] on the device, where it stays."""
         return value.reshape(-1, mask_resolution, mask_resolution)
 
     def host_masks(self, masks: torch.Tensor) -> np.ndarray:
-        """For the formats traced on the host (polygon, box)."""
+        """Copy float [N, M, M] masks to float32 [N, M, M] on the host (polygon, box)."""
         return masks.float().cpu().numpy()
 
     def encode_rle(self, masks: torch.Tensor, boxes: np.ndarray, height: int, width: int
                    ) -> list[bytes]:
+        """Paste on the device and encode as COCO compressed RLE, as HostOps.encode_rle."""
         return encode_rle(paste(masks, boxes, height, width))
 
     def dense(self, masks: torch.Tensor, boxes: np.ndarray, height: int, width: int
               ) -> np.ndarray:
+        """Paste on the device into uint8 [N, height, width] on the host, as HostOps.dense."""
         return paste(masks, boxes, height, width).to(torch.uint8).cpu().numpy()
 

@@ -1,7 +1,8 @@
-"""The host mask-and-image strategy: numpy, OpenCV and Pillow on the CPU, exactly as
-detectron2's DefaultPredictor (its resize, its paste). ``HOST`` is the default strategy of
-bls.pipeline; bls/pipeline/device.py's ``DeviceOps`` is the other one, with the same
-methods, for torch on a device.
+"""The host strategy: decode, resize, paste and encode with numpy, OpenCV and Pillow.
+
+On the CPU, exactly as detectron2's DefaultPredictor (its resize, its paste). ``HOST`` is
+the default strategy of bls.pipeline; bls/pipeline/device.py's ``DeviceOps`` is the other
+one, with the same methods, for torch on a device.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from bls.pipeline import masks as mask_ops
 
 @dataclass(frozen=True)
 class PreparedImage:
-    """What ``prepare`` hands to the model call.
+    """Hold what ``prepare`` hands to the model call.
 
-    model_input: uint8 [3, h, w], resized, in the model's channel order (numpy on the
-        host; a torch tensor on DeviceOps' device).
-    original_size: (height, width) of the decoded image, after EXIF orientation.
+    Attributes:
+        model_input: uint8 [3, h, w], resized, in the model's channel order (numpy on
+            the host; a torch tensor on DeviceOps' device).
+        original_size: (height, width) of the decoded image, after EXIF orientation.
     """
 
     model_input: object
@@ -30,19 +32,33 @@ class PreparedImage:
 
 
 class HostOps:
-    """Image and mask work in host memory. ``device`` is None: the model is called with
-    numpy arrays and answers numpy arrays."""
+    """Do the image and mask work in host memory.
+
+    ``device`` is None: the model is called with numpy arrays and answers numpy arrays."""
 
     device = None
 
     def prepare(self, data: bytes, meta: ModelMetadata, limits: image_ops.DecodeLimits,
                 resize: str) -> PreparedImage:
-        """Encoded bytes -> PreparedImage (what DefaultPredictor feeds detectron2).
+        """Decode and resize into a PreparedImage (what DefaultPredictor feeds detectron2).
 
-        resize: "pil" (detectron2's resize, exact) or "torch" (image.resize_torch: faster,
-        1 grey level off on a few pixels). The image is decoded and resized in OpenCV's
-        BGR order and put in the model's order by the final CHW copy: both resizes filter
-        each channel alone, so the order they see changes nothing, and a copy is saved."""
+        The image is decoded and resized in OpenCV's BGR order and put in the model's
+        order by the final CHW copy: both resizes filter each channel alone, so the order
+        they see changes nothing, and a copy is saved.
+
+        Args:
+            data: the encoded image.
+            meta: the model's metadata (channel order, resize sizes).
+            limits: bounds checked before decoding.
+            resize: "pil" (detectron2's resize, exact) or "torch" (image.resize_torch:
+                faster, 1 grey level off on a few pixels).
+
+        Returns:
+            A PreparedImage whose model input is uint8 [3, h, w].
+
+        Raises:
+            InvalidInput: for data that is not a usable image (bls.pipeline.image).
+        """
         if resize not in (RESIZE_PIL, RESIZE_TORCH):
             raise ValueError(f"resize must be {RESIZE_PIL!r} or {RESIZE_TORCH!r}, got {resize!r}")
         decoded = image_ops.decode_image(data, "BGR", limits)
@@ -57,26 +73,34 @@ class HostOps:
         return PreparedImage(model_input, (height, width))
 
     def to_host(self, value) -> np.ndarray:
-        """A model output -> a numpy array (here it already is one)."""
+        """Return a model output as a numpy array (here it already is one)."""
         return np.asarray(value)
 
     def keep_masks(self, value, mask_resolution: int) -> np.ndarray:
-        """The masks output -> float32 [N, M, M] where this strategy pastes them."""
+        """Reshape the masks output to float32 [N, M, M] where this strategy pastes them."""
         return np.asarray(value, dtype=np.float32).reshape(-1, mask_resolution, mask_resolution)
 
     def host_masks(self, masks: np.ndarray) -> np.ndarray:
-        """float32 [N, M, M] kept by keep_masks -> the same in host memory."""
+        """Return float32 [N, M, M] masks kept by keep_masks in host memory (here: as is)."""
         return masks
 
     def encode_rle(self, masks: np.ndarray, boxes: np.ndarray, height: int, width: int
                    ) -> list[bytes]:
-        """masks float32 [N, M, M], boxes float32 [N, 4] in original pixels -> the COCO
-        compressed RLE counts of each pasted mask (bls/pipeline/masks.py)."""
+        """Encode the pasted masks as COCO compressed RLE (bls/pipeline/masks.py encode_rle).
+
+        Args:
+            masks: float32 [N, M, M] mask-head probabilities.
+            boxes: float32 [N, 4] x1, y1, x2, y2 in original-image pixels.
+            height, width: the original image's size.
+
+        Returns:
+            N COCO compressed RLE counts strings.
+        """
         return mask_ops.encode_rle(masks, boxes, height, width)
 
     def dense(self, masks: np.ndarray, boxes: np.ndarray, height: int, width: int
               ) -> np.ndarray:
-        """As encode_rle -> uint8 [N, height, width], 1 inside each pasted mask."""
+        """Paste the masks, as encode_rle, into uint8 [N, height, width], 1 inside each."""
         return mask_ops.dense_masks(mask_ops.paste_windows(masks, boxes, height, width),
                                     height, width)
 

@@ -1,4 +1,4 @@
-"""Decode and resize, matching what detectron2's DefaultPredictor feeds its model.
+"""Decode and resize images, matching what detectron2's DefaultPredictor feeds its model.
 
 Decoding uses OpenCV (PIL for what OpenCV does not read, such as GIF); the conversions
 (EXIF orientation, grayscale, alpha, 16-bit) give the pixels detectron2's ``read_image``
@@ -29,7 +29,7 @@ _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    """Bounds on one encoded image; a request beyond them is refused before decoding."""
+    """Bound one encoded image; a request beyond the bounds is refused before decoding."""
 
     max_encoded_bytes: int = MAX_ENCODED_BYTES
     max_pixels: int = MAX_PIXELS
@@ -51,8 +51,11 @@ def _header_size(data: bytes, name: str, limits: DecodeLimits) -> tuple[int, int
 
 
 def check_limits(data: bytes, limits: DecodeLimits, name: str = PIPELINE_INPUT.name) -> None:
-    """Refuse empty data, too many bytes, or a header declaring too many pixels, before
-    any decoder runs. Raises InvalidInput naming ``name``."""
+    """Refuse data no decoder should see: empty, too many bytes, too many declared pixels.
+
+    Raises:
+        InvalidInput: naming ``name``.
+    """
     if len(data) == 0:
         raise InvalidInput(name, "is empty (0 bytes); expected an encoded image")
     if len(data) > limits.max_encoded_bytes:
@@ -66,9 +69,19 @@ def check_limits(data: bytes, limits: DecodeLimits, name: str = PIPELINE_INPUT.n
 
 def decode_image(data: bytes, channel_order: str, limits: DecodeLimits = DecodeLimits(),
                  name: str = PIPELINE_INPUT.name) -> np.ndarray:
-    """Encoded bytes -> uint8 [H, W, 3] in ``channel_order`` ("BGR" or "RGB").
+    """Decode an encoded image as detectron2's read_image would.
 
-    Raises InvalidInput naming ``name`` for empty, oversized or undecodable data.
+    Args:
+        data: the encoded image (JPEG, PNG, BMP, TIFF, WebP, GIF).
+        channel_order: "BGR" or "RGB".
+        limits: bounds checked before and after decoding.
+        name: the input's name, for errors.
+
+    Returns:
+        uint8 [H, W, 3] in ``channel_order``, after EXIF orientation.
+
+    Raises:
+        InvalidInput: naming ``name``, for empty, oversized or undecodable data.
     """
     check_limits(data, limits, name)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), _DECODE_FLAGS)
@@ -117,8 +130,10 @@ def _to_uint8(image: np.ndarray, name: str) -> np.ndarray:
 
 
 def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """Output (height, width) of detectron2's ResizeShortestEdge.get_output_shape, except
-    that no side becomes 0 (detectron2 would fail on a 1 x 5000 image; we keep 1 px)."""
+    """Compute the resized (height, width), as detectron2's ResizeShortestEdge.get_output_shape.
+
+    Except that no side becomes 0 (detectron2 would fail on a 1 x 5000 image; we keep
+    1 px)."""
     scale = min_size / min(height, width)
     if height < width:
         new_h, new_w = float(min_size), scale * width
@@ -131,8 +146,15 @@ def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tupl
 
 
 def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """uint8 [H, W, 3] -> uint8 [height, width, 3] with PIL bilinear, as detectron2's
-    ResizeTransform.apply_image does for uint8 images."""
+    """Resize with PIL bilinear, as detectron2's ResizeTransform.apply_image does for uint8.
+
+    Args:
+        image: uint8 [H, W, 3].
+        height, width: the output size.
+
+    Returns:
+        uint8 [height, width, 3].
+    """
     if image.shape[:2] == (height, width):
         return image
     return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
@@ -140,13 +162,21 @@ def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def resize_torch(image: np.ndarray, height: int, width: int,
                  reverse_channels: bool = False) -> np.ndarray:
-    """uint8 [H, W, 3] -> uint8 [3, height, width] (the model input layout; channels
-    reversed if asked) with torch's antialiased bilinear resize, on the calling thread.
+    """Resize with torch's antialiased bilinear into the model input layout, on this thread.
 
     The same filter as PIL's bilinear (a triangle stretched by the scale factor, separable,
     fixed-point weights), but torch's vectorised uint8 kernel (as Pillow-SIMD's) rounds its
     weights to 16 bits where PIL keeps 22: a few pixels come out 1 higher or lower
-    (docs/benchmarks.md gives the share and what it does to parity with detectron2)."""
+    (docs/benchmarks.md gives the share and what it does to parity with detectron2).
+
+    Args:
+        image: uint8 [H, W, 3].
+        height, width: the output size.
+        reverse_channels: reverse the channel order (BGR <-> RGB).
+
+    Returns:
+        contiguous uint8 [3, height, width].
+    """
     import torch
 
     if image.shape[:2] == (height, width):
@@ -163,9 +193,18 @@ def resize_torch(image: np.ndarray, height: int, width: int,
 
 
 def to_model_input(image: np.ndarray, reverse_channels: bool = False) -> np.ndarray:
-    """uint8 [H, W, 3] -> contiguous uint8 [3, H, W] (the model input layout), channels
-    reversed (BGR <-> RGB) if asked, in one copy: OpenCV's split into the planes of the
-    output (10x numpy's strided transpose copy)."""
+    """Copy an image into the model input layout, in one copy.
+
+    The copy is OpenCV's split into the planes of the output (faster than numpy's strided
+    transpose copy: docs/benchmarks.md, 'Measured: the pipeline at GPU speed').
+
+    Args:
+        image: uint8 [H, W, 3].
+        reverse_channels: reverse the channel order (BGR <-> RGB).
+
+    Returns:
+        contiguous uint8 [3, H, W].
+    """
     out = np.empty((3, *image.shape[:2]), np.uint8)
     planes = [out[2], out[1], out[0]] if reverse_channels else [out[0], out[1], out[2]]
     written = cv2.split(np.ascontiguousarray(image), planes)
@@ -176,5 +215,5 @@ def to_model_input(image: np.ndarray, reverse_channels: bool = False) -> np.ndar
 
 
 def decode_limits(values: dict) -> DecodeLimits:
-    """DecodeLimits from a model's config values (bls.contract.parameters.DECODE_LIMITS)."""
+    """Make DecodeLimits from a model's config values (bls.contract.parameters.DECODE_LIMITS)."""
     return DecodeLimits(values["max_encoded_bytes"], values["max_pixels"])

@@ -1,5 +1,7 @@
-"""The model's detections as arrays (``Instances``, as detectron2 names them), from the
-model's outputs in model-input pixels to original pixels.
+"""Read the model's detections as arrays (``Instances``) and bring them to original pixels.
+
+``Instances`` is named as detectron2 names it; the model's outputs are in model-input
+pixels.
 
 ``from_model_outputs`` reads them by contract name; ``select`` applies the request's
 score threshold and detection cap; ``rescale`` is detectron2's ``detector_postprocess``:
@@ -20,13 +22,14 @@ from bls.pipeline.host import HOST, HostOps
 
 @dataclass(frozen=True)
 class Instances:
-    """One image's detections.
+    """Hold one image's detections.
 
-    boxes: float32 [N, 4] (x1, y1, x2, y2) in pixels.
-    scores: float32 [N].
-    classes: int64 [N], indices into the model's class names.
-    masks: float32 [N, M, M] mask-head probabilities (numpy, or a torch tensor on the
-        device strategy's device), or None for a model without masks.
+    Attributes:
+        boxes: float32 [N, 4] (x1, y1, x2, y2) in pixels.
+        scores: float32 [N].
+        classes: int64 [N], indices into the model's class names.
+        masks: float32 [N, M, M] mask-head probabilities (numpy, or a torch tensor on the
+            device strategy's device), or None for a model without masks.
     """
 
     boxes: np.ndarray
@@ -38,15 +41,29 @@ class Instances:
         return len(self.scores)
 
     def take(self, keep: np.ndarray) -> "Instances":
+        """Keep the detections ``keep`` selects (int64 [K] indices or bool [N])."""
         return Instances(self.boxes[keep], self.scores[keep], self.classes[keep],
                           None if self.masks is None else self.masks[keep])
 
 
 def from_model_outputs(outputs: Mapping[str, object], meta: ModelMetadata,
                        ops: HostOps = HOST) -> tuple[Instances, tuple[int, int]]:
-    """Model output tensors by contract name (bls/contract/tensors.py MODEL_OUTPUTS) ->
-    (Instances, model-input (height, width)). ``ops``: where the outputs are (HOST, or a
-    DeviceOps); the masks stay there, everything else comes to the host."""
+    """Read the model's outputs into Instances, in model-input pixels.
+
+    Args:
+        outputs: output tensors by contract name (bls/contract/tensors.py MODEL_OUTPUTS):
+            boxes float32 [N, 4], classes int64 [N], masks float32 [N, 1, M, M], scores
+            float32 [N], image_size int64 [2].
+        meta: the model's metadata (which outputs, M).
+        ops: where the outputs are (HOST, or a DeviceOps); the masks stay there,
+            everything else comes to the host.
+
+    Returns:
+        (Instances, model-input (height, width)).
+
+    Raises:
+        ValueError: the outputs disagree on the detection count.
+    """
     specs = meta.outputs
 
     def get(field: str) -> np.ndarray:
@@ -79,8 +96,16 @@ def select(det: Instances, score_threshold: float, max_detections: int | None) -
 
 def rescale(det: Instances, input_size: tuple[int, int], output_size: tuple[int, int]
             ) -> Instances:
-    """detectron2's detector_postprocess for boxes: scale (in float32, as torch does),
-    clip to the output image, drop boxes with zero width or height."""
+    """Bring boxes to the original image, as detectron2's detector_postprocess.
+
+    Scales (in float32, as torch does), clips to the output image, drops boxes with zero
+    width or height.
+
+    Args:
+        det: detections with boxes float32 [N, 4] in model-input pixels.
+        input_size: (height, width) of the model input.
+        output_size: (height, width) of the original image.
+    """
     in_h, in_w = input_size
     out_h, out_w = output_size
     boxes = det.boxes.astype(np.float32, copy=True)

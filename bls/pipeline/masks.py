@@ -1,5 +1,6 @@
-"""Paste mask-head probabilities into the image, only inside each box, and encode them:
-dense, COCO RLE, box-cropped (crops) or COCO polygons (polygons).
+"""Paste mask-head probabilities into the image, only inside each box, and encode them.
+
+As dense masks, COCO RLE, box crops (crops) or COCO polygons (polygons).
 
 Semantics are detectron2's ``paste_masks_in_image`` (layers/mask_ops.py) as run on CPU:
 each [M, M] mask is sampled with ``grid_sample`` (bilinear, zero padding,
@@ -25,7 +26,7 @@ MASK_THRESHOLD = 0.5
 
 @dataclass(frozen=True)
 class MaskWindow:
-    """A pasted mask: ``mask`` (bool [h, w]) placed at rows y0.., columns x0.. of the image."""
+    """Hold a pasted mask: ``mask`` (bool [h, w]) at rows y0.., columns x0.. of the image."""
 
     y0: int
     x0: int
@@ -53,9 +54,17 @@ def _sample_weights(start: int, stop: int, lo: np.float32, hi: np.float32, m: in
 
 
 def window_bounds(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """int64 [N, 4] x_lo, y_lo, x_hi, y_hi (exclusive) of each box's paste window:
-    detectron2's window, the box widened by a pixel, clipped to the image. Nothing of a
-    mask is set outside it."""
+    """Compute each box's paste window: detectron2's, the box widened by a pixel, clipped.
+
+    Nothing of a mask is set outside it.
+
+    Args:
+        boxes: float32 [N, 4] x1, y1, x2, y2 in image pixels.
+        height, width: the image's size.
+
+    Returns:
+        int64 [N, 4] x_lo, y_lo, x_hi, y_hi (exclusive).
+    """
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     lo = np.maximum(np.floor(boxes[:, :2]).astype(np.int64) - 1, 0)
     hi = np.minimum(np.ceil(boxes[:, 2:]).astype(np.int64) + 1, [width, height])
@@ -64,7 +73,11 @@ def window_bounds(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def iter_windows(masks: np.ndarray, boxes: np.ndarray, height: int, width: int,
                  threshold: float = MASK_THRESHOLD):
-    """paste_windows one at a time: only one window's pixels are held at once."""
+    """Paste as paste_windows, one window at a time: only one window's pixels are held.
+
+    Raises:
+        ValueError: masks are not [N, M, M] or boxes not [N, 4].
+    """
     if masks.ndim != 3 or masks.shape[1] != masks.shape[2] or len(masks) != len(boxes):
         raise ValueError(f"expected masks [N, M, M] and boxes [N, 4], got "
                          f"{masks.shape} and {boxes.shape}")
@@ -84,15 +97,32 @@ def iter_windows(masks: np.ndarray, boxes: np.ndarray, height: int, width: int,
 
 def paste_windows(masks: np.ndarray, boxes: np.ndarray, height: int, width: int,
                   threshold: float = MASK_THRESHOLD) -> list[MaskWindow]:
-    """masks float [N, M, M] (probabilities), boxes float32 [N, 4] (x1, y1, x2, y2, image
-    pixels, non-empty) -> one MaskWindow per mask, inside an image of height x width."""
+    """Paste mask-head probabilities into an image of height x width, window by window.
+
+    Args:
+        masks: float [N, M, M] mask-head probabilities.
+        boxes: float32 [N, 4] x1, y1, x2, y2 in image pixels, non-empty.
+        height, width: the image's size.
+        threshold: a pixel is in the mask when its sampled probability is >= this.
+
+    Returns:
+        One MaskWindow per mask, its mask bool [h, w].
+    """
     return list(iter_windows(masks, boxes, height, width, threshold))
 
 
 def crops(windows) -> tuple[np.ndarray, np.ndarray]:
-    """MaskWindows -> (uint8 [sum of h*w]: each window's 0/1 values row-major, one after
-    the other; int64 [N, 4]: x0, y0, width, height of each). Lossless: a mask has no
-    pixel outside its window."""
+    """Crop each mask to its window, for mask_format=box; lossless.
+
+    A mask has no pixel outside its window.
+
+    Args:
+        windows: MaskWindows (an iterable).
+
+    Returns:
+        (uint8 [sum of h*w]: each window's 0/1 values row-major, one after the other;
+        int64 [N, 4]: x0, y0, width, height of each).
+    """
     flat, bounds = [], []
     for w in windows:
         h, wd = w.mask.shape
@@ -103,18 +133,27 @@ def crops(windows) -> tuple[np.ndarray, np.ndarray]:
 
 
 def polygons(window: MaskWindow, tolerance: float = 0.0) -> list[list[float]]:
-    """A mask's outlines as COCO polygons ([x1, y1, x2, y2, ...] in image coordinates,
-    pixel i spanning [i, i + 1)), one per separate part, each with its holes.
+    """Trace a mask's outlines as COCO polygons, one per separate part, holes included.
 
     Traced on the mask upsampled 2x (nearest): OpenCV's contours then run through
     sub-pixel centres a quarter pixel inside the mask's edges, so every pixel centre of
     the mask is inside the outline and every other one outside. (Tracing at 1x, through
-    the edge pixels' centres, loses half a pixel all round: IoU 0.75 on small masks.)
-    COCO polygons have no holes, but pycocotools fills a polygon by the even-odd rule, so
-    each hole is spliced into its part's outline through a bridge travelled both ways
-    (a keyhole), which fills nothing. So pycocotools decodes the polygons to exactly the
-    mask (tested against pycocotools on random masks with holes). ``tolerance`` (pixels) simplifies each outline and hole with Douglas-Peucker
-    (cv2.approxPolyDP) before they are joined."""
+    the edge pixels' centres, loses half a pixel all round; what that costs small masks:
+    docs/measurements.md.) COCO polygons have no holes, but pycocotools fills a polygon
+    by the even-odd rule, so each hole is spliced into its part's outline through a
+    bridge travelled both ways (a keyhole), which fills nothing. So pycocotools decodes
+    the polygons to exactly the mask (tested against pycocotools on random masks with
+    holes).
+
+    Args:
+        window: the pasted mask, its mask bool [h, w].
+        tolerance: pixels; simplifies each outline and hole with Douglas-Peucker
+            (cv2.approxPolyDP) before they are joined. 0: exact.
+
+    Returns:
+        One list [x1, y1, x2, y2, ...] per part, in image coordinates (pixel i spanning
+        [i, i + 1)).
+    """
     if not window.mask.any():
         return []
     up = np.kron(window.mask.view(np.uint8), np.ones((2, 2), np.uint8))
@@ -149,7 +188,7 @@ def polygons(window: MaskWindow, tolerance: float = 0.0) -> list[list[float]]:
 
 
 def dense_masks(windows: list[MaskWindow], height: int, width: int) -> np.ndarray:
-    """uint8 [N, height, width], 1 inside each mask."""
+    """Place pasted windows in full images: uint8 [N, height, width], 1 inside each mask."""
     out = np.zeros((len(windows), height, width), np.uint8)
     for i, w in enumerate(windows):
         h, wd = w.mask.shape
@@ -193,15 +232,26 @@ def _column_profiles(masks: np.ndarray, boxes: np.ndarray, width: int):
 
 def encode_rle(masks: np.ndarray, boxes: np.ndarray, height: int, width: int,
                threshold: float = MASK_THRESHOLD) -> list[bytes]:
-    """COCO compressed RLE counts of the masks paste_windows would paste (what
-    ``pycocotools.mask.encode`` gives for them), without producing any of their pixels.
+    """Encode as COCO RLE the masks paste_windows would paste, without producing their pixels.
 
-    masks float [N, M, M], boxes float32 [N, 4] as for paste_windows. Along a column the
+    The counts are what ``pycocotools.mask.encode`` gives for them. Along a column the
     bilinear value is linear between the M cell rows (zero one cell beyond), so the
     rows at or above the threshold are found from the M + 2 knots of each column: where
     a segment crosses the threshold, the first (or last) pixel centre past the crossing
     starts (or ends) a run. Work is O(M) per column instead of O(pixels); a pixel whose
     value ties the threshold to float precision may fall either side.
+
+    Args:
+        masks: float [N, M, M] mask-head probabilities.
+        boxes: float32 [N, 4] x1, y1, x2, y2 in image pixels, as for paste_windows.
+        height, width: the image's size.
+        threshold: a pixel is in the mask when its sampled probability is >= this.
+
+    Returns:
+        N COCO compressed RLE counts strings.
+
+    Raises:
+        ValueError: masks are not [N, M, M] or boxes not [N, 4].
     """
     if masks.ndim != 3 or masks.shape[1] != masks.shape[2] or len(masks) != len(boxes):
         raise ValueError(f"expected masks [N, M, M] and boxes [N, 4], got "
@@ -236,19 +286,31 @@ def encode_rle(masks: np.ndarray, boxes: np.ndarray, height: int, width: int,
 
 def encode_runs(position: np.ndarray, owner: np.ndarray, n: int, height: int, width: int
                 ) -> list[bytes]:
-    """Run boundaries (as for run_counts) -> COCO compressed RLE counts of n masks of
-    height x width. Shared by encode_rle and the device path (bls/pipeline/device.py)."""
+    """Encode run boundaries (as for run_counts) as COCO compressed RLE of n masks.
+
+    Shared by encode_rle and the device path (bls/pipeline/device.py).
+
+    Returns:
+        n COCO compressed RLE counts strings of height x width masks.
+    """
     uncompressed = [{"size": [height, width], "counts": c}
                     for c in run_counts(position, owner, n, height * width)]
     return [r["counts"] for r in mask_utils.frPyObjects(uncompressed, height, width)]
 
 
 def run_counts(position: np.ndarray, owner: np.ndarray, n: int, total: int) -> list[np.ndarray]:
-    """Run boundaries -> uncompressed COCO RLE counts of each of n masks.
+    """Turn run boundaries into the uncompressed COCO RLE counts of each of n masks.
 
-    position int64 [2R]: flat column-major [start0, end0, start1, end1, ...] of R runs,
-    ascending within each mask; owner int64 [2R]: their mask, ascending. Counts start
-    with a run of zeros (possibly 0) and alternate; a mask without runs is [total].
+    Args:
+        position: int64 [2R] flat column-major [start0, end0, start1, end1, ...] of R
+            runs, ascending within each mask.
+        owner: int64 [2R], their mask, ascending.
+        n: the number of masks.
+        total: pixels per mask.
+
+    Returns:
+        n int64 arrays of counts: each starts with a run of zeros (possibly 0) and
+        alternates; a mask without runs is [total].
     """
     starts, ends, mask = position[0::2], position[1::2], owner[0::2]
     keep = ends > starts  # a crossing between two pixel centres sets no pixel

@@ -1,4 +1,4 @@
-"""The ``triton_python_backend_utils`` API as the double provides it: what a model.py sees.
+"""Provide the ``triton_python_backend_utils`` API as the double's: what a model.py sees.
 
 Behaviour follows the real stub (python_backend r24.10: src/pb_stub.cc,
 src/response_sender.cc, src/infer_request.cc) where a model can tell the difference:
@@ -33,17 +33,20 @@ TRITON_STRING_TO_NUMPY = {
 
 
 class TritonModelException(Exception):
-    """What the real module raises when the API is misused (a refused send, BLS outside
-    ``execute``)."""
+    """Raised, as by the real module, when the API is misused.
+
+    For example a refused send, or BLS outside ``execute``."""
 
 
 class RequestReleased(TritonModelException):
-    """A request used after ``execute`` returned: Triton has released it by then
-    (TRITONBACKEND_RequestRelease), so its inputs, parameters and sender are gone."""
+    """Raised when a request is used after ``execute`` returned.
+
+    Triton has released it by then (TRITONBACKEND_RequestRelease), so its inputs,
+    parameters and sender are gone."""
 
 
 class TritonError(Exception):
-    """pb_utils.TritonError: a response's error, with a TRITONSERVER_Error_Code."""
+    """Carry a response's error, with a TRITONSERVER_Error_Code, as pb_utils.TritonError."""
 
     UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, \
         ALREADY_EXISTS, CANCELLED = range(8)
@@ -54,13 +57,17 @@ class TritonError(Exception):
         self._code = code
 
     def message(self) -> str:
+        """The error's message."""
         return self._message
 
     def code(self) -> int:
+        """The error's code (one of the class's constants)."""
         return self._code
 
 
 class Tensor:
+    """A named tensor, as pb_utils.Tensor; text arrays become object (bytes) arrays."""
+
     def __init__(self, name: str, array: Any):
         array = np.asarray(array)
         if array.dtype.kind in "US":  # the real backend sends text as BYTES
@@ -69,26 +76,33 @@ class Tensor:
         self._array = array
 
     def name(self) -> str:
+        """The tensor's name."""
         return self._name
 
     def as_numpy(self) -> np.ndarray:
+        """The tensor's array, not copied."""
         return self._array
 
     def is_cpu(self) -> bool:
+        """True: the double keeps every tensor in host memory."""
         return True
 
     def to_dlpack(self):
+        """A DLPack capsule of the array (of a copy, if it is read-only)."""
         array = self._array if self._array.flags.writeable else self._array.copy()
         return array.__dlpack__()
 
     @staticmethod
     def from_dlpack(name: str, capsule) -> "Tensor":
+        """Make a Tensor from a DLPack capsule, through torch, in host memory."""
         import torch
 
         return Tensor(name, torch.utils.dlpack.from_dlpack(capsule).numpy())
 
 
 class PreferredMemory:
+    """Where a BLS caller asks for the outputs, as pb_utils.PreferredMemory (not enforced)."""
+
     def __init__(self, preferred_memory_type: int = TRITONSERVER_MEMORY_CPU,
                  preferred_device_id: int = 0):
         self.preferred_memory_type = preferred_memory_type
@@ -96,23 +110,28 @@ class PreferredMemory:
 
 
 class InferenceResponse:
+    """A response: output tensors, or an error, as pb_utils.InferenceResponse."""
+
     def __init__(self, output_tensors: list[Tensor] | None = None,
                  error: TritonError | None = None):
         self._outputs = list(output_tensors or [])
         self._error = error
 
     def output_tensors(self) -> list[Tensor]:
+        """The response's output tensors."""
         return self._outputs
 
     def has_error(self) -> bool:
+        """Whether the response carries an error."""
         return self._error is not None
 
     def error(self) -> TritonError | None:
+        """The response's error, or None."""
         return self._error
 
 
 class InferenceResponseSender:
-    """A request's response sender, with the real one's rules (response_sender.cc).
+    """Send a request's responses, with the real sender's rules (response_sender.cc).
 
     ``responses`` holds what reached the client; ``closed`` turns True when a send with
     the final flag is accepted, *before* the response is serialised, so a send that then
@@ -134,9 +153,16 @@ class InferenceResponseSender:
 
     @property
     def closed(self) -> bool:
+        """Whether a send with the final flag was accepted."""
         return self._closed
 
     def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
+        """Send ``response`` (None with the final flag alone), as the real sender.
+
+        Raises:
+            TritonModelException: the real sender's refusals, with its messages; or the
+                failure set by ``TritonDouble.fail_sends``.
+        """
         if flags not in (0, TRITONSERVER_RESPONSE_COMPLETE_FINAL):
             raise TritonModelException("Unable to send response. Unsupported flag provided.")
         if flags == 0 and response is None:
@@ -151,7 +177,7 @@ class InferenceResponseSender:
 
     def _check_outputs(self, response: InferenceResponse | None) -> None:
         """Python 3.12's stub (Triton 2.51) dies when a response sent through a sender
-        holds an output the client did not ask for (measured); under 3.11 the output is
+        holds an output the client did not ask for; under 3.11 the output is
         dropped. Refused here on every version, as the crash it would be."""
         asked = self._request._requested_output_names if self._request is not None else []
         if response is None or not asked:
@@ -193,7 +219,7 @@ class InferenceResponseSender:
             self._settled.set()
 
     def is_cancelled(self) -> bool:
-        """Asks the response factory, so it still answers after execute returned."""
+        """Whether the client cancelled; asks the response factory, so valid after execute."""
         return self._request is not None and self._request.cancelled
 
     def _abort(self, response: InferenceResponse) -> None:
@@ -207,7 +233,7 @@ class InferenceResponseSender:
         self._settled.set()
 
     def summary(self) -> str:
-        """What the client got, for assertion messages."""
+        """Describe what the client got, for assertion messages."""
         lost = "".join(f"; lost: a send failed with {e!r}" for e in self.lost)
         return (f"{len(self.responses)} response(s), final flag "
                 f"{'sent' if self.final_sent else 'not sent'}, "
@@ -217,8 +243,10 @@ class InferenceResponseSender:
 
 
 class InferenceRequest:
-    """Both sides of the API: requests the double hands to ``execute`` (unusable once it
-    has returned) and BLS requests a model builds (``exec``/``async_exec``)."""
+    """A request, on both sides of the API, as pb_utils.InferenceRequest.
+
+    Requests the double hands to ``execute`` (unusable once it has returned) and BLS
+    requests a model builds (``exec``/``async_exec``)."""
 
     _double: "TritonDouble | None" = None  # set on the subclass each double installs
 
@@ -247,6 +275,7 @@ class InferenceRequest:
                 "response sender, before returning)")
 
     def inputs(self) -> list[Tensor]:
+        """The request's input tensors."""
         self._usable("inputs")
         return self._inputs
 
@@ -257,37 +286,48 @@ class InferenceRequest:
         return list(self._requested_output_names)
 
     def parameters(self) -> str:
+        """The request's parameters as a JSON object string, as Triton hands them."""
         self._usable("parameters")
         return json.dumps(self._parameters)
 
     def get_response_sender(self) -> InferenceResponseSender:
+        """The request's response sender (it stays valid after the release)."""
         self._usable("get_response_sender")
         return self.sender
 
     def is_cancelled(self) -> bool:
+        """Whether the client cancelled the request."""
         self._usable("is_cancelled")
         return self.cancelled
 
     def request_id(self) -> str:
+        """The request's id ("" when the client gave none)."""
         self._usable("request_id")
         return self._request_id
 
     def exec(self, decoupled: bool = False):
-        """Runs the routed callable in the calling thread: a response, or for
-        ``decoupled`` an iterator of responses."""
+        """Run the BLS call: the routed callable, in the calling thread.
+
+        Returns:
+            A response, or for ``decoupled`` an iterator of responses.
+        """
         if self._double is None:
             raise TritonModelException("BLS needs the module of an installed TritonDouble")
         return self._double._route(self, decoupled)
 
     def async_exec(self, decoupled: bool = False) -> asyncio.Future:
-        """As the stub: ``exec`` in the running loop's default executor, so it waits for
-        one of its ``executor_threads`` threads."""
+        """Run ``exec`` in the running loop's default executor, as the stub does.
+
+        So it waits for one of the executor's ``executor_threads`` threads.
+        """
         return asyncio.get_running_loop().run_in_executor(None, self.exec, decoupled)
 
 
 class Metric:
-    """A metric of a MetricFamily: ``value()`` for counters and gauges; a histogram
-    keeps its observations (``observations``) and ``value()`` is their count."""
+    """Hold one metric of a MetricFamily, as pb_utils.Metric.
+
+    ``value()`` for counters and gauges; a histogram keeps its observations
+    (``observations``) and ``value()`` is their count."""
 
     def __init__(self, family: "MetricFamily", labels: dict, buckets: list | None):
         self.family, self.labels, self.buckets = family, dict(labels), buckets
@@ -295,6 +335,7 @@ class Metric:
         self.observations: list[float] = []
 
     def increment(self, value: float) -> None:
+        """Add ``value`` to a counter; TritonError for another kind or a negative value."""
         if self.family.kind != MetricFamily.COUNTER:
             raise TritonError(f"{self.family.name}: increment on a non-counter")
         if value < 0:
@@ -302,24 +343,28 @@ class Metric:
         self._value += value
 
     def set(self, value: float) -> None:
+        """Set a gauge; TritonError for another kind."""
         if self.family.kind != MetricFamily.GAUGE:
             raise TritonError(f"{self.family.name}: set on a non-gauge")
         self._value = value
 
     def observe(self, value: float) -> None:
+        """Record an observation of a histogram; TritonError for another kind."""
         if self.family.kind != MetricFamily.HISTOGRAM:
             raise TritonError(f"{self.family.name}: observe on a non-histogram")
         self.observations.append(value)
 
     def value(self) -> float:
+        """The counter's or gauge's value, or a histogram's number of observations."""
         if self.family.kind == MetricFamily.HISTOGRAM:
             return float(len(self.observations))
         return self._value
 
 
 class MetricFamily:
-    """pb_utils.MetricFamily: families by name in the double's ``metrics`` registry;
-    a Metric with the same labels is the same metric, as in the server."""
+    """Register a metric family by name in the double's ``metrics``, as pb_utils.MetricFamily.
+
+    A Metric with the same labels is the same metric, as in the server."""
 
     COUNTER, GAUGE, HISTOGRAM = range(3)
     _double: "TritonDouble | None" = None
@@ -336,6 +381,7 @@ class MetricFamily:
             self._double.metrics[name] = self
 
     def Metric(self, labels: dict | None = None, buckets: list | None = None) -> Metric:
+        """The family's metric with these labels (made on first use); buckets for histograms."""
         if (buckets is not None) != (self.kind == self.HISTOGRAM):
             raise TritonError(f"{self.name}: buckets are required for, and only for, "
                               "histograms")
@@ -346,49 +392,48 @@ class MetricFamily:
 
 
 class Logger:
-    """pb_utils.Logger; every message lands in ``Logger.messages`` as (level, text)."""
+    """Log as pb_utils.Logger: every message lands in ``Logger.messages`` as (level, text)."""
 
     messages: list[tuple[str, str]] = []
 
     @classmethod
-    def log_info(cls, msg):
-        cls.messages.append(("info", msg))
+    def log(cls, msg, level: str = "info") -> None:
+        """Keep ``msg`` at ``level`` (info, warn, error or verbose), as pb_utils.Logger.log."""
+        cls.messages.append((level, msg))
 
-    @classmethod
-    def log_warn(cls, msg):
-        cls.messages.append(("warn", msg))
 
-    @classmethod
-    def log_error(cls, msg):
-        cls.messages.append(("error", msg))
-
-    @classmethod
-    def log_verbose(cls, msg):
-        cls.messages.append(("verbose", msg))
+# pb_utils.Logger's shorthands, one per level: log_info, log_warn, log_error, log_verbose.
+for _level in ("info", "warn", "error", "verbose"):
+    setattr(Logger, f"log_{_level}", classmethod(lambda cls, msg, level=_level: cls.log(msg, level)))
 
 
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:
+    """Find the request's input named ``name``; None if it has none."""
     return next((t for t in request.inputs() if t.name() == name), None)
 
 
 def get_output_tensor_by_name(response: InferenceResponse, name: str) -> Tensor | None:
+    """Find a response's output tensor by its name, or None."""
     return next((t for t in response.output_tensors() if t.name() == name), None)
 
 
 def get_input_config_by_name(model_config: dict, name: str) -> dict | None:
+    """Find an input's entry in the model config; None if absent."""
     return next((c for c in model_config.get("input", []) if c["name"] == name), None)
 
 
 def get_output_config_by_name(model_config: dict, name: str) -> dict | None:
+    """The model config's output entry called ``name``, or None."""
     return next((c for c in model_config.get("output", []) if c["name"] == name), None)
 
 
 def triton_string_to_numpy(triton_type_string: str):
-    """numpy type of a config data_type; KeyError for others, as the real one."""
+    """Map a config data_type to its numpy type; KeyError for others, as the real one."""
     return TRITON_STRING_TO_NUMPY[triton_type_string]
 
 
 def using_decoupled_model_transaction_policy(model_config: dict) -> bool:
+    """Whether the model config declares the decoupled transaction policy."""
     if "model_transaction_policy" in model_config:
         return bool(model_config["model_transaction_policy"].get("decoupled", False))
     return False

@@ -1,5 +1,6 @@
-"""TritonDouble: runs a model.py's TritonPythonModel as the Python backend stub would,
-with BLS calls routed to in-process callables. See bls/testing/README.md."""
+"""Run a model.py's TritonPythonModel as the Python backend stub would (``TritonDouble``).
+
+BLS calls are routed to in-process callables. See bls/testing/README.md."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ MODULE_NAMES = [
 
 
 def model_config_dict(config_path: Path) -> dict:
-    """A config.pbtxt as the JSON dict Triton hands to ``initialize``."""
+    """Read a config.pbtxt as the JSON dict Triton hands to ``initialize``."""
     from google.protobuf import json_format, text_format
     from tritonclient.grpc import model_config_pb2
 
@@ -47,12 +48,18 @@ def model_config_dict(config_path: Path) -> dict:
 
 
 class TritonDouble:
-    """The fake ``triton_python_backend_utils`` module (``module``), its BLS routes
-    (``models``), the BLS requests made (``calls``) and the metrics created (``metrics``).
+    """Stand in for the Python backend stub and its ``triton_python_backend_utils`` module.
 
-    Like the stub, it runs every ``async def execute`` on one event loop that lives in a
-    daemon thread until ``close()``; that loop's default executor, which ``async_exec``
-    uses, has ``executor_threads`` threads (Python's default count unless given)."""
+    It holds the fake module (``module``), its BLS routes (``models``), the BLS requests
+    made (``calls``) and the metrics created (``metrics``). Like the stub, it runs every
+    ``async def execute`` on one event loop that lives in a daemon thread until
+    ``close()``; that loop's default executor, which ``async_exec`` uses, has
+    ``executor_threads`` threads (Python's default count unless given).
+
+    Args:
+        models: BLS routes: model name -> ModelCallable.
+        executor_threads: threads of the event loop's default executor.
+    """
 
     def __init__(self, models: Mapping[str, ModelCallable] | None = None,
                  executor_threads: int | None = None):
@@ -96,9 +103,19 @@ class TritonDouble:
     # ------------------------------------------------------------------ model lifecycle
     def load_model(self, model_dir: Path, config: dict | None = None, version: str = "1",
                    instance_kind: str = "CPU"):
-        """Import ``model_dir/<version>/model.py`` (its folder first on sys.path, as the
-        stub does) and ``initialize`` its TritonPythonModel with ``config`` (default:
-        ``model_dir/config.pbtxt``)."""
+        """Import ``model_dir/<version>/model.py`` and ``initialize`` its TritonPythonModel.
+
+        Its folder goes first on sys.path during the import, as the stub does.
+
+        Args:
+            model_dir: the model's directory in a repository.
+            config: the model config as a dict (default: ``model_dir/config.pbtxt``).
+            version: the version folder.
+            instance_kind: ``model_instance_kind`` in ``initialize``'s args.
+
+        Returns:
+            The initialized model.
+        """
         model_dir = Path(model_dir)
         config = config or model_config_dict(model_dir / "config.pbtxt")
         version_dir = model_dir / version
@@ -115,9 +132,14 @@ class TritonDouble:
 
     def initialize(self, model, config: dict, model_dir: Path | None = None,
                    version: str = "1", instance_kind: str = "CPU"):
-        """Register ``model`` (any TritonPythonModel-like object) with its config, whose
-        ``name`` and decoupled policy ``execute`` uses, and call its ``initialize`` with
-        the args Triton passes; BLS raises meanwhile, as in the stub. Returns ``model``."""
+        """Register ``model`` with its config and call its ``initialize`` as Triton does.
+
+        ``model`` is any TritonPythonModel-like object; ``execute`` uses its config's
+        ``name`` and decoupled policy. BLS raises during ``initialize``, as in the stub.
+
+        Returns:
+            ``model``.
+        """
         self._configs[id(model)] = (model, config)
         if hasattr(model, "initialize"):
             previous, self._phase = self._phase, "initialize"
@@ -134,15 +156,28 @@ class TritonDouble:
 
     def execute(self, model, requests: list[InferenceRequest], timeout: float = 30.0
                 ) -> list[InferenceResponse] | None:
-        """Run ``execute`` as the stub would: a plain one in this thread; an ``async def``
-        on the double's loop, waited for unless the model is decoupled. The requests are
-        released when it returns. If it raises (or returns what the stub refuses), every
-        request not yet answered gets the stub's INTERNAL error and all senders close.
+        """Run the model's ``execute`` on ``requests`` as the stub would.
 
-        Non-decoupled: waits up to ``timeout`` s for every sender to close, checks that
-        each request got exactly one response with the final flag (AssertionError naming
-        the request and what it got) and returns those responses. Decoupled: returns
-        None at once; read ``request.sender`` (``wait_closed`` waits for them)."""
+        A plain ``execute`` runs in this thread; an ``async def`` one on the double's
+        loop, waited for unless the model is decoupled. The requests are released when it
+        returns. If it raises (or returns what the stub refuses), every request not yet
+        answered gets the stub's INTERNAL error and all senders close.
+
+        Args:
+            model: a model set up by ``load_model`` or ``initialize``.
+            requests: requests made by ``request``.
+            timeout: seconds to wait for the responses (non-decoupled).
+
+        Returns:
+            Non-decoupled: each request's one response, after waiting up to ``timeout``
+            s for every sender to close. Decoupled: None at once; read
+            ``request.sender`` (``wait_closed`` waits for them).
+
+        Raises:
+            AssertionError: a request without exactly one response with the final flag
+                (naming the request and what it got), or what the real server would die
+                of.
+        """
         model_config = self._config_of(model)
         name = self._instance_name(model_config)
         decoupled = using_decoupled_model_transaction_policy(model_config)
@@ -190,9 +225,11 @@ class TritonDouble:
         return [request.sender.responses[0] for request in requests]
 
     def finalize(self, model) -> None:
-        """As the stub's Finalize: BLS raises from now on, the event loop stops first
-        (tasks left on it stay where they are), then ``model.finalize()`` if it has one.
-        The double executes nothing afterwards."""
+        """Finalize ``model`` as the stub's Finalize does.
+
+        BLS raises from now on, the event loop stops first (tasks left on it stay where
+        they are), then ``model.finalize()`` runs if it has one. The double executes
+        nothing afterwards."""
         self._phase = "finalize"
         if self._thread is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -201,8 +238,9 @@ class TritonDouble:
             model.finalize()
 
     def close(self) -> None:
-        """Cancel what runs on the event loop, stop its thread and the executor (threads
-        blocked in a routed callable finish when it returns)."""
+        """Cancel what runs on the event loop, and stop its thread and the executor.
+
+        Threads blocked in a routed callable finish when it returns."""
         loop, self._loop = self._loop, None
         if loop is None:
             return
@@ -221,29 +259,44 @@ class TritonDouble:
     def request(self, inputs: Mapping[str, Any], parameters: Mapping[str, Any] | None = None,
                 request_id: str = "", requested_output_names: list[str] | None = None
                 ) -> InferenceRequest:
-        """A request as ``execute`` receives it; ``requested_output_names``: the outputs
-        the client asked for (None: it named none)."""
+        """Make a request as ``execute`` receives it.
+
+        Args:
+            inputs: arrays by input name (text arrays become BYTES).
+            parameters: the request's parameters.
+            request_id: the request's id.
+            requested_output_names: the outputs the client asked for (None: it named none).
+        """
         return self.module.InferenceRequest(
             inputs=[api.Tensor(k, v) for k, v in inputs.items()], parameters=parameters,
             request_id=request_id, requested_output_names=requested_output_names)
 
     @staticmethod
     def cancel(request: InferenceRequest) -> None:
-        """The client cancels: ``request.is_cancelled()`` and its sender's turn True."""
+        """Cancel as the client would: ``request.is_cancelled()`` and its sender's turn True."""
         request.cancelled = True
 
     def fail_sends(self, which: int | SendFailure,
                    exception: Exception | None = None) -> None:
-        """Make the next ``which`` sends (an int), or those for which
-        ``which(response, flags)`` is true, fail while serialising the response, as a real
-        send does after it has closed the sender: ``exception`` is raised, the response
-        is lost. ``fail_sends(0)`` stops it."""
+        """Make sends fail while serialising the response, as a real send can.
+
+        As a real send does after it has closed the sender: ``exception`` is raised, the
+        response is lost. ``fail_sends(0)`` stops it.
+
+        Args:
+            which: the number of next sends to fail, or a predicate
+                ``which(response, flags)`` choosing them.
+            exception: what they raise (a TritonModelException by default).
+        """
         self._failing = [which, exception or TritonModelException(
             "the response could not be serialised (TritonDouble.fail_sends)")]
 
     def wait_closed(self, requests: list[InferenceRequest], timeout: float = 30.0) -> None:
-        """Wait until every request's sender is closed and done sending; AssertionError
-        naming those still open after ``timeout`` s."""
+        """Wait until every request's sender is closed and done sending.
+
+        Raises:
+            AssertionError: naming those still open after ``timeout`` s.
+        """
         deadline = time.monotonic() + timeout
         still_open = [f"request {i}: {r.sender.summary()}" for i, r in enumerate(requests)
                       if not r.sender._settled.wait(max(0.0, deadline - time.monotonic()))]
@@ -252,7 +305,7 @@ class TritonDouble:
                                  + "; ".join(still_open))
 
     def metric(self, family: str, **labels) -> float:
-        """The value of a metric the model created (0 if it never was)."""
+        """Read the value of a metric the model created (0 if it never was)."""
         found = self.metrics.get(family)
         metric = found.metrics.get(tuple(sorted(labels.items()))) if found else None
         return metric.value() if metric else 0.0

@@ -1,22 +1,12 @@
 """pipeline_bls: encoded image -> detections, calling mask_rcnn through BLS.
 
-A thin adapter: the orchestration (reading requests, answering each once, model calls,
-monitoring events, drained stops) is bls/backend/orchestrator.py, tested through bls.testing.
+A thin adapter over bls/orchestration/orchestrator.py PipelineOrchestrator (reading
+requests, answering each once, model calls, monitoring events, drained stops).
 """
-
-import json
 
 import triton_python_backend_utils as pb_utils
 
-from bls.backend.orchestrator import PipelineOrchestrator
+from bls.backend.adapter import python_model
+from bls.orchestration.orchestrator import PipelineOrchestrator
 
-
-class TritonPythonModel:
-    def initialize(self, args):
-        self.pipeline = PipelineOrchestrator(pb_utils, json.loads(args["model_config"]))
-
-    def execute(self, requests):
-        return self.pipeline.execute(requests)  # None: each request answered by its sender
-
-    def finalize(self):
-        self.pipeline.finalize()
+TritonPythonModel = python_model(pb_utils, PipelineOrchestrator)

@@ -1,9 +1,9 @@
-"""Monitoring events, sent off the request path.
+"""Send monitoring events to the ``monitoring`` model off the request path.
 
 pipeline_bls tells the decoupled ``monitoring`` model about some answered requests
 (bls/monitoring/policy.py). Monitoring must never slow or break an answer, so events share nothing
 with the answers: not the event loop, not its default executor (which BLS
-``async_exec`` uses: a hung monitoring there held every model call, measured), not the
+``async_exec`` uses: a hung monitoring there held every model call, Triton 2.51), not the
 worker threads. ``EventSender`` owns one thread that makes the BLS calls with the
 blocking ``exec``, and a queue bounded by count and by bytes in front of it. ``offer``
 never blocks: an event that does not fit is dropped and counted. A monitoring model
@@ -29,9 +29,17 @@ from bls.monitoring.policy import MonitoringPolicy, Reason
 
 @dataclass(frozen=True)
 class PendingEvent:
-    """What the event is built from, in the sender's thread (so building it costs the
-    answer nothing). answer: the pipeline's output arrays (no batch dim), not modified
-    after the answer was sent; image: the encoded image when captured, else None."""
+    """Hold what a monitoring event is built from, until the sender's thread builds it.
+
+    Building it there costs the answer nothing.
+
+    Attributes:
+        reasons: why the policy sends it.
+        answer: the pipeline's output arrays by name (no batch dim), not modified after
+            the answer was sent.
+        latency_ms: the request's time in pipeline_bls.
+        image: the encoded image when captured, else None.
+    """
 
     reasons: tuple[Reason, ...]
     answer: Mapping[str, np.ndarray]
@@ -40,8 +48,10 @@ class PendingEvent:
 
     @property
     def nbytes(self) -> int:
-        """What the event holds while queued, for the queue's byte bound: the image and,
-        when captured, the predictions JSON (bounded by its RLE strings)."""
+        """Estimate the bytes the event holds while queued, for the queue's byte bound.
+
+        That is the image and, when captured, the predictions JSON (bounded by its RLE
+        strings)."""
         if self.image is None:
             return 256 + 12 * len(self.answer["scores"])
         rle = sum(len(m) for m in self.answer["masks_rle"])
@@ -49,8 +59,18 @@ class PendingEvent:
 
 
 class EventSender:
-    """``offer(reasons, answer, latency_ms, image)`` from any thread; ``close()`` at
-    unload. ``pb_utils`` is passed in."""
+    """Send monitoring events from one thread of its own, through a bounded queue.
+
+    ``offer(reasons, answer, latency_ms, image)`` from any thread; ``close()`` at
+    unload.
+
+    Args:
+        pb_utils: ``triton_python_backend_utils``, or bls.testing's double.
+        policy: its bounds (max_pending_events, max_queued_bytes, max_capture_bytes,
+            timeout_ms).
+        calls: the counters of what became of each event.
+        name: the thread's name.
+    """
 
     def __init__(self, pb_utils, policy: MonitoringPolicy, calls: MonitoringCalls,
                  name: str = "pipeline_bls-monitoring"):
@@ -67,8 +87,20 @@ class EventSender:
 
     def offer(self, reasons: Sequence[Reason], answer: Mapping[str, np.ndarray],
               latency_ms: float, image: bytes | None) -> bool:
-        """Queue an event; False (and counted ``dropped``) when it does not fit. A
-        captured image over max_capture_bytes goes without image and predictions."""
+        """Queue an event without blocking.
+
+        A captured image over max_capture_bytes goes without image and predictions.
+
+        Args:
+            reasons: why the policy sends it.
+            answer: the pipeline's output arrays by name (no batch dim); not modified
+                afterwards.
+            latency_ms: the request's time in pipeline_bls.
+            image: the encoded image when captured, else None.
+
+        Returns:
+            True if queued; False (and counted ``dropped``) when it does not fit.
+        """
         if image is not None and len(image) > self.policy.max_capture_bytes:
             self.calls.captures_skipped.increment(1)
             image = None
@@ -105,7 +137,7 @@ class EventSender:
     def _send(self, event: PendingEvent) -> str:
         """One blocking BLS call; its outcome. The request also carries timeout_ms as its
         Triton timeout, which Triton 2.51 does not enforce for a model without dynamic
-        batching (measured): lateness is judged here."""
+        batching: lateness is judged here."""
         start = time.monotonic()
         try:
             inputs = event_inputs(event.reasons, event.answer, event.latency_ms, event.image)
@@ -122,9 +154,10 @@ class EventSender:
         return "timeout" if late else "ok"
 
     def close(self, wait_s: float = 1.0) -> None:
-        """Stop taking events; count what is queued or still unacknowledged as
-        ``abandoned``. Waits at most ``wait_s`` for the thread (a hung monitoring call
-        keeps it; it is a daemon thread and ends with the process)."""
+        """Stop taking events; count what is queued or still unacknowledged as ``abandoned``.
+
+        Waits at most ``wait_s`` for the thread (a hung monitoring call keeps it; it is a
+        daemon thread and ends with the process)."""
         with self._cv:
             if self._closed:
                 return
@@ -137,6 +170,6 @@ class EventSender:
         self._thread.join(wait_s)
 
     def pending(self) -> int:
-        """Events queued or being sent."""
+        """The number of events queued or being sent."""
         with self._cv:
             return len(self._queue) + self._busy

@@ -1,8 +1,9 @@
-"""pipeline_bls's orchestration: read each request, answer it once, keep the promises
-under load, faults and stops. ``pb_utils`` is passed in, so bls.testing's double tests
-this exactly as the stub runs it (models/pipeline_bls/1/model.py is a thin adapter).
+"""pipeline_bls's orchestration: read each request, answer it once, under load, faults and stops.
 
-Request lifecycle, as Triton's Python backend defines it (its README; measured on 2.51):
+``pb_utils`` is passed in, so bls.testing's double tests this exactly as the stub runs it
+(models/pipeline_bls/1/model.py is a thin adapter).
+
+Request lifecycle, as Triton's Python backend defines it (its README; Triton 2.51):
 Triton releases the requests when ``execute`` returns. So ``execute`` reads everything a
 request holds (the image bytes, the parameters, the response sender), answers a malformed
 request at once, and hands the rest to this model's own event loop as plain data
@@ -16,7 +17,7 @@ Threads, and what each may hold:
   default executor, which has one thread per job that can be held: a model call never
   waits for a thread.
 - ``worker_threads`` threads decode, resize, paste and encode.
-- Monitoring events have their own thread and bounded queue (bls/backend/sender.py): a hung or
+- Monitoring events have their own thread and bounded queue (bls/orchestration/sender.py): a hung or
   dead monitoring model can hold nothing that an answer needs.
 
 Every accepted request gets exactly one final response: ``Reply`` sends at most once and
@@ -37,25 +38,31 @@ from bls.backend.metrics import ModelStart, MonitoringCalls, RequestMetrics
 from bls.backend.process import configure_process
 from bls.backend.request import image_bytes, parse_options
 from bls.backend.responses import code_name, error_response, output_response
-from bls.backend.sender import EventSender
+from bls.orchestration.sender import EventSender
 from bls.contract.metadata import ModelMetadata
 from bls.contract.parameters import PIPELINE_PARAMETERS, RequestOptions
 from bls.contract.tensors import MODEL_INPUT, MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
 from bls.errors import Cancelled, ModelTimeout, Unavailable, model_call_error
 from bls.monitoring.policy import MonitoringPolicy
-from bls.pipeline import finish, prepare
+from bls.pipeline.steps import finish, prepare
 from bls.pipeline.host import HOST
 from bls.pipeline.image import decode_limits
 
 # How long finalize waits for jobs still held before answering them UNAVAILABLE. Triton
-# itself waits for every open response sender before it unloads a model (measured), so
+# itself waits for every open response sender before it unloads a model (Triton 2.51), so
 # in practice nothing is left by then; this bounds the rare case where something is.
 DRAIN_S = 5.0
 
 
 class Reply:
-    """The one final response of one request, through the response sender read in
-    ``execute``. ``claim()`` once, then ``send``; thread-safe."""
+    """Send the one final response of one request, through the sender read in ``execute``.
+
+    ``claim()`` once, then ``send``; thread-safe.
+
+    Args:
+        sender: the request's response sender.
+        unsent_metric: the counter of answers the backend refused to send.
+    """
 
     def __init__(self, pb_utils, sender, unsent_metric):
         self._pb = pb_utils
@@ -71,15 +78,17 @@ class Reply:
             return first
 
     def cancelled(self) -> bool:
+        """Whether the client cancelled; False when the sender cannot tell."""
         try:
             return bool(self._sender.is_cancelled())
         except Exception:  # the sender cannot tell: carry on, the send will say
             return False
 
     def send(self, response) -> bool:
-        """Send ``response`` with the final flag. A send that fails (the backend marks the
-        sender closed before it serialises, so it cannot be retried) is logged and
-        counted: nothing is lost silently."""
+        """Send ``response`` with the final flag; True if the backend took it.
+
+        A send that fails (the backend marks the sender closed before it serialises, so
+        it cannot be retried) is logged and counted: nothing is lost silently."""
         try:
             self._sender.send(response, flags=self._pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             return True
@@ -95,9 +104,16 @@ class Reply:
 
 @dataclass(eq=False)  # hashed by identity: held in a set
 class Job:
-    """One accepted request, as plain data. data: the encoded image; started: its
-    perf_counter at execute; model_call: the BLS future while it outlives the answer
-    (after a timeout), so its slot stays taken until mask_rcnn lets go."""
+    """Hold one accepted request as plain data, valid after Triton released the request.
+
+    Attributes:
+        data: the encoded image.
+        started: its perf_counter at execute.
+        outputs: the outputs the client asked for; () for all.
+        seconds: wall seconds by stage (bls/backend/metrics.py STAGES).
+        model_call: the BLS future while it outlives the answer (after a timeout), so
+            its slot stays taken until mask_rcnn lets go.
+    """
 
     data: bytes
     options: RequestOptions
@@ -109,10 +125,15 @@ class Job:
 
 
 class PipelineOrchestrator:
-    """``execute(requests)`` and ``finalize()`` of pipeline_bls.
+    """Run pipeline_bls: its ``execute(requests)`` and ``finalize()``.
 
-    model_config: the config as Triton hands it to ``initialize`` (a dict); its
-    parameters are read strictly (bls/contract/parameters.py PIPELINE_PARAMETERS).
+    Args:
+        pb_utils: ``triton_python_backend_utils``, or bls.testing's double.
+        model_config: the config as Triton hands it to ``initialize`` (a dict); its
+            parameters are read strictly (bls/contract/parameters.py PIPELINE_PARAMETERS).
+
+    Raises:
+        InvalidInput: a config parameter is unknown or malformed (the model fails to load).
     """
 
     def __init__(self, pb_utils, model_config: dict):
@@ -156,13 +177,16 @@ class PipelineOrchestrator:
 
     # ------------------------------------------------------------------ execute
     def execute(self, requests) -> None:
-        """Read every request, answer the malformed ones, start the rest; returns None
-        (each request is answered by its own response sender).
+        """Read every request, answer the malformed ones, start the rest.
 
         Never raises. If execute raises, the backend answers every request of the batch
         with that error, and for a request whose sender has already sent its final
         response it deletes the response factory a second time: Triton 2.51 then dies
-        of a segmentation fault (measured). Each request is handled on its own."""
+        of a segmentation fault. Each request is handled on its own.
+
+        Returns:
+            None: each request is answered by its own response sender.
+        """
         for request in requests:
             try:
                 reply = Reply(self.pb, request.get_response_sender(), self.metrics.unsent)
@@ -190,7 +214,7 @@ class PipelineOrchestrator:
         options = parse_options(request.parameters(), self.meta.score_threshold,
                                 self.forwarded_headers)
         # The answer carries only these: with Python 3.12's stub, a response holding an
-        # output the client did not ask for kills the stub (measured, Triton 2.51).
+        # output the client did not ask for kills the stub (Triton 2.51).
         return data, options, tuple(request.requested_output_names())
 
     def _start(self, job: Job) -> None:
@@ -262,7 +286,7 @@ class PipelineOrchestrator:
             call = asyncio.ensure_future(request.async_exec())
             if self.timeout_us:
                 # Triton 2.51 does not enforce a BLS timeout on a model without dynamic
-                # batching (measured), so it is enforced here.
+                # batching, so it is enforced here.
                 done, _ = await asyncio.wait({call}, timeout=self.timeout_us / 1e6)
                 if not done:
                     job.model_call = call
@@ -349,9 +373,10 @@ class PipelineOrchestrator:
 
     # ------------------------------------------------------------------ stop
     def finalize(self) -> None:
-        """Stop: wait up to DRAIN_S for the jobs still held, answer any left UNAVAILABLE
-        (the client may retry elsewhere), count the monitoring events left behind, and
-        stop the threads."""
+        """Stop the model: drain or answer the jobs held, then stop the threads.
+
+        Waits up to DRAIN_S for the jobs still held, answers any left UNAVAILABLE (the
+        client may retry elsewhere) and counts the monitoring events left behind."""
         deadline = time.monotonic() + DRAIN_S
         with self._cv:
             self._stopping = True
@@ -377,6 +402,6 @@ class PipelineOrchestrator:
         self.model_calls.shutdown(wait=False, cancel_futures=True)
 
     def held(self) -> int:
-        """Jobs accepted and not answered yet."""
+        """The number of jobs accepted and not answered yet."""
         with self._cv:
             return len(self._held)
