@@ -1,6 +1,6 @@
 """Errors a client can act on: each names the input, parameter or model and the problem,
-and maps to one Triton error code (bls/backend/responses.py) and one outcome label
-(bls/backend/metrics.py).
+and maps to one Triton error code, one outcome label (bls/backend/metrics.py) and one
+message form, all from the one table ``_KINDS`` (``classify``, ``describe``).
 
 | exception        | code        | retry?                                   |
 | InvalidInput     | INVALID_ARG | no: fix the request                      |
@@ -67,14 +67,30 @@ def classify(error: Exception | None) -> tuple[str, str]:
     """
     if error is None:
         return "", "ok"
-    for kind, code, outcome in _KINDS:
-        if isinstance(error, kind):
-            return code, outcome
-    return "INTERNAL", "failed"
+    code, outcome, _ = _kind(error)
+    return code, outcome
 
 
-_KINDS = ((InvalidInput, "INVALID_ARG", "invalid"), (Cancelled, "CANCELLED", "cancelled"),
-          (ModelTimeout, "UNAVAILABLE", "timeout"), (Unavailable, "UNAVAILABLE", "unavailable"))
+def describe(error: Exception, model: str) -> str:
+    """Format an error for the client and the log as ``<model>: <message>``.
+
+    An unexpected exception (INTERNAL, not ModelCallFailed) also names its type, so the
+    log and the client agree on what failed."""
+    prefix = _kind(error)[2]
+    if prefix is None:
+        prefix = "" if isinstance(error, ModelCallFailed) else f"{type(error).__name__}: "
+    return f"{model}: {prefix}{error}"
+
+
+# exception -> (Triton code, outcome label, message prefix); the first that matches.
+_KINDS = ((InvalidInput, "INVALID_ARG", "invalid", ""),
+          (Cancelled, "CANCELLED", "cancelled", "cancelled: "),
+          (ModelTimeout, "UNAVAILABLE", "timeout", ""),
+          (Unavailable, "UNAVAILABLE", "unavailable", ""))
+
+
+def _kind(error: Exception) -> tuple[str, str, str | None]:
+    return next((k[1:] for k in _KINDS if isinstance(error, k[0])), ("INTERNAL", "failed", None))
 
 # Triton 2.51 answers a BLS call whose target cannot serve with code INTERNAL, whatever
 # the reason: "Model 'mask_rcnn' is not ready.", "Stub process 'mask_rcnn_0_0'

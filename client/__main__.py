@@ -1,4 +1,4 @@
-"""python -m client infer PATH... | watch (see client/cli.py, client/watch.py)."""
+"""Entry point of python -m client infer PATH... | watch (see client/cli.py, client/watch.py)."""
 
 import sys
 

@@ -46,8 +46,13 @@ class ServerUnavailable(RuntimeError):
 
 # --------------------------------------------------------------------------- inputs
 def collect_images(paths: list[Path]) -> list[Path]:
-    """Files as given, folders expanded to their images (IMAGE_EXTENSIONS, any case,
-    sorted by name, not recursive). Raises FileNotFoundError for a missing path."""
+    """List the images to send: files as given, folders expanded to their images.
+
+    A folder gives its IMAGE_EXTENSIONS files (any case), sorted by name, not recursive.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+    """
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -61,8 +66,11 @@ def collect_images(paths: list[Path]) -> list[Path]:
 
 
 def overlay_names(paths: list[Path]) -> list[str]:
-    """'<stem>.overlay.png' per image; stems that occur twice (a.jpg, a.png, or the same
-    name in two folders) get the image's index too, so no overlay replaces another."""
+    """Name each image's overlay '<stem>.overlay.png'.
+
+    Stems that occur twice (a.jpg, a.png, or the same name in two folders) get the
+    image's index too, so no overlay replaces another.
+    """
     counts = Counter(p.stem for p in paths)
     return [f"{p.stem}.overlay.png" if counts[p.stem] == 1 else f"{p.stem}.{i}.overlay.png"
             for i, p in enumerate(paths)]
@@ -71,7 +79,7 @@ def overlay_names(paths: list[Path]) -> list[str]:
 def request_parameters(score_threshold: float | None = None, max_detections: int | None = None,
                        mask_format: str | None = None,
                        polygon_tolerance: float | None = None) -> dict:
-    """The request parameters that were set; the rest take the server's defaults."""
+    """Collect the request parameters that were set; the rest take the server's defaults."""
     params = {"score_threshold": score_threshold, "max_detections": max_detections,
               "mask_format": mask_format, "polygon_tolerance": polygon_tolerance}
     return {k: v for k, v in params.items() if v is not None}
@@ -79,8 +87,13 @@ def request_parameters(score_threshold: float | None = None, max_detections: int
 
 # --------------------------------------------------------------------------- server
 def client_module(protocol: str):
-    """tritonclient.http.aio or tritonclient.grpc.aio (imported on demand: each pulls in
-    its own stack, aiohttp or grpcio)."""
+    """Import tritonclient.http.aio or tritonclient.grpc.aio for ``protocol``.
+
+    Imported on demand: each pulls in its own stack, aiohttp or grpcio.
+
+    Raises:
+        ValueError: ``protocol`` is neither http nor grpc.
+    """
     if protocol == "http":
         import tritonclient.http.aio as module
     elif protocol == "grpc":
@@ -92,8 +105,14 @@ def client_module(protocol: str):
 
 @dataclass(frozen=True)
 class ServedModel:
-    """name; batched: max_batch_size > 0, so inputs and outputs carry a batch dim of 1;
-    meta: the export's metadata (None when the server's config has none)."""
+    """Hold what the client needs of a served model's config.
+
+    Attributes:
+        name: the model's name.
+        batched: max_batch_size > 0, so inputs and outputs carry a batch dim of 1.
+        max_batch_size: from its config.
+        meta: the export's metadata (None when the server's config has none).
+    """
 
     name: str
     batched: bool
@@ -108,8 +127,14 @@ async def _config(client, protocol: str, model: str) -> dict:
 
 
 async def served_model(client, protocol: str, model: str) -> ServedModel:
-    """Read batching and metadata from the server's config of ``model``. An ensemble
-    has no metadata of its own: it is read from the first step model that has it."""
+    """Read batching and metadata from the server's config of ``model``.
+
+    An ensemble has no metadata of its own: it is read from the first step model that
+    has it.
+
+    Raises:
+        ServerUnavailable: the config cannot be read.
+    """
     try:
         config = await _config(client, protocol, model)
     except Exception as e:
@@ -132,8 +157,11 @@ def _metadata(config: dict) -> ModelMetadata | None:
 
 
 def make_input(module, data: bytes, batched: bool):
-    """The pipeline's one input: the encoded image as a BYTES tensor [1] (or [1, 1]
-    with the batch dim)."""
+    """Make the pipeline's one input from an encoded image.
+
+    Returns:
+        The ``module``'s InferInput: object (bytes) [1], or [1, 1] when ``batched``.
+    """
     shape = ([1] if batched else []) + list(PIPELINE_INPUT.dims)
     tensor = module.InferInput(PIPELINE_INPUT.name, shape, PIPELINE_INPUT.dtype)
     tensor.set_data_from_numpy(np.array([data], dtype=np.object_).reshape(shape))
@@ -142,15 +170,24 @@ def make_input(module, data: bytes, batched: bool):
 
 @dataclass(frozen=True)
 class Retry:
-    """Retries of a request that may succeed later: ``attempts`` tries in all, waiting
-    ``first_delay_s`` doubled each time up to ``max_delay_s``, each wait scaled by a
-    random factor in [0.5, 1] so that clients do not retry in step."""
+    """Say how a request that may succeed later is retried.
+
+    ``attempts`` tries in all, waiting ``first_delay_s`` doubled each time up to
+    ``max_delay_s``, each wait scaled by a random factor in [0.5, 1] so that clients do
+    not retry in step.
+
+    Attributes:
+        attempts: tries in all, the first included.
+        first_delay_s: the first wait, seconds.
+        max_delay_s: the longest wait, seconds.
+    """
 
     attempts: int = 4
     first_delay_s: float = 0.25
     max_delay_s: float = 4.0
 
     def delay(self, retry: int) -> float:
+        """Compute the wait in seconds before retry number ``retry`` (0 first)."""
         return min(self.max_delay_s, self.first_delay_s * 2 ** retry) * random.uniform(0.5, 1)
 
 
@@ -158,8 +195,11 @@ NO_RETRY = Retry(attempts=1)
 
 
 def retryable(error: Exception) -> bool:
-    """UNAVAILABLE (gRPC status, or HTTP 503 as Triton maps it) and connections refused
-    or dropped: the request itself was fine (README, "Error codes")."""
+    """Tell whether ``error`` is worth retrying: the request itself was fine.
+
+    That is UNAVAILABLE (gRPC status, or HTTP 503 as Triton maps it) and connections
+    refused or dropped (README, "Error codes").
+    """
     from tritonclient.utils import InferenceServerException
 
     if isinstance(error, InferenceServerException):
@@ -173,10 +213,26 @@ async def infer_one(client, module, model: ServedModel, data: bytes,
                     parameters: dict | None = None, retry: Retry = NO_RETRY,
                     on_retry: Callable[[Exception], None] | None = None,
                     timeout_s: float | None = None) -> Detections:
-    """One request; retried as ``retry`` says while its error is ``retryable``. Each try
-    waits at most ``timeout_s`` (a request the server lost, e.g. with a killed
+    """Send one request, retried as ``retry`` says while its error is ``retryable``.
+
+    Each try waits at most ``timeout_s`` (a request the server lost, e.g. with a killed
     pipeline_bls process, is never answered: README, "Reliability"); a timeout is not
-    retried."""
+    retried.
+
+    Args:
+        client, module: a tritonclient aio client and its module (client_module).
+        model: the served model (served_model).
+        data: the encoded image.
+        parameters: request parameters (request_parameters).
+        retry: how to retry.
+        on_retry: called with the error before each retry.
+        timeout_s: the longest wait for each try; None: no limit.
+
+    Raises:
+        TimeoutError: a try was not answered within ``timeout_s``.
+        InferenceServerException: the server's error on the last try (or a connection
+            error).
+    """
     for attempt in range(retry.attempts):
         try:
             call = client.infer(model.name, [make_input(module, data, model.batched)],
@@ -196,7 +252,7 @@ async def infer_one(client, module, model: ServedModel, data: bytes,
 
 
 async def fetch_model(url: str, protocol: str, model: str) -> ServedModel:
-    """served_model() with its own client."""
+    """Read a served model's batching and metadata (served_model) with a client of its own."""
     client = client_module(protocol).InferenceServerClient(url)
     try:
         return await served_model(client, protocol, model)
@@ -206,7 +262,7 @@ async def fetch_model(url: str, protocol: str, model: str) -> ServedModel:
 
 async def infer_bytes(url: str, protocol: str, model: str, data: bytes,
                       parameters: dict | None = None) -> Detections:
-    """One image, one request, own client: for checks, not for throughput."""
+    """Send one image in one request with a client of its own: for checks, not for throughput."""
     module = client_module(protocol)
     client = module.InferenceServerClient(url)
     try:
@@ -219,8 +275,19 @@ async def infer_bytes(url: str, protocol: str, model: str, data: bytes,
 # --------------------------------------------------------------------------- a run
 @dataclass
 class ImageResult:
-    """One image's outcome: detections, or the error that stopped it. latency_s is the
-    request alone (queueing at the server included, file reading excluded)."""
+    """Hold one image's outcome: detections, or the error that stopped it.
+
+    Attributes:
+        index: the image's position in the run.
+        path: its file.
+        detections: the answer, or None when it failed.
+        error: why it failed, or None.
+        latency_s: the request alone (queueing at the server included, file reading
+            excluded).
+        overlay: the overlay written, if any.
+        note: what went wrong after the answer (the overlay), or None.
+        retries: retries after UNAVAILABLE.
+    """
 
     index: int
     path: Path
@@ -233,11 +300,22 @@ class ImageResult:
 
     @property
     def ok(self) -> bool:
+        """Whether the image was answered."""
         return self.detections is not None
 
 
 @dataclass
 class Run:
+    """Hold a run of ``client infer``.
+
+    Attributes:
+        model: the served model.
+        url, protocol: the server.
+        results: one ImageResult per image, in the order of the paths.
+        wall_s: the run's wall time, seconds.
+        out: the folder written to, if any.
+    """
+
     model: ServedModel
     url: str
     protocol: str
@@ -247,10 +325,12 @@ class Run:
 
     @property
     def ok(self) -> list[ImageResult]:
+        """The images answered."""
         return [r for r in self.results if r.ok]
 
     @property
     def failed(self) -> list[ImageResult]:
+        """The images that failed."""
         return [r for r in self.results if not r.ok]
 
 
@@ -276,6 +356,10 @@ async def infer_images(paths: list[Path], url: str, protocol: str, model: str,
     on_result(result): runs in the event loop as each image finishes, in any order.
     on_model(model): runs once the model's config has been read, before any request.
     Results come back in the order of ``paths``.
+
+    Raises:
+        ValueError: ``concurrency`` is below 1.
+        ServerUnavailable: the model's config cannot be read.
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be at least 1, got {concurrency}")
@@ -320,7 +404,7 @@ async def infer_images(paths: list[Path], url: str, protocol: str, model: str,
 
 # --------------------------------------------------------------------------- outputs
 def overlay_writer(out: Path, names: list[str]) -> Callable[[ImageResult, bytes], None]:
-    """after() for infer_images: draw the detections and write OUT/<name>."""
+    """Make the after() of infer_images that draws the detections and writes OUT/<name>."""
     def write(result: ImageResult, data: bytes) -> None:
         det = result.detections
         masks = decode_masks(det) if det.has_masks else None
@@ -330,8 +414,11 @@ def overlay_writer(out: Path, names: list[str]) -> Callable[[ImageResult, bytes]
 
 
 def write_results(run: Run, out: Path) -> list[Path]:
-    """OUT/results.json (COCO results; image_id = the image's index) and OUT/images.json
-    (id, file_name, height, width per image; error instead of the size for a failure)."""
+    """Write OUT/results.json and OUT/images.json; return their paths.
+
+    results.json: COCO results, image_id the image's index. images.json: id, file_name,
+    height, width per image; error instead of the size for a failure.
+    """
     meta = run.model.meta
     category_ids = meta.category_ids if meta else None
     entries, images = [], []
@@ -351,7 +438,10 @@ def write_results(run: Run, out: Path) -> list[Path]:
 
 
 def image_line(result: ImageResult, top: int = 3) -> str:
-    """'scene.jpg: 4 detections (412 ms) person 0.91, dog 0.80, ...' or 'FAILED ...'."""
+    """Render one image's outcome as a line.
+
+    'scene.jpg: 4 detections (412 ms) person 0.91, dog 0.80, ...' or 'FAILED ...'.
+    """
     retried = f" after {result.retries} retr{'ies' if result.retries > 1 else 'y'}" \
         if result.retries else ""
     if not result.ok:
@@ -367,6 +457,7 @@ def image_line(result: ImageResult, top: int = 3) -> str:
 
 
 def summary_lines(run: Run) -> list[str]:
+    """Render a run's totals: images, detections, latency, throughput, files written."""
     ok, failed = run.ok, run.failed
     detections = sum(len(r.detections) for r in ok)
     latency = latency_summary([r.latency_s for r in ok])
@@ -385,6 +476,7 @@ def summary_lines(run: Run) -> list[str]:
 
 # --------------------------------------------------------------------------- command
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``python -m client``'s arguments (infer or watch)."""
     parser = argparse.ArgumentParser(prog="python -m client", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -445,8 +537,17 @@ def _positive_int(text: str) -> int:
 
 
 def run_infer(args: argparse.Namespace, paths: list[Path] | None = None) -> Run:
-    """`client infer` without the exit status: send, print, write; returns the Run.
-    Raises FileNotFoundError / ValueError for bad paths, ServerUnavailable."""
+    """Run `client infer` without the exit status: send, print, write; return the Run.
+
+    Args:
+        args: from parse_args.
+        paths: the images; None: collected from ``args.paths``.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        ValueError: no images.
+        ServerUnavailable: the model's config cannot be read.
+    """
     paths = paths if paths is not None else collect_images(args.paths)
     if not paths:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in "
@@ -474,6 +575,7 @@ def run_infer(args: argparse.Namespace, paths: list[Path] | None = None) -> Run:
 
 
 def describe_model(model: ServedModel) -> str:
+    """Render a served model as a line: batching, source, classes, threshold, weights."""
     meta = model.meta
     batching = (f"batched, max_batch_size {model.max_batch_size}" if model.batched
                 else "not batched")
@@ -484,6 +586,7 @@ def describe_model(model: ServedModel) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``python -m client``; return the exit status."""
     args = parse_args(argv)
     if args.command == "watch":
         from client.watch import watch

@@ -39,6 +39,7 @@ SCENES = ((480, 640, 1, ".jpg"), (600, 400, 2, ".png"), (360, 540, 3, ".jpg"))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``python -m client.demo``'s arguments."""
     p = argparse.ArgumentParser(prog="python -m client.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", nargs="+", type=Path, metavar="PATH",
@@ -60,6 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def banner(*lines: str) -> None:
+    """Print ``lines`` between two rules."""
     print("=" * 78)
     for line in lines:
         print(line)
@@ -67,6 +69,12 @@ def banner(*lines: str) -> None:
 
 
 def export(repository: Path, checkpoint: Path | None) -> None:
+    """Run ``python -m export torchvision`` into ``repository``; random weights without
+    ``checkpoint``.
+
+    Raises:
+        subprocess.CalledProcessError: the export failed.
+    """
     command = [sys.executable, "-m", "export", "torchvision", "--repository", str(repository)]
     if checkpoint is not None:
         command += ["--checkpoint", str(checkpoint)]
@@ -76,17 +84,18 @@ def export(repository: Path, checkpoint: Path | None) -> None:
 
 
 def expected_weights(checkpoint: Path | None) -> str:
-    """How the export will describe these weights (export/torchvision_maskrcnn.build)."""
+    """Say how the export will describe these weights (export/torchvision_maskrcnn.build)."""
     return f"checkpoint {checkpoint.name}" if checkpoint else "random"
 
 
 def exported_weights(model_file: Path) -> str:
-    """The same for a model file already exported: 'checkpoint <name>' or 'random'."""
+    """Say the same for a model file already exported: 'checkpoint <name>' or 'random'."""
     weights = read_metadata(model_file).weights
     return "random" if weights.startswith("random") else weights
 
 
 def generate_scenes(folder: Path) -> list[Path]:
+    """Write the SCENES to ``folder`` as JPEG and PNG files; return their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for height, width, seed, ext in SCENES:
@@ -102,6 +111,7 @@ def _terminate(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``python -m client.demo``; return the exit status."""
     args = parse_args(argv)
     repository, out = args.repository.resolve(), args.out.resolve()
     signal.signal(signal.SIGTERM, _terminate)
@@ -163,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve_demo(server: TritonServer, paths: list[Path], out: Path, concurrency: int) -> int:
-    """Steps 3-5 against a running server; the exit status."""
+    """Run steps 3-5 against a running server; return the exit status."""
     model = asyncio.run(cli.fetch_model(server.grpc_url, "grpc", PIPELINE_NAME))
     weights = model.meta.weights if model.meta else "unknown (no model_metadata)"
     random_weights = "random" in weights.lower()

@@ -1,4 +1,4 @@
-"""Reading Triton's Prometheus metrics port: the nv_* metrics and the models' own
+"""Read Triton's Prometheus metrics port: the nv_* metrics and the models' own
 (pipeline_bls's request metrics, bls/backend/metrics.py; the monitoring model's, bls/monitoring/aggregate.py).
 
 Samples keep the names the server exposes. (prometheus_client's text parser appends
@@ -16,7 +16,7 @@ _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 def parse(text: str) -> Samples:
-    """Prometheus text format -> {(name, frozenset of label items): value}."""
+    """Parse Prometheus text format into {(name, frozenset of label items): value}."""
     samples = {}
     for line in text.splitlines():
         match = _SAMPLE.match(line)
@@ -27,11 +27,11 @@ def parse(text: str) -> Samples:
 
 
 def scrape(url: str, timeout: float = 10) -> Samples:
-    """``http://host:port/metrics`` -> its samples."""
+    """Fetch and parse the samples at ``http://host:port/metrics``."""
     with urllib.request.urlopen(url, timeout=timeout) as reply:
         return parse(reply.read().decode())
 
 
 def value(samples: Samples, name: str, **labels) -> float:
-    """One sample's value, 0 when absent (a counter not yet created counts nothing)."""
+    """Look up one sample's value; 0 when absent (a counter not yet created counts nothing)."""
     return samples.get((name, frozenset(labels.items())), 0.0)

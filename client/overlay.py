@@ -1,4 +1,4 @@
-"""Detections drawn over their image with OpenCV: a translucent mask, a box and a
+"""Draw detections over their image with OpenCV: a translucent mask, a box and a
 "name score" label per detection, in a colour fixed by the class."""
 
 from __future__ import annotations
@@ -15,16 +15,25 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 def class_color(index: int) -> tuple[int, int, int]:
-    """BGR colour of a class index. Hues step by the golden ratio, so neighbouring
-    indices differ strongly, and a class has the same colour in every image and run."""
+    """Give a class index its BGR colour.
+
+    Hues step by the golden ratio, so neighbouring indices differ strongly, and a class
+    has the same colour in every image and run.
+    """
     hue = int((index * _GOLDEN) % 1.0 * 180)  # OpenCV's 8-bit hue range is 0..179
     bgr = cv2.cvtColor(np.uint8([[[hue, 200, 255]]]), cv2.COLOR_HSV2BGR)[0, 0]
     return int(bgr[0]), int(bgr[1]), int(bgr[2])
 
 
 def decode_image(data: bytes) -> np.ndarray:
-    """Encoded bytes -> uint8 [H, W, 3] BGR. EXIF orientation is applied, as the server
-    does, so the image lines up with the detections."""
+    """Decode an encoded image into uint8 [H, W, 3] BGR.
+
+    EXIF orientation is applied, as the server does, so the image lines up with the
+    detections.
+
+    Raises:
+        ValueError: OpenCV cannot decode it.
+    """
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"OpenCV cannot decode this image ({len(data)} bytes)")
@@ -33,11 +42,21 @@ def decode_image(data: bytes) -> np.ndarray:
 
 def draw_overlay(image_bgr: np.ndarray, det: Detections, masks: np.ndarray | None = None,
                  alpha: float = 0.45) -> np.ndarray:
-    """A new uint8 [H, W, 3] BGR image with the detections drawn over ``image_bgr``.
+    """Draw the detections over ``image_bgr``, into a new image.
 
-    image_bgr: uint8 [H, W, 3] BGR or [H, W] grayscale, the size of det.image_size.
-    masks: uint8/bool [N, H, W] (``results.decode_masks``) or None to draw boxes only.
     Lower scores are drawn first, so the most confident detection ends on top.
+
+    Args:
+        image_bgr: uint8 [H, W, 3] BGR or [H, W] grayscale, the size of det.image_size.
+        det: the detections.
+        masks: uint8/bool [N, H, W] (``results.decode_masks``) or None to draw boxes only.
+        alpha: the masks' opacity.
+
+    Returns:
+        uint8 [H, W, 3] BGR.
+
+    Raises:
+        ValueError: the image or the masks do not match the detections.
     """
     image = image_bgr if image_bgr.ndim == 3 else cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR)
     height, width = image.shape[:2]
@@ -84,7 +103,11 @@ def _label(image: np.ndarray, text: str, x: int, y: int, color: tuple[int, int, 
 
 
 def write_png(path: Path, image: np.ndarray) -> Path:
-    """Write ``image`` (uint8 [H, W, 3] BGR) as PNG, creating the folder."""
+    """Write ``image`` (uint8 [H, W, 3] BGR) as PNG, creating the folder; return ``path``.
+
+    Raises:
+        OSError: OpenCV could not write it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), image):

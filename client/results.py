@@ -1,4 +1,4 @@
-"""What a client makes of pipeline answers: parsed detections, decoded masks, COCO
+"""Make what a client needs of pipeline answers: parsed detections, decoded masks, COCO
 results, latency summaries. Pure functions, no server.
 
 Output names, dtypes and order come from bls/contract/tensors.py: the fields of ``Detections``
@@ -24,19 +24,23 @@ class AnswerError(ValueError):
 
 @dataclass(frozen=True)
 class Detections:
-    """One image's answer, without batch dimension.
+    """Hold one image's answer, without batch dimension.
 
-    boxes: float32 [N, 4] x1, y1, x2, y2 in original-image pixels.
-    scores: float32 [N], descending.
-    classes: int64 [N], index into the model's class names.
-    class_names: tuple of N str.
-    masks_rle: tuple of N bytes (COCO compressed RLE counts, size = image_size) when the
-        request asked for mask_format=rle (the default), else empty.
-    masks: uint8 [N, H, W] 0/1 when mask_format=dense, else [0, H, W].
-    image_size: (height, width) of the original image.
-    masks_polygon: tuple of N bytes (JSON lists of COCO polygons) for mask_format=polygon.
-    masks_box: uint8 [sum of crop areas], the crops one after the other, for
-        mask_format=box; mask_windows: int64 [N, 4] x0, y0, width, height of each crop.
+    Attributes:
+        boxes: float32 [N, 4] x1, y1, x2, y2 in original-image pixels.
+        scores: float32 [N], descending.
+        classes: int64 [N], index into the model's class names.
+        class_names: tuple of N str.
+        masks_rle: tuple of N bytes (COCO compressed RLE counts, size = image_size) when
+            the request asked for mask_format=rle (the default), else empty.
+        masks: uint8 [N, H, W] 0/1 when mask_format=dense, else [0, H, W].
+        image_size: (height, width) of the original image.
+        masks_polygon: tuple of N bytes (JSON lists of COCO polygons) for
+            mask_format=polygon, else empty.
+        masks_box: uint8 [sum of crop areas], the crops one after the other, row-major,
+            for mask_format=box.
+        mask_windows: int64 [N, 4] x0, y0, width, height of each crop, for
+            mask_format=box, else [0, 4].
     """
 
     boxes: np.ndarray
@@ -55,8 +59,11 @@ class Detections:
 
     @property
     def has_masks(self) -> bool:
-        """Whether the answer carries one mask per detection (in any format); false for
-        mask_format=none or a model without masks (unless there is nothing to mask)."""
+        """Whether the answer carries one mask per detection (in any format).
+
+        False for mask_format=none or a model without masks (unless there is nothing to
+        mask).
+        """
         n = len(self)
         return n in (len(self.masks_rle), len(self.masks), len(self.masks_polygon),
                      len(self.mask_windows))
@@ -64,8 +71,18 @@ class Detections:
     @classmethod
     def from_arrays(cls, outputs: Mapping[str, np.ndarray | None], batched: bool = False
                     ) -> "Detections":
-        """Output arrays by contract name -> Detections. ``batched``: the arrays carry a
-        leading batch dimension of 1 (a model with max_batch_size > 0), stripped here."""
+        """Read output arrays by contract name into Detections.
+
+        Args:
+            outputs: PIPELINE_OUTPUTS by name, typed as the contract says (class_names,
+                masks_rle, masks_polygon object (bytes) [N]).
+            batched: the arrays carry a leading batch dimension of 1 (a model with
+                max_batch_size > 0), stripped here.
+
+        Raises:
+            AnswerError: an output is missing, has no batch dimension of 1 when
+                ``batched``, or the outputs disagree on the detection count.
+        """
         values = {}
         for spec in PIPELINE_OUTPUTS:
             value = outputs.get(spec.name)
@@ -90,7 +107,7 @@ class Detections:
 
     @classmethod
     def from_result(cls, result, batched: bool) -> "Detections":
-        """A tritonclient InferResult (http or grpc, sync or aio) -> Detections."""
+        """Read a tritonclient InferResult (http or grpc, sync or aio) into Detections."""
         return cls.from_arrays({spec.name: result.as_numpy(spec.name)
                                 for spec in PIPELINE_OUTPUTS}, batched)
 
@@ -106,10 +123,18 @@ def _convert(spec: TensorSpec, value: np.ndarray):
 
 
 def decode_masks(det: Detections) -> np.ndarray:
-    """uint8 [N, H, W] 0/1 masks from whichever format the answer carries: dense as it
-    is, RLE and polygons decoded by pycocotools, box crops placed in their windows.
+    """Decode the masks from whichever format the answer carries.
 
-    Raises ValueError when the answer holds no masks (mask_format=none)."""
+    Dense as it is, RLE and polygons decoded by pycocotools, box crops placed in their
+    windows.
+
+    Returns:
+        uint8 [N, H, W] 0/1.
+
+    Raises:
+        ValueError: the answer holds no masks (mask_format=none).
+        AnswerError: the box crops do not fill their windows exactly.
+    """
     height, width = det.image_size
     n = len(det)
     if n == 0:
@@ -143,8 +168,10 @@ def decode_masks(det: Detections) -> np.ndarray:
 
 
 def rle_strings(det: Detections) -> list[str]:
-    """COCO compressed RLE counts per detection as str (JSON-ready), encoding dense masks
-    when that is what the answer holds."""
+    """Give each detection's COCO compressed RLE counts as str (JSON-ready).
+
+    Masks in another format are decoded and encoded.
+    """
     if len(det.masks_rle) == len(det):
         return [c.decode("ascii") for c in det.masks_rle]
     masks = decode_masks(det)
@@ -155,9 +182,14 @@ def rle_strings(det: Detections) -> list[str]:
 
 
 def coco_results(det: Detections, image_id: int, category_ids: Sequence[int]) -> list[dict]:
-    """Detections -> COCO results entries (what COCOeval's loadRes takes):
-    image_id, category_id (category_ids[class]), bbox [x, y, w, h], score, and
-    segmentation {size: [h, w], counts: str} when the answer holds masks."""
+    """Turn Detections into COCO results entries (what COCOeval's loadRes takes).
+
+    Each entry: image_id, category_id (category_ids[class]), bbox [x, y, w, h], score,
+    and segmentation {size: [h, w], counts: str} when the answer holds masks.
+
+    Raises:
+        ValueError: a class index has no category id.
+    """
     classes = det.classes.tolist()
     bad = [c for c in classes if not 0 <= c < len(category_ids)]
     if bad:
@@ -177,8 +209,11 @@ def coco_results(det: Detections, image_id: int, category_ids: Sequence[int]) ->
 
 def differences(a: Detections, b: Detections, box_atol: float = 0.0,
                 score_atol: float = 0.0) -> list[str]:
-    """How two answers for the same image differ (empty: they agree): detection count,
-    image size, classes, boxes/scores beyond the tolerances, masks (in any format)."""
+    """Say how two answers for the same image differ (empty: they agree).
+
+    Compared: detection count, image size, classes, boxes and scores beyond the
+    tolerances, masks (in any format).
+    """
     if a.image_size != b.image_size:
         return [f"image_size {a.image_size} != {b.image_size}"]
     if len(a) != len(b):
@@ -199,7 +234,7 @@ def differences(a: Detections, b: Detections, box_atol: float = 0.0,
 
 
 def top_labels(det: Detections, k: int = 3) -> str:
-    """'person 0.91, dog 0.80' for the k highest scores (scores arrive sorted)."""
+    """Render the k highest scores as 'person 0.91, dog 0.80' (scores arrive sorted)."""
     return ", ".join(f"{name} {score:.2f}"
                      for name, score in zip(det.class_names[:k], det.scores[:k].tolist()))
 
@@ -210,7 +245,12 @@ PERCENTILES = (50, 90, 99)
 
 @dataclass(frozen=True)
 class LatencySummary:
-    """Request latencies in milliseconds; NaN when there were none."""
+    """Hold request latencies in milliseconds; NaN when there were none.
+
+    Attributes:
+        count: the number of requests.
+        mean_ms, p50_ms, p90_ms, p99_ms: mean and percentiles.
+    """
 
     count: int
     mean_ms: float
@@ -219,12 +259,13 @@ class LatencySummary:
     p99_ms: float
 
     def line(self) -> str:
+        """Render the percentiles and count as one line."""
         return (f"latency p50 {self.p50_ms:.1f} ms, p90 {self.p90_ms:.1f} ms, "
                 f"p99 {self.p99_ms:.1f} ms (n={self.count})")
 
 
 def latency_summary(latencies_s: Sequence[float]) -> LatencySummary:
-    """Seconds per request -> LatencySummary (linear-interpolated percentiles)."""
+    """Summarise seconds per request as a LatencySummary (linear-interpolated percentiles)."""
     values = np.asarray(latencies_s, np.float64) * 1000.0
     if values.size == 0:
         nan = float("nan")
@@ -234,6 +275,6 @@ def latency_summary(latencies_s: Sequence[float]) -> LatencySummary:
 
 
 def throughput(count: int, wall_s: float) -> float:
-    """Items per second over a wall time; 0 for an empty or instant run."""
+    """Compute items per second over a wall time; 0 for an empty or instant run."""
     return count / wall_s if wall_s > 0 else 0.0
 

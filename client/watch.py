@@ -23,7 +23,7 @@ COMMAND = next(spec for spec in MONITORING_INPUTS if spec.name == "command")
 
 
 def stats_line(stats: dict) -> str:
-    """One line of what matters in a 'stats' message."""
+    """Render what matters in a 'stats' message as one line."""
     classes = ", ".join(f"{name} {count}" for name, count in
                         list(stats.get("detections_per_class", {}).items())[:5]) or "none"
     latency = stats.get("latency_ms", {})
@@ -42,14 +42,26 @@ def stats_line(stats: dict) -> str:
 
 
 def alert_line(alert: dict) -> str:
+    """Render an 'alert' message as one line."""
     return (f"ALERT {alert.get('kind')}: psi {alert.get('psi')} > {alert.get('threshold')} "
             f"after {alert.get('events')} events")
 
 
 def watch(url: str, duration_s: float, interval_s: float, max_alerts: int = 1000,
           out=sys.stdout) -> int:
-    """Stream alerts and periodic statistics for ``duration_s``; returns the number of
-    alerts seen. Raises ConnectionError when the server or the model cannot be reached."""
+    """Stream alerts and periodic statistics for ``duration_s``; return the number of
+    alerts seen.
+
+    Args:
+        url: the server's gRPC HOST:PORT.
+        duration_s: how long to watch.
+        interval_s: seconds between statistics.
+        max_alerts: the subscription ends after this many alerts.
+        out: where the lines go.
+
+    Raises:
+        ConnectionError: the server or the model cannot be reached.
+    """
     import tritonclient.grpc as grpcclient
 
     messages: queue.Queue = queue.Queue()

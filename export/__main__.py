@@ -46,6 +46,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``python -m export``; return the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["evaluate"]:  # its own parser (export/evaluate.py)
         from export import evaluate

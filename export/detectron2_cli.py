@@ -23,8 +23,13 @@ OPTS_HELP = ("detectron2 config overrides, KEY VALUE pairs (as detectron2's tool
 
 
 def add_parsers(sub, common) -> None:
-    """Add the subcommands to ``sub``; ``common`` adds --repository/--set (and whatever
-    else every repository-writing command takes)."""
+    """Add the detectron2, detectron2-checkpoint and parity subcommands to ``sub``.
+
+    Args:
+        sub: the subparsers of ``python -m export``.
+        common: adds --repository, --set (and whatever else every repository-writing
+            command takes) to a parser.
+    """
     d2 = sub.add_parser("detectron2", help="a Detectron2 Mask R-CNN / Faster R-CNN (needs detectron2)",
                         description="Export a Detectron2 GeneralizedRCNN to the mask_rcnn contract "
                                     "and assemble the repository. See docs/detectron2.md.")
@@ -97,8 +102,12 @@ def add_parsers(sub, common) -> None:
 
 
 def run(args: argparse.Namespace, assemble, overrides: dict) -> int:
-    """-> exit status: 0 done, 1 refused (the message says why; nothing was written),
-    2 detectron2 missing."""
+    """Run one of COMMANDS.
+
+    Returns:
+        The exit status: 0 done, 1 refused (the message says why; nothing was written),
+        2 detectron2 missing.
+    """
     from export.detectron2_maskrcnn import (Detectron2Unavailable, ExportMismatch,
                                             TargetUnavailable, UnsupportedModel)
 

@@ -66,9 +66,18 @@ def _where(node) -> str:
 
 
 def host_device_mixing(graph) -> list[str]:
-    """Ops of ``graph`` (a traced module's ``inlined_graph``: complete tensor types make
-    0-dim tensors known) where a host tensor meets a tensor that follows the model, and
-    factories pinned to a CUDA device. Empty when the graph runs the same on any device."""
+    """Name the ops of ``graph`` where a host tensor meets a tensor that follows the model.
+
+    Factories pinned to a CUDA device are named too.
+
+    Args:
+        graph: a traced module's ``inlined_graph`` (complete tensor types make 0-dim
+            tensors known).
+
+    Returns:
+        One line per problem, naming the op and where; empty when the graph runs the same
+        on any device.
+    """
     kinds: dict[int, str] = {}
     problems: list[str] = []
 
@@ -161,9 +170,14 @@ _CUDA_LITERAL = re.compile(r"""["']cuda(:\d+)?["']""")
 
 
 def hardcoded_cuda(model_file: Path) -> list[str]:
-    """Lines of a saved TorchScript file's code that name a CUDA device (a file traced
-    on a GPU records them; it then fails on a CPU-only machine and copies across GPUs).
-    detectron2's own export test makes the same check."""
+    """Find the lines of a saved TorchScript file's code that name a CUDA device.
+
+    A file traced on a GPU records them; it then fails on a CPU-only machine and copies
+    across GPUs. detectron2's own export test makes the same check.
+
+    Returns:
+        ``<code file>: <line>`` per line found; empty when none.
+    """
     found = []
     with zipfile.ZipFile(model_file) as archive:
         for name in archive.namelist():

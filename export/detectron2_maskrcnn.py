@@ -52,11 +52,11 @@ DEFAULT_CONTAINER = "24.12"
 
 
 class Detectron2Unavailable(RuntimeError):
-    pass
+    """detectron2 is not installed; the message says how to get it (INSTALL_HINT)."""
 
 
 class UnsupportedModel(ValueError):
-    pass
+    """The config's model is one the contract cannot carry; the message says why."""
 
 
 class TargetUnavailable(RuntimeError):
@@ -64,6 +64,11 @@ class TargetUnavailable(RuntimeError):
 
 
 def import_detectron2():
+    """Import detectron2 and return the module.
+
+    Raises:
+        Detectron2Unavailable: it is not installed.
+    """
     try:
         import detectron2
     except ImportError as e:
@@ -72,13 +77,20 @@ def import_detectron2():
 
 
 def detectron2_version() -> str:
+    """Return the installed detectron2's version (Detectron2Unavailable without it)."""
     return import_detectron2().__version__
 
 
 # --------------------------------------------------------------------------- config
 def zoo_config_dir() -> Path:
-    """detectron2's model-zoo configs (detectron2/model_zoo/configs), found without
-    importing detectron2.model_zoo (it needs pkg_resources, gone from setuptools >= 81)."""
+    """Find detectron2's model-zoo configs (detectron2/model_zoo/configs).
+
+    Found without importing detectron2.model_zoo (it needs pkg_resources, gone from
+    setuptools >= 81).
+
+    Raises:
+        Detectron2Unavailable: detectron2 is not installed.
+    """
     spec = importlib.util.find_spec("detectron2")
     if spec is None or not spec.submodule_search_locations:
         raise Detectron2Unavailable(INSTALL_HINT)
@@ -86,8 +98,12 @@ def zoo_config_dir() -> Path:
 
 
 def resolve_config(config: str) -> Path:
-    """A yaml file, or a model-zoo name such as
-    COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml."""
+    """Find a config: a yaml file, or a model-zoo name such as
+    COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml.
+
+    Raises:
+        FileNotFoundError: it is neither.
+    """
     path = Path(config)
     if path.is_file():
         return path
@@ -99,10 +115,22 @@ def resolve_config(config: str) -> Path:
 
 
 def load_config(config: str, opts: Sequence[str] = ()):
-    """detectron2 CfgNode from a yaml path or zoo name plus KEY VALUE overrides, on the CPU.
+    """Load a detectron2 CfgNode from a yaml path or zoo name plus overrides, on the CPU.
 
     MODEL.WEIGHTS is cleared: weights come from ``build``'s ``weights`` argument only, so
-    nothing is fetched from the URLs the zoo configs name (ImageNet backbones)."""
+    nothing is fetched from the URLs the zoo configs name (ImageNet backbones).
+
+    Args:
+        config: a yaml file or a model-zoo name (resolve_config).
+        opts: KEY VALUE pairs, flat, as detectron2's tools take them.
+
+    Returns:
+        The frozen CfgNode, MODEL.DEVICE "cpu".
+
+    Raises:
+        ValueError: ``opts`` is not pairs.
+        UnsupportedModel: not a yaml config (LazyConfig .py files are not supported).
+    """
     import_detectron2()
     from detectron2.config import get_cfg
 
@@ -122,8 +150,10 @@ def load_config(config: str, opts: Sequence[str] = ()):
 
 
 def config_digest(cfg) -> str:
-    """sha256 of the config as dumped, MODEL.DEVICE and MODEL.WEIGHTS left out: the same
-    digest means the same model and the same test-time settings."""
+    """Hash the config as dumped (sha256 hex), MODEL.DEVICE and MODEL.WEIGHTS left out.
+
+    The same digest means the same model and the same test-time settings.
+    """
     c = cfg.clone()
     c.defrost()
     c.MODEL.DEVICE, c.MODEL.WEIGHTS = "", ""
@@ -131,6 +161,7 @@ def config_digest(cfg) -> str:
 
 
 def file_digest(path: Path) -> str:
+    """Hash a file's bytes (sha256 hex)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -139,7 +170,14 @@ def file_digest(path: Path) -> str:
 
 
 def check_supported(cfg) -> int | None:
-    """Refuse what the contract cannot carry; -> mask resolution M, or None without masks."""
+    """Refuse what the contract cannot carry.
+
+    Returns:
+        The mask resolution M, or None without masks.
+
+    Raises:
+        UnsupportedModel: naming every problem found.
+    """
     problems = []
     arch = cfg.MODEL.META_ARCHITECTURE
     if arch not in META_ARCHITECTURES:
@@ -172,12 +210,23 @@ def check_supported(cfg) -> int | None:
 
 # --------------------------------------------------------------------------- model
 def build(cfg, weights: str | Path | None = None, seed: int = 0) -> tuple[nn.Module, str]:
-    """-> (detectron2 model in eval mode on the CPU, a description of its weights).
+    """Build the config's detectron2 model in eval mode on the CPU, with its weights.
 
-    ``weights``: a local .pkl (model zoo) or .pth (a training run's checkpoint), loaded
-    with detectron2's DetectionCheckpointer; a checkpoint that leaves model parameters
-    unset is refused. None: detectron2's own initialisation, seeded with ``seed``: the
-    pipeline works, the detections mean nothing.
+    Args:
+        cfg: from load_config.
+        weights: a local .pkl (model zoo) or .pth (a training run's checkpoint), loaded
+            with detectron2's DetectionCheckpointer; a checkpoint that leaves model
+            parameters unset is refused. None: detectron2's own initialisation, seeded
+            with ``seed``: the pipeline works, the detections mean nothing.
+        seed: seed of the random initialisation.
+
+    Returns:
+        (the model, a description of its weights).
+
+    Raises:
+        UnsupportedModel: check_supported refuses the config.
+        FileNotFoundError: ``weights`` is not a local file (nothing is downloaded).
+        ValueError: the checkpoint leaves model parameters unset.
     """
     check_supported(cfg)
     import_detectron2()
@@ -211,11 +260,19 @@ def build(cfg, weights: str | Path | None = None, seed: int = 0) -> tuple[nn.Mod
 
 
 def class_names(cfg, names_file: Path | None = None) -> tuple[tuple[str, ...], tuple[int, ...], str]:
-    """-> (name per class index, dataset category id per class index, where they came from).
+    """Name the config's classes and give their dataset category ids.
 
     From ``names_file`` (one per line), else from the first DATASETS.TEST dataset's
     metadata when detectron2 has it registered (COCO's 80 thing classes and their COCO
-    ids), else class_<i>. Detectron2 class indices have no background class."""
+    ids), else class_<i>. Detectron2 class indices have no background class.
+
+    Returns:
+        (name per class index, dataset category id per class index, where they came
+        from).
+
+    Raises:
+        ValueError: ``names_file`` does not hold MODEL.ROI_HEADS.NUM_CLASSES names.
+    """
     num = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     if names_file is not None:
         names = exporter.names_from_file(names_file, num, "MODEL.ROI_HEADS.NUM_CLASSES")
@@ -237,8 +294,15 @@ def class_names(cfg, names_file: Path | None = None) -> tuple[tuple[str, ...], t
 
 
 def torch_rule(serving_torch: str | None) -> tuple[str, str, bool]:
-    """The torch version rule: the container's libtorch must be no older than the
-    export's torch. -> (export torch, serving torch, whether the container loads it)."""
+    """Apply the torch version rule: the container's libtorch must be no older than the
+    export's torch.
+
+    Args:
+        serving_torch: the serving libtorch's version; None: DEFAULT_CONTAINER's.
+
+    Returns:
+        (export torch, serving torch, whether the container loads the file).
+    """
     def parse(v: str) -> tuple[int, ...]:
         return tuple(int(p) for p in v.split("+")[0].split(".")[:3] if p.isdigit())
 
@@ -250,10 +314,27 @@ def torch_rule(serving_torch: str | None) -> tuple[str, str, bool]:
 def metadata(cfg, config: str, weights_desc: str, method: str, device: str,
              score_threshold: float | None = None, names_file: Path | None = None,
              weights: str | Path | None = None, extra: dict | None = None) -> ModelMetadata:
-    """What the pipeline needs, read from the config: channel order (INPUT.FORMAT),
-    resize (MIN_SIZE_TEST / MAX_SIZE_TEST), mask resolution, class names. The default
-    request threshold is ROI_HEADS.SCORE_THRESH_TEST: the model already drops detections
-    below it, so by default the pipeline answers what DefaultPredictor answers."""
+    """Read what the pipeline needs from the config into the export's metadata.
+
+    Channel order (INPUT.FORMAT), resize (MIN_SIZE_TEST / MAX_SIZE_TEST), mask
+    resolution, class names. The default request threshold is
+    ROI_HEADS.SCORE_THRESH_TEST: the model already drops detections below it, so by
+    default the pipeline answers what DefaultPredictor answers.
+
+    Args:
+        cfg: from load_config.
+        config: the config as given (a file or a model-zoo name), recorded as the source.
+        weights_desc: build's description of the weights.
+        method: "trace" or "script".
+        device: where the file will be served ("cpu" or "cuda").
+        score_threshold: the pipeline's default; None: ROI_HEADS.SCORE_THRESH_TEST.
+        names_file: class names, one per line (class_names).
+        weights: the weights file, recorded by digest; None for random weights.
+        extra: more entries for ``extra``.
+
+    Raises:
+        UnsupportedModel: check_supported refuses the config.
+    """
     resolution = check_supported(cfg)
     names, ids, names_from = class_names(cfg, names_file)
     threshold = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST if score_threshold is None else score_threshold
@@ -283,11 +364,11 @@ def _flatten(inst, has_masks: bool, image_size: Tensor) -> Tuple[Tensor, ...]:
 
 
 class Eager(nn.Module):
-    """The reference: detectron2's own ``inference(do_postprocess=False)`` on what
-    DefaultPredictor feeds its model (the resized image as float32 [3, H, W]).
+    """Run detectron2's own ``inference(do_postprocess=False)``: the export's reference.
 
-    forward(image uint8 [3, H, W]) -> boxes fp32 [N, 4] (input pixels), classes int64 [N],
-    (masks fp32 [N, 1, M, M] mask-head probabilities,) scores fp32 [N], image_size int64 [2]."""
+    It runs on what DefaultPredictor feeds its model (the resized image as float32
+    [3, H, W]).
+    """
 
     def __init__(self, model: nn.Module, has_masks: bool):
         super().__init__()
@@ -295,6 +376,15 @@ class Eager(nn.Module):
         self.has_masks = has_masks
 
     def forward(self, image: Tensor) -> Tuple[Tensor, ...]:
+        """Detect in one image.
+
+        Args:
+            image: uint8 [3, H, W], resized, channels as INPUT.FORMAT.
+
+        Returns:
+            boxes float32 [N, 4] (input pixels), classes int64 [N], (masks float32
+            [N, 1, M, M] mask-head probabilities,) scores float32 [N], image_size int64 [2].
+        """
         inst = self.model.inference([{"image": image.float()}], do_postprocess=False)[0]
         size = torch.tensor(list(inst.image_size), dtype=torch.int64, device=image.device)
         return _flatten(inst, self.has_masks, size)
@@ -320,8 +410,12 @@ def _pad_to_divisible(x: Tensor, divisibility: int) -> Tuple[Tensor, Tensor]:
 
 
 def size_divisibility(model: nn.Module) -> int:
-    """The padding GeneralizedRCNN.preprocess_image applies (backbone's, or its
-    padding_constraints'); square padding (ViTDet) is refused."""
+    """Return the padding GeneralizedRCNN.preprocess_image applies (the backbone's, or
+    its padding_constraints').
+
+    Raises:
+        UnsupportedModel: the backbone pads to a square (ViTDet).
+    """
     divisibility = int(model.backbone.size_divisibility)
     constraints = getattr(model.backbone, "padding_constraints", None) or {}
     if constraints.get("square_size", 0) > 0:
@@ -331,10 +425,19 @@ def size_divisibility(model: nn.Module) -> int:
 
 
 def traceable_inference(model: nn.Module, image: Tensor):
-    """GeneralizedRCNN.inference(do_postprocess=False) for one uint8 [3, H, W] image,
-    with preprocess_image's normalise-and-pad done by ``_pad_to_divisible`` (same values,
-    device-independent trace). -> Instances (pred_boxes, pred_classes, [pred_masks,]
-    scores; image_size an int64 [2] tensor on the image's device)."""
+    """Run GeneralizedRCNN.inference(do_postprocess=False) on one image, traceably.
+
+    preprocess_image's normalise-and-pad is done by ``_pad_to_divisible`` (same values,
+    device-independent trace).
+
+    Args:
+        model: a GeneralizedRCNN.
+        image: uint8 [3, H, W].
+
+    Returns:
+        Instances: pred_boxes, pred_classes, [pred_masks,] scores; image_size an int64
+        [2] tensor on the image's device.
+    """
     from detectron2.layers import move_device_like
     from detectron2.structures import ImageList
 
@@ -373,9 +476,21 @@ class _ScriptableBoxes(nn.Module):
 
 
 def trace(model: nn.Module, image: Tensor, has_masks: bool, log=print):
-    """detectron2's TracingAdapter around ``traceable_inference``, traced on the CPU;
-    refused when the traced graph mixes host and model-device tensors or when the output
-    fields are not the contract's."""
+    """Trace detectron2's TracingAdapter around ``traceable_inference`` on the CPU.
+
+    Args:
+        model: a GeneralizedRCNN on the CPU.
+        image: uint8 [3, H, W], the sample traced with.
+        has_masks: whether the model has a mask head.
+        log: prints what the trace found.
+
+    Returns:
+        The traced module.
+
+    Raises:
+        ExportMismatch: the traced graph mixes host and model-device tensors, or the
+            output fields are not the contract's.
+    """
     from detectron2.export import TracingAdapter
 
     adapter = TracingAdapter(model, (image,), traceable_inference)
@@ -401,6 +516,7 @@ def trace(model: nn.Module, image: Tensor, has_masks: bool, log=print):
 
 
 def script(model: nn.Module, has_masks: bool):
+    """Script the model with detectron2's ``scripting_with_instances``, in contract order."""
     from detectron2.export import scripting_with_instances
     from detectron2.structures import Boxes
 
@@ -410,14 +526,20 @@ def script(model: nn.Module, has_masks: bool):
 
 
 def default_images() -> list[bytes]:
-    """Two generated scenes, landscape and portrait: a traced graph is checked on a
-    shape it was not traced with."""
+    """Generate two scenes, landscape and portrait, as JPEG bytes.
+
+    A traced graph is checked on a shape it was not traced with.
+    """
     return [samples.encode(samples.scene(480, 640, seed=0)),
             samples.encode(samples.scene(600, 400, seed=5))]
 
 
 def check_devices(devices: Sequence[str]) -> None:
-    """Each target device exists here: the export verifies the file on it."""
+    """Check that each target device exists here: the export verifies the file on it.
+
+    Raises:
+        TargetUnavailable: a CUDA device is asked for and there is none.
+    """
     for device in devices:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise TargetUnavailable(f"device {device!r}: no CUDA device on this machine, so the "
@@ -427,6 +549,16 @@ def check_devices(devices: Sequence[str]) -> None:
 
 @dataclass(frozen=True)
 class Verified:
+    """Hold the check of the exported file on one sample on one device.
+
+    Attributes:
+        device: where the file ran.
+        sample: the sample's index.
+        shape: the sample's shape, (3, H, W).
+        detections: how many the exported model found.
+        ok: every output within verify.TOLERANCES of detectron2's.
+    """
+
     device: str
     sample: int
     shape: tuple[int, ...]
@@ -437,10 +569,30 @@ class Verified:
 def export(model: nn.Module, meta: ModelMetadata, output: Path, method: str = "trace",
            images: Sequence[bytes] = (), devices: Sequence[str] = ("cpu",),
            log: Callable[[str], None] = print) -> list[Verified]:
-    """Trace or script ``model`` (on the CPU), save it with ``meta``, load it back on each
-    of ``devices`` (as Triton does: ``map_location``) and compare it with detectron2's
-    own inference on the samples (prepared exactly as the pipeline prepares them: bls).
-    Any difference beyond verify.TOLERANCES raises ExportMismatch; nothing is written."""
+    """Trace or script ``model`` (on the CPU), save it with ``meta``, and verify it.
+
+    The file is loaded back on each of ``devices`` (as Triton does: ``map_location``)
+    and compared with detectron2's own inference on the samples (prepared exactly as
+    the pipeline prepares them: bls).
+
+    Args:
+        model: a GeneralizedRCNN on the CPU (build).
+        meta: the metadata saved inside the file (metadata).
+        output: where the file goes.
+        method: "trace" or "script".
+        images: encoded sample images; none: default_images.
+        devices: where to verify it ("cpu", "cuda").
+        log: prints the comparison.
+
+    Returns:
+        One Verified per device and sample.
+
+    Raises:
+        ValueError: ``method`` is neither.
+        TargetUnavailable: a device is not on this machine.
+        ExportMismatch: a difference beyond verify.TOLERANCES, or code that names a CUDA
+            device; nothing is written.
+    """
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
     check_devices(devices)
@@ -497,15 +649,24 @@ HEAD_STD = {"roi_heads.box_predictor.cls_score": 3.0, "roi_heads.box_predictor.b
 
 
 def calibrated_random_weights(model: nn.Module, image: Tensor) -> dict[str, float]:
-    """Rescale a randomly initialised detectron2 R-CNN in place (LSUV-style), so that it
-    behaves like a trained one numerically: each conv/linear output gets unit std (heads:
-    HEAD_STD) on ``image`` (uint8 [3, H, W] as the pipeline prepares it).
+    """Rescale a randomly initialised detectron2 R-CNN in place (LSUV-style), to behave
+    like a trained one numerically.
+
+    Each conv/linear output gets unit std (heads: HEAD_STD) on ``image``.
 
     Why: detectron2's initialisation with frozen batch norm makes activations grow layer
     after layer (scores saturate at 0 and 1) and its heads start at std 0.01 / 0.001
     (every class scores ~1/K, every mask pixel ~0.5): a comparison of two
     implementations then hinges on ties. This is for tests and parity runs; the weights
-    mean nothing. -> scale applied per module."""
+    mean nothing.
+
+    Args:
+        model: the randomly initialised model.
+        image: uint8 [3, H, W] as the pipeline prepares it.
+
+    Returns:
+        The scale applied, by module name.
+    """
     from detectron2.layers import Conv2d as D2Conv
 
     scales: dict[str, float] = {}
@@ -543,9 +704,20 @@ def calibrated_random_weights(model: nn.Module, image: Tensor) -> dict[str, floa
 
 
 def write_test_checkpoint(cfg, path: Path, seed: int = 0, image: bytes | None = None) -> Path:
-    """A .pth checkpoint (DetectionCheckpointer format: {"model": state_dict}) of the
-    config's model: seeded random initialisation, calibrated by calibrated_random_weights
-    on ``image`` (default: a generated scene). Not a trained model."""
+    """Write a calibrated random checkpoint of the config's model; not a trained model.
+
+    DetectionCheckpointer format ({"model": state_dict}): a seeded random
+    initialisation, calibrated by calibrated_random_weights on ``image``.
+
+    Args:
+        cfg: from load_config.
+        path: the .pth file to write.
+        seed: seed of the random initialisation.
+        image: encoded image bytes; None: a generated scene.
+
+    Returns:
+        ``path``.
+    """
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # the mask head runs on every detection

@@ -34,8 +34,18 @@ GENERATED = ((480, 640, ".jpg", False), (600, 400, ".png", False), (333, 517, ".
 
 @dataclass(frozen=True)
 class ImageParity:
-    """One image. max_box_diff_px: largest |coordinate difference| (inf when the counts
-    differ); mask IoUs over detections (None without masks); ok: all targets met."""
+    """Hold the parity figures of one image.
+
+    Attributes:
+        image: the file's name.
+        size: (height, width).
+        served, reference: the detection counts.
+        classes_identical: the same classes in the same order.
+        max_box_diff_px: largest |coordinate difference| (inf when the counts differ).
+        min_mask_iou, mean_mask_iou: over the detections (None without masks).
+        max_score_diff: largest |score difference|.
+        ok: all targets met.
+    """
 
     image: str
     size: tuple[int, int]
@@ -51,6 +61,15 @@ class ImageParity:
 
 @dataclass
 class ParityReport:
+    """Hold a parity run: every image's figures and the targets.
+
+    Attributes:
+        rows: one ImageParity per image.
+        box_tolerance: pixels.
+        min_iou: the smallest mask IoU allowed.
+        served: what the served model's metadata says (source, method, weights, ...).
+    """
+
     rows: list[ImageParity]
     box_tolerance: float
     min_iou: float
@@ -58,9 +77,11 @@ class ParityReport:
 
     @property
     def ok(self) -> bool:
+        """Whether there were images and every one met the targets."""
         return bool(self.rows) and all(r.ok for r in self.rows)
 
     def lines(self) -> list[str]:
+        """Render the report as text: the served model, the targets, a table, the verdict."""
         s = self.served
         out = [f"served: {s.get('source')} ({s.get('method')}, verified on {s.get('device')}), "
                f"weights {s.get('weights')}",
@@ -80,13 +101,21 @@ class ParityReport:
         return out
 
     def to_json(self) -> str:
+        """Render the report as JSON, one object per image."""
         return json.dumps({"served": self.served, "box_tolerance": self.box_tolerance,
                            "min_iou": self.min_iou, "ok": self.ok,
                            "images": [asdict(r) for r in self.rows]}, indent=2)
 
 
 def mask_ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """bool [N, H, W] x2 -> IoU per detection (1.0 where both masks are empty)."""
+    """Compute the IoU of each pair of masks.
+
+    Args:
+        a, b: bool [N, H, W].
+
+    Returns:
+        float64 [N]; 1.0 where both masks are empty.
+    """
     a, b = a.astype(bool), b.astype(bool)
     inter = (a & b).sum(axis=(1, 2)).astype(np.float64)
     union = (a | b).sum(axis=(1, 2)).astype(np.float64)
@@ -95,9 +124,16 @@ def mask_ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def compare(name: str, served, reference: dict, box_tolerance: float = 0.01,
             min_iou: float = 0.99) -> ImageParity:
-    """``served``: client.results.Detections (mask_format rle or dense). ``reference``:
-    boxes float [N, 4], classes int [N], scores float [N], masks bool [N, H, W] or None,
-    size (height, width): DefaultPredictor's instances as numpy."""
+    """Compare the served answer for one image with DefaultPredictor's.
+
+    Args:
+        name: the image's name.
+        served: client.results.Detections (mask_format rle or dense).
+        reference: DefaultPredictor's instances as numpy (reference_answer): boxes
+            float [N, 4], classes int [N], scores float [N], masks bool [N, H, W] or
+            None, size (height, width).
+        box_tolerance, min_iou: the targets.
+    """
     from client.results import decode_masks
 
     n, m = len(served), len(reference["classes"])
@@ -127,7 +163,7 @@ def compare(name: str, served, reference: dict, box_tolerance: float = 0.01,
 
 
 def predictor(cfg, weights: Path):
-    """detectron2's DefaultPredictor for ``cfg`` (from detectron2_maskrcnn.load_config)
+    """Build detectron2's DefaultPredictor for ``cfg`` (from detectron2_maskrcnn.load_config)
     with ``weights``, on the CPU."""
     from detectron2.engine import DefaultPredictor
 
@@ -140,8 +176,14 @@ def predictor(cfg, weights: Path):
 
 
 def reference_answer(pred, path: Path) -> dict:
-    """DefaultPredictor on the file at ``path``, read as detectron2's demo reads it
-    (``read_image(path, format="BGR")``: PIL, EXIF orientation applied)."""
+    """Run DefaultPredictor on the file at ``path``, read as detectron2's demo reads it.
+
+    ``read_image(path, format="BGR")``: PIL, EXIF orientation applied.
+
+    Returns:
+        boxes float64 [N, 4] in original pixels, classes int64 [N], scores float32 [N],
+        masks bool [N, H, W] or None, size (height, width).
+    """
     import torch
     from detectron2.data.detection_utils import read_image
 
@@ -155,6 +197,11 @@ def reference_answer(pred, path: Path) -> dict:
 
 
 def collect_images(paths: Sequence[Path]) -> list[Path]:
+    """List the parity images: files as given, each folder's IMAGE_SUFFIXES files sorted.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+    """
     out = []
     for p in paths:
         p = Path(p)
@@ -168,8 +215,11 @@ def collect_images(paths: Sequence[Path]) -> list[Path]:
 
 
 def generate_images(folder: Path, count: int) -> list[Path]:
-    """``count`` generated scenes written to ``folder`` (JPEG and PNG, several sizes, one
-    grayscale): the same bytes go to both sides."""
+    """Write ``count`` generated scenes to ``folder`` (JPEG and PNG, several sizes, one
+    grayscale); return their paths.
+
+    The same bytes go to both sides.
+    """
     paths = []
     for i in range(count):
         h, w, ext, gray = GENERATED[i % len(GENERATED)]
@@ -183,6 +233,11 @@ def generate_images(folder: Path, count: int) -> list[Path]:
 
 
 def served_metadata(url: str, protocol: str):
+    """Read the served pipeline's model metadata.
+
+    Raises:
+        ValueError: it has none.
+    """
     from client.cli import fetch_model
 
     served = asyncio.run(fetch_model(url, protocol, PIPELINE_NAME))
@@ -192,7 +247,11 @@ def served_metadata(url: str, protocol: str):
 
 
 def check_same_model(meta, cfg, weights: Path) -> None:
-    """Refuse to compare a served model exported from another config or other weights."""
+    """Refuse to compare a served model exported from another config or other weights.
+
+    Raises:
+        ValueError: naming what differs.
+    """
     from export.detectron2_maskrcnn import config_digest, file_digest
 
     problems = []
@@ -209,6 +268,21 @@ def check_same_model(meta, cfg, weights: Path) -> None:
 def compare_served(url: str, protocol: str, cfg, weights: Path, paths: Sequence[Path],
                    score_threshold: float = 0.0, box_tolerance: float = 0.01,
                    min_iou: float = 0.99, log=print) -> ParityReport:
+    """Send each image to the served pipeline and to DefaultPredictor, and compare them.
+
+    Args:
+        url, protocol: the server.
+        cfg: from detectron2_maskrcnn.load_config, as the export's.
+        weights: the weights the served model was exported with.
+        paths: the image files.
+        score_threshold: request parameter of every pipeline request.
+        box_tolerance, min_iou: the targets.
+        log: prints each image's outcome.
+
+    Raises:
+        ValueError: the served model has no metadata, or is not this config and these
+            weights.
+    """
     from client.cli import infer_bytes
 
     meta = served_metadata(url, protocol)
@@ -235,8 +309,12 @@ def run(config: str, weights: Path, opts: Sequence[str] = (), repository: Path |
         url: str | None = None, protocol: str = "grpc", images: Sequence[Path] = (),
         generated: int = 0, score_threshold: float = 0.0, python: Path | None = None,
         box_tolerance: float = 0.01, min_iou: float = 0.99, log=print) -> ParityReport:
-    """The parity command: a server at ``url``, or an embedded one on ``repository``
-    (free loopback ports, stopped at the end)."""
+    """Run the parity command against a server at ``url``, or an embedded one on
+    ``repository`` (free loopback ports, stopped at the end).
+
+    Raises:
+        ValueError: no images, or the served model is not this config and these weights.
+    """
     from export.detectron2_maskrcnn import load_config
 
     cfg = load_config(config, opts)

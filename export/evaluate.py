@@ -70,12 +70,17 @@ def _without_empty_masks(gt: COCO, results: Sequence[dict]) -> tuple[COCO, list[
 
 
 def score(gt: COCO, results: Sequence[dict]) -> dict:
-    """COCO results against the ground truth -> {iou_type: {AP, AP50, ..., per_class}},
-    in percent as COCO reports them; per_class maps category name -> AP (mean over IoU
-    thresholds .50:.95 and recall, all areas, 100 detections), None where the class has
-    no ground truth. No results at all score 0. The mask AP leaves empty masks out on
-    both sides (_without_empty_masks: a model with random weights makes many) and says
-    how many ("empty_masks")."""
+    """Score COCO results against the ground truth with COCOeval, box and mask AP.
+
+    No results at all score 0. The mask AP leaves empty masks out on both sides
+    (_without_empty_masks: a model with random weights makes many) and says how many
+    ("empty_masks").
+
+    Returns:
+        {iou_type: {AP, AP50, ..., per_class}}, in percent as COCO reports them;
+        per_class maps category name -> AP (mean over IoU thresholds .50:.95 and recall,
+        all areas, 100 detections), None where the class has no ground truth.
+    """
     out = {}
     cats = gt.loadCats(gt.getCatIds())
     seen = [c["name"] for c in cats]
@@ -110,9 +115,16 @@ def score(gt: COCO, results: Sequence[dict]) -> dict:
 
 
 def reference_pipeline(meta, checkpoint: Path | None):
-    """bls.pipeline.Pipeline around the eager torchvision model the export was made from:
-    the same weights (the seeded initialisation its metadata names, or ``checkpoint``)
-    and the same box threshold, proposals and detections."""
+    """Build the in-process reference: bls.pipeline.Pipeline around the eager torchvision
+    model the export was made from.
+
+    The same weights (the seeded initialisation its metadata names, or ``checkpoint``)
+    and the same box threshold, proposals and detections.
+
+    Raises:
+        SystemExit: not a torchvision export, or ``checkpoint`` missing or not the
+            export's.
+    """
     import torch
 
     from bls.pipeline.steps import Pipeline
@@ -143,7 +155,14 @@ def reference_pipeline(meta, checkpoint: Path | None):
 
 def served(paths: list[Path], url: str, protocol: str, model: str, parameters: dict,
            concurrency: int):
-    """(ServedModel, Detections per path, in order); the run fails on any failed image."""
+    """Send every image to the served pipeline.
+
+    Returns:
+        (ServedModel, Detections per path, in order).
+
+    Raises:
+        SystemExit: an image failed.
+    """
     from client import cli
 
     with tqdm(total=len(paths), desc="served", unit="img", file=sys.stderr, disable=None) as bar:
@@ -156,6 +175,7 @@ def served(paths: list[Path], url: str, protocol: str, model: str, parameters: d
 
 
 def results_of(detections, image_ids: Sequence[int], category_ids: Sequence[int]) -> list[dict]:
+    """Turn each image's Detections into COCO results entries under its image id."""
     from client.results import coco_results
 
     out = []
@@ -165,7 +185,11 @@ def results_of(detections, image_ids: Sequence[int], category_ids: Sequence[int]
 
 
 def make_annotations(paths: list[Path], reference, meta, score_threshold: float) -> dict:
-    """The reference's answers on ``paths`` as a COCO annotation dataset."""
+    """Make a COCO annotation dataset of the reference's answers on ``paths``.
+
+    Returns:
+        The dataset: images, annotations (RLE segmentation, area), categories.
+    """
     from bls.contract.parameters import RequestOptions
     from client.results import Detections, coco_results
 
@@ -186,6 +210,7 @@ def make_annotations(paths: list[Path], reference, meta, score_threshold: float)
 
 
 def table(report: dict) -> str:
+    """Render box and mask AP, served beside reference with the difference, as text."""
     lines = []
     for iou_type in IOU_TYPES:
         s, r = report["served"][iou_type], report.get("reference", {}).get(iou_type)
@@ -205,6 +230,7 @@ def table(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``python -m export evaluate``; return the exit status."""
     from client.cli import DEFAULT_URLS
 
     p = argparse.ArgumentParser(prog="python -m export evaluate", description=__doc__,

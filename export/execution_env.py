@@ -1,4 +1,4 @@
-"""Python execution environments in the model repository (the Python backend's
+"""Place Python execution environments in the model repository (the Python backend's
 ``EXECUTION_ENV_PATH``).
 
 An environment is a conda-pack archive (``envs/build_conda_env.sh``, for NVIDIA's
@@ -42,22 +42,42 @@ _STDLIB = re.compile(r"lib/python(\d+\.\d+)/os\.py")
 
 @dataclass(frozen=True)
 class ExecutionEnv:
+    """Hold an execution environment, as ``inspect`` found it.
+
+    Attributes:
+        path: the archive or directory.
+        is_archive: a conda-pack archive, not a directory.
+        python: its Python, major.minor ("3.12").
+    """
+
     path: Path
     is_archive: bool
     python: str  # "3.12"
 
     @property
     def placed_name(self) -> str:
+        """The name of its copy in each model's directory."""
         return ARCHIVE_NAME if self.is_archive else DIRECTORY_NAME
 
     @property
     def parameter_value(self) -> str:
+        """EXECUTION_ENV_PATH's value: its copy, through $$TRITON_MODEL_DIRECTORY."""
         return f"{MODEL_DIRECTORY}/{self.placed_name}"
 
 
 def inspect(path: Path) -> ExecutionEnv:
     """Check that ``path`` is an environment the Python backend can activate, and read
-    its Python version from where its stdlib lies (``lib/pythonX.Y/os.py``)."""
+    its Python version.
+
+    The version is read from where its stdlib lies (``lib/pythonX.Y/os.py``).
+
+    Args:
+        path: a conda-pack archive or a directory with ``bin/activate``.
+
+    Raises:
+        ValueError: it is missing, not readable, has no ``bin/activate``, or has not
+            exactly one Python stdlib.
+    """
     path = Path(path)
     if path.is_dir():
         if not (path / "bin" / "activate").is_file():
@@ -110,13 +130,22 @@ def _link_or_copy(src: str, dst: str) -> str:
 
 
 def uses_env(config: mc.ModelConfig, model_name: str) -> bool:
+    """Whether the model gets the environment: a Python-backend model except mask_rcnn."""
     return config.backend == "python" and model_name != MODEL_NAME
 
 
 def place(env: ExecutionEnv, repository: Path) -> list[str]:
-    """Copy ``env`` into every Python model of ``repository`` (except mask_rcnn) and set
-    EXECUTION_ENV_PATH and execution_env_python in each of its configs. Returns the
-    model names."""
+    """Copy ``env`` into every Python model of ``repository`` (except mask_rcnn) and
+    point its configs at it.
+
+    Sets EXECUTION_ENV_PATH and execution_env_python in each of its configs.
+
+    Returns:
+        The names of the models given the environment.
+
+    Raises:
+        ValueError: ``repository`` has no Python model to give it.
+    """
     placed = []
     for model_dir in sorted(p for p in Path(repository).iterdir() if p.is_dir()):
         configs = [model_dir / "config.pbtxt", *sorted((model_dir / "configs").glob("*.pbtxt"))]
@@ -154,8 +183,12 @@ def _rewrite(path: Path, config: mc.ModelConfig) -> None:
 
 
 def check(config_path: Path, model_dir: Path, config: mc.ModelConfig) -> None:
-    """EXECUTION_ENV_PATH, where set, names an environment inside the model's own
-    directory through $$TRITON_MODEL_DIRECTORY."""
+    """Check that EXECUTION_ENV_PATH, where set, names an environment inside the model's
+    own directory through $$TRITON_MODEL_DIRECTORY.
+
+    Raises:
+        ValueError: it points elsewhere, or the environment is missing.
+    """
     if ENV_PARAMETER not in config.parameters:
         return
     value = config.parameters[ENV_PARAMETER].string_value

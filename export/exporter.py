@@ -23,8 +23,16 @@ METHODS = ("script", "trace")
 
 
 def names_from_file(path: Path, count: int, what: str) -> tuple[str, ...]:
-    """The class names in ``path``, one per line (blank lines skipped); ValueError unless
-    there are ``count``, naming ``what`` the model's classes are."""
+    """Read class names from ``path``, one per line (blank lines skipped).
+
+    Args:
+        path: the names file.
+        count: the model's number of classes.
+        what: what the model's classes are, for the message.
+
+    Raises:
+        ValueError: the file does not hold ``count`` names.
+    """
     names = tuple(line.strip() for line in Path(path).read_text().splitlines() if line.strip())
     if len(names) != count:
         raise ValueError(f"{path} has {len(names)} names; the model has {count} classes "
@@ -33,8 +41,15 @@ def names_from_file(path: Path, count: int, what: str) -> tuple[str, ...]:
 
 
 def sample_inputs(meta: ModelMetadata, images: Sequence[bytes] = ()) -> list[torch.Tensor]:
-    """Model inputs made exactly as the pipeline makes them (decode, resize, layout);
-    a generated scene when no image is given."""
+    """Make model inputs exactly as the pipeline makes them (decode, resize, layout).
+
+    Args:
+        meta: the export's metadata (channel order, resize).
+        images: encoded images; none: a generated scene.
+
+    Returns:
+        One uint8 [3, H, W] tensor per image.
+    """
     images = list(images) or [samples.encode(samples.scene(480, 640, seed=0))]
     return [torch.from_numpy(prepare(data, meta).model_input) for data in images]
 
@@ -46,6 +61,21 @@ def export_module(eager: torch.nn.Module, meta: ModelMetadata, output: Path,
     The exported module is saved, loaded back and run on every sample; any output
     that differs from the eager model beyond verify.TOLERANCES aborts the export and
     nothing is written.
+
+    Args:
+        eager: the module to export.
+        meta: the metadata saved inside the file.
+        output: where the file goes.
+        method: "script" or "trace".
+        images: encoded sample images; none: a generated scene.
+        log: prints the comparison.
+
+    Returns:
+        ``output``.
+
+    Raises:
+        ValueError: ``method`` is neither.
+        ExportMismatch: an output differs beyond verify.TOLERANCES.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -47,7 +47,7 @@ DEPLOYMENT_PATH_PARAMETERS = ("capture_dir",)
 
 
 def model_io(meta: ModelMetadata) -> dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]]:
-    """(inputs, outputs) of every model in the repository."""
+    """Give the (inputs, outputs) TensorSpecs of every model in the repository, by name."""
     model_outputs = meta.outputs
     return {
         MODEL_NAME: ((MODEL_INPUT,), model_outputs),
@@ -85,11 +85,14 @@ def _tensor(spec: TensorSpec, cls):
 
 def render_config(template: str, name: str, meta: ModelMetadata,
                   override: str | None = None) -> mc.ModelConfig:
-    """A template's text -> the complete ModelConfig of model ``name``.
+    """Render a template's text into the complete ModelConfig of model ``name``.
 
     ``override`` (pbtxt) replaces whole top-level fields of the result, e.g.
     ``dynamic_batching { max_queue_delay_microseconds: 100000 }``, except ``parameters``,
     which is merged key by key (the generated model_metadata stays unless replaced).
+
+    Raises:
+        ValueError: the template names another model.
     """
     config = text_format.Parse(template, mc.ModelConfig())
     if config.name != name:
@@ -129,12 +132,23 @@ def _write_config(config: mc.ModelConfig, path: Path, template_path: Path) -> No
 
 def assemble(model_file: Path, repository: Path, overrides: dict[str, str] | None = None,
              execution_env: Path | None = None) -> Path:
-    """Build ``repository`` from the templates, bls/ and ``model_file`` (TorchScript with
-    metadata). Replaces the repository atomically; ``model_file`` may lie inside it.
+    """Build ``repository`` from the templates, bls/ and ``model_file``.
 
-    ``overrides``: model name -> pbtxt replacing top-level fields of its configs.
-    ``execution_env``: a conda-pack archive or an environment directory, copied into the
-    Python models and named by their EXECUTION_ENV_PATH (export/execution_env.py).
+    Replaces the repository atomically; ``model_file`` may lie inside it.
+
+    Args:
+        model_file: TorchScript with metadata, written by an export.
+        repository: the directory to (re)build.
+        overrides: model name -> pbtxt replacing top-level fields of its configs.
+        execution_env: a conda-pack archive or an environment directory, copied into the
+            Python models and named by their EXECUTION_ENV_PATH (export/execution_env.py).
+
+    Returns:
+        The repository's resolved path.
+
+    Raises:
+        ValueError: an override names an unknown model, the environment is unusable,
+            or the result is not self-contained.
     """
     overrides = dict(overrides or {})
     meta = read_metadata(model_file)
@@ -178,9 +192,14 @@ def assemble(model_file: Path, repository: Path, overrides: dict[str, str] | Non
 
 
 def check_self_contained(repository: Path) -> None:
-    """No symlinks, no absolute paths in any config (the directory can move), and a
-    model.py beside every Python-backend config (tritonserver 2.51 hangs at start-up,
-    rather than failing, when one is missing)."""
+    """Check that ``repository`` can move: no symlinks, no absolute paths in any config.
+
+    Also a model.py beside every Python-backend config (tritonserver 2.51 hangs at
+    start-up, rather than failing, when one is missing).
+
+    Raises:
+        ValueError: naming the first file that breaks a rule.
+    """
     for dirpath, dirnames, filenames in os.walk(repository):
         for entry in dirnames + filenames:
             path = Path(dirpath) / entry

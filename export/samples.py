@@ -8,7 +8,11 @@ import numpy as np
 
 
 def scene(height: int = 480, width: int = 640, seed: int = 0) -> np.ndarray:
-    """uint8 [height, width, 3] BGR: a gradient with noise and a few filled shapes."""
+    """Generate a scene: a gradient with noise and a few filled shapes.
+
+    Returns:
+        uint8 [height, width, 3] BGR.
+    """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     base = rng.uniform(40, 200, 3).astype(np.float32)
@@ -28,6 +32,11 @@ def scene(height: int = 480, width: int = 640, seed: int = 0) -> np.ndarray:
 
 
 def encode(image: np.ndarray, ext: str = ".jpg") -> bytes:
+    """Encode ``image`` (uint8 [H, W, 3] BGR or [H, W]) with OpenCV as ``ext`` says.
+
+    Raises:
+        ValueError: OpenCV cannot encode it.
+    """
     ok, buf = cv2.imencode(ext, image)
     if not ok:
         raise ValueError(f"OpenCV cannot encode {image.shape} {image.dtype} as {ext}")

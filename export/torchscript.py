@@ -15,6 +15,7 @@ MODEL_FILENAME = "model.pt"  # the libtorch backend's default_model_filename
 
 
 def save(module, meta: ModelMetadata, path: Path) -> None:
+    """Save a scripted or traced ``module`` with ``meta`` inside it, replacing ``path`` at once."""
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,6 +25,11 @@ def save(module, meta: ModelMetadata, path: Path) -> None:
 
 
 def read_metadata(path: Path) -> ModelMetadata:
+    """Read the metadata inside an exported file, without torch.
+
+    Raises:
+        ValueError: the file has none (it was not written by ``python -m export``).
+    """
     with zipfile.ZipFile(path) as archive:
         names = [n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_FILE}")]
         if not names:

@@ -30,9 +30,8 @@ MASK_RESOLUTION = 28  # torchvision's MaskRCNNHeads output (RoIAlign 14 x 14, up
 
 
 class TorchvisionMaskRCNN(nn.Module):
-    """forward(image uint8 [3, H, W] RGB, already resized) ->
-    (boxes fp32 [N, 4], classes int64 [N], masks fp32 [N, 1, 28, 28], scores fp32 [N],
-    image_size int64 [2])."""
+    """Run torchvision's Mask R-CNN without its resize and paste: normalise, pad, backbone,
+    RPN, ROI heads."""
 
     def __init__(self, model: MaskRCNN):
         super().__init__()
@@ -42,6 +41,15 @@ class TorchvisionMaskRCNN(nn.Module):
         self.roi_heads = model.roi_heads
 
     def forward(self, image: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Detect in one image.
+
+        Args:
+            image: uint8 [3, H, W] RGB, already resized.
+
+        Returns:
+            boxes float32 [N, 4] (input pixels), classes int64 [N], masks float32
+            [N, 1, 28, 28] mask-head probabilities, scores float32 [N], image_size int64 [2].
+        """
         height, width = image.shape[-2], image.shape[-1]
         x = self.transform.normalize(image.float() / 255.0)
         batch = self.transform.batch_images([x], size_divisible=self.transform.size_divisible)
@@ -63,8 +71,12 @@ def _num_classes(state_dict: dict) -> int:
 
 
 def load_state_dict(path: Path) -> dict:
-    """A torchvision Mask R-CNN state dict from ``path``: a bare state dict or one
-    under "model" / "state_dict" (torchvision's reference training scripts use "model")."""
+    """Load a torchvision Mask R-CNN state dict from ``path``: a bare state dict or one
+    under "model" / "state_dict" (torchvision's reference training scripts use "model").
+
+    Raises:
+        ValueError: the file holds no state dict.
+    """
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("model", "state_dict"):
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
@@ -77,13 +89,19 @@ def load_state_dict(path: Path) -> dict:
 def build(checkpoint: Path | None = None, pretrained: bool = False, seed: int = 0,
           box_score_thresh: float = 0.05, detections_per_img: int = 100,
           proposals: int = 1000) -> tuple[MaskRCNN, str]:
-    """-> (eager model in eval mode, a description of its weights).
+    """Build torchvision's Mask R-CNN in eval mode, with its weights.
 
     ``proposals`` is the RPN's post-NMS count at test time (torchvision's
     rpn_post_nms_top_n_test): the box head runs on each, so it sets the model's cost at
     small input sizes. Nothing is downloaded unless ``pretrained`` is set (then torchvision's COCO weights
     are fetched). Without a checkpoint or ``pretrained``, weights are a seeded random
     initialisation: the pipeline works, the detections mean nothing.
+
+    Returns:
+        (the model, a description of its weights).
+
+    Raises:
+        ValueError: ``checkpoint`` is not a torchvision Mask R-CNN state dict.
     """
     kwargs = dict(box_score_thresh=box_score_thresh, box_detections_per_img=detections_per_img,
                   rpn_post_nms_top_n_test=proposals)
@@ -106,7 +124,12 @@ def build(checkpoint: Path | None = None, pretrained: bool = False, seed: int = 
 
 
 def class_names(num_classes: int, names_file: Path | None = None) -> tuple[str, ...]:
-    """COCO's 91 torchvision categories, names from a file (one per line), or class_<i>."""
+    """Name the classes: COCO's 91 torchvision categories, names from a file (one per
+    line), or class_<i>.
+
+    Raises:
+        ValueError: ``names_file`` does not hold ``num_classes`` names.
+    """
     if names_file is not None:
         return exporter.names_from_file(names_file, num_classes, "index 0 is the background")
     if num_classes == len(COCO_CATEGORIES):

@@ -76,6 +76,18 @@ class TuneError(ValueError):
 
 @dataclass(frozen=True)
 class TuneOptions:
+    """Hold what to tune; None (or False) leaves a setting as it is.
+
+    Attributes:
+        instances: instance_group count.
+        kind: "cpu" or "gpu".
+        gpus: GPU ids of a KIND_GPU group.
+        max_batch_size, max_queue_delay_us, preferred_batch_sizes: batching.
+        no_dynamic_batching: remove dynamic_batching.
+        intra_op_threads, inter_op_threads, worker_threads, max_in_flight_requests: the
+            parameters of PARAMETERS.
+    """
+
     instances: int | None = None
     kind: str | None = None  # "cpu" | "gpu"
     gpus: tuple[int, ...] | None = None
@@ -95,11 +107,12 @@ class TuneOptions:
 
 
 def flag(name: str) -> str:
+    """Spell an option's field name as its flag: max_batch_size -> --max-batch-size."""
     return "--" + name.replace("_", "-")
 
 
 def describe(name: str, value) -> str:
-    """``--option value`` as the operator typed it."""
+    """Render an option as the operator typed it: ``--option value``."""
     if value is True:
         return flag(name)
     if isinstance(value, tuple):
@@ -109,7 +122,15 @@ def describe(name: str, value) -> str:
 
 @dataclass(frozen=True)
 class Change:
-    config: str  # path relative to the repository
+    """Hold one changed field of one config, printed as ``config: what: old -> new``.
+
+    Attributes:
+        config: the config's path relative to the repository.
+        what: the field.
+        old, new: its values as text.
+    """
+
+    config: str
     what: str
     old: str
     new: str
@@ -120,6 +141,15 @@ class Change:
 
 @dataclass
 class TuneResult:
+    """Hold what a tuning did.
+
+    Attributes:
+        model: the model tuned.
+        changes: every field changed.
+        notes: where an option was not set and why, and warnings.
+        written: the files rewritten.
+    """
+
     model: str
     changes: list[Change] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -129,14 +159,29 @@ class TuneResult:
 # --------------------------------------------------------------------------- files
 @dataclass
 class ConfigFile:
+    """Hold one config file as read.
+
+    Attributes:
+        path: the file.
+        label: its path relative to the repository, for messages.
+        header: its leading comment lines, kept as they are.
+        config: the parsed config, tuned in place.
+        body_comments: comment lines after the header (not kept: reported).
+    """
+
     path: Path
-    label: str  # relative to the repository, for messages
-    header: list[str]  # leading comment lines, kept as they are
+    label: str
+    header: list[str]
     config: mc.ModelConfig
-    body_comments: int  # comment lines after the header (not kept: reported)
+    body_comments: int
 
 
 def read_config(path: Path, label: str) -> ConfigFile:
+    """Read a config file, its leading comment lines apart.
+
+    Raises:
+        TuneError: it is not a valid model config.
+    """
     text = path.read_text()
     lines = text.splitlines()
     header = []
@@ -156,6 +201,7 @@ def read_config(path: Path, label: str) -> ConfigFile:
 
 
 def render(file: ConfigFile) -> str:
+    """Render a tuned config file: its header, TUNED_MARK, then the config."""
     header = list(file.header)
     if TUNED_MARK not in header:
         header.append(TUNED_MARK)
@@ -163,6 +209,7 @@ def render(file: ConfigFile) -> str:
 
 
 def write_atomically(path: Path, text: str) -> None:
+    """Replace the file at ``path`` by ``text`` at once, keeping its permissions."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as out:
@@ -175,12 +222,17 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def models_in(repository: Path) -> list[str]:
+    """List the models of ``repository`` (folders with a config.pbtxt), sorted."""
     return sorted(p.name for p in repository.iterdir()
                   if p.is_dir() and (p / "config.pbtxt").is_file())
 
 
 def config_files(repository: Path, model: str, config_name: str | None = None) -> list[ConfigFile]:
-    """The model's configs: config.pbtxt, then configs/*.pbtxt (or the one named)."""
+    """Read the model's configs: config.pbtxt, then configs/*.pbtxt (or the one named).
+
+    Raises:
+        TuneError: no such repository, model or config.
+    """
     repository = Path(repository)
     if not repository.is_dir():
         raise TuneError(f"--repository {repository}: no such directory")
@@ -202,9 +254,11 @@ def config_files(repository: Path, model: str, config_name: str | None = None) -
 
 
 def reads_parameter(model_dir: Path, name: str) -> bool:
-    """Whether a Python model reads the parameter ``name``, from the registry
-    (bls/contract/parameters.py PYTHON_MODELS). A model the registry does not declare
-    reads none that tune could set."""
+    """Tell whether a Python model reads the parameter ``name``, from the registry.
+
+    The registry is bls/contract/parameters.py PYTHON_MODELS. A model it does not declare
+    reads none that tune could set.
+    """
     declared = PYTHON_MODELS.get(model_dir.name)
     return declared is not None and name in declared.names
 
@@ -371,6 +425,10 @@ def _batching_text(config: mc.ModelConfig) -> str:
 
 
 def diff(label: str, old: mc.ModelConfig, new: mc.ModelConfig) -> list[Change]:
+    """List what tune may change that differs between two versions of a config.
+
+    Compared: instance groups, max_batch_size, dynamic batching and parameters.
+    """
     changes = []
     old_groups = ", ".join(_group_text(g) for g in old.instance_group) or "(none)"
     new_groups = ", ".join(_group_text(g) for g in new.instance_group) or "(none)"
@@ -392,8 +450,19 @@ def diff(label: str, old: mc.ModelConfig, new: mc.ModelConfig) -> list[Change]:
 # --------------------------------------------------------------------------- tune
 def tune(repository: Path, model: str, options: TuneOptions, config_name: str | None = None,
          dry_run: bool = False) -> TuneResult:
-    """Apply ``options`` to ``model``'s configs in ``repository``. Raises TuneError (and
-    writes nothing) when an option is invalid or means nothing for this model."""
+    """Apply ``options`` to ``model``'s configs in ``repository``.
+
+    Args:
+        repository: an assembled model repository.
+        model: the model to tune.
+        options: what to change.
+        config_name: only this config ("config" or a name in configs/); None: all.
+        dry_run: compute the changes, write nothing.
+
+    Raises:
+        TuneError: an option is invalid or means nothing for this model; nothing is
+            written.
+    """
     _check_values(options)
     given = options.given()
     if not given:
@@ -438,10 +507,19 @@ def tune(repository: Path, model: str, options: TuneOptions, config_name: str | 
 # --------------------------------------------------------------------------- from a sweep
 def from_sweep(sweep_json: Path, model_latency_ms: float, repository: Path,
                config_name: str | None = None) -> tuple[TuneOptions, str]:
-    """pipeline_bls options from a stand-in sweep's recommendation (benchmarks/sweep.py
-    --stand-in, its sweep.json): for the stand-in latency ``model_latency_ms``, its
-    pipeline_bls instances per mask_rcnn instance times the repository's mask_rcnn
-    instances (rounded up), and its worker threads. -> (options, why)."""
+    """Make pipeline_bls options from a stand-in sweep's recommendation.
+
+    The sweep is benchmarks/sweep.py --stand-in's sweep.json. For the stand-in latency
+    ``model_latency_ms``: its pipeline_bls instances per mask_rcnn instance times the
+    repository's mask_rcnn instances (rounded up), and its worker threads.
+
+    Returns:
+        (options, why: a sentence naming the figures it came from).
+
+    Raises:
+        TuneError: the file is unreadable, holds no recommendation, or none for
+            ``model_latency_ms``.
+    """
     try:
         report = json.loads(Path(sweep_json).read_text())
     except (OSError, ValueError) as e:
@@ -494,6 +572,7 @@ WHOLE_NUMBER_OPTIONS = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add tune's options to the parser ``p``."""
     p.add_argument("--repository", type=Path, required=True,
                    help="an assembled model repository (python -m export), edited in place")
     p.add_argument("--model", required=True, help="model to tune, e.g. mask_rcnn, pipeline_bls")
@@ -520,6 +599,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
+    """Add the ``tune`` subcommand to ``sub`` (``python -m export``'s subparsers)."""
     p = sub.add_parser("tune", help="change instances, batching, threads of a model in place",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
@@ -527,10 +607,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def options_from(args: argparse.Namespace) -> TuneOptions:
+    """Read TuneOptions from parsed arguments."""
     return TuneOptions(**{f.name: getattr(args, f.name) for f in fields(TuneOptions)})
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``python -m export tune`` on parsed arguments; return the exit status."""
     try:
         options = options_from(args)
         if args.from_sweep is not None or args.model_latency_ms is not None:
@@ -561,6 +643,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``python -m export tune``; return the exit status."""
     p = argparse.ArgumentParser(prog="python -m export tune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)

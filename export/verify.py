@@ -11,11 +11,20 @@ from bls.contract.tensors import TensorSpec
 
 
 class ExportMismatch(RuntimeError):
-    pass
+    """The exported model disagrees with the eager one, or breaks the contract."""
 
 
 @dataclass(frozen=True)
 class Difference:
+    """Hold how one output of the exported model differs from the eager model's.
+
+    Attributes:
+        name: the output's contract name.
+        shapes: (eager shape, exported shape).
+        max_abs: the largest absolute difference; inf when the shapes differ.
+        tolerance: the largest allowed (TOLERANCES).
+    """
+
     name: str
     shapes: tuple[tuple[int, ...], tuple[int, ...]]
     max_abs: float  # inf when shapes differ
@@ -23,6 +32,7 @@ class Difference:
 
     @property
     def ok(self) -> bool:
+        """Whether the shapes are equal and the difference within the tolerance."""
         return self.shapes[0] == self.shapes[1] and self.max_abs <= self.tolerance
 
     def __str__(self) -> str:
@@ -41,6 +51,18 @@ TOLERANCES = {"boxes": 1e-2, "masks": 1e-3, "scores": 1e-4, "classes": 0, "image
 
 def compare(eager: tuple[torch.Tensor, ...], exported: tuple[torch.Tensor, ...],
             specs: tuple[TensorSpec, ...]) -> list[Difference]:
+    """Compare the eager and exported models' outputs, output by output.
+
+    Args:
+        eager, exported: the two models' outputs, in the order of ``specs``.
+        specs: the model's output TensorSpecs.
+
+    Returns:
+        One Difference per output.
+
+    Raises:
+        ExportMismatch: either model gave a different number of outputs.
+    """
     if len(eager) != len(specs) or len(exported) != len(specs):
         raise ExportMismatch(f"expected {len(specs)} outputs ({[s.name for s in specs]}), "
                              f"eager gave {len(eager)}, exported gave {len(exported)}")
@@ -58,7 +80,11 @@ def compare(eager: tuple[torch.Tensor, ...], exported: tuple[torch.Tensor, ...],
 
 
 def check_outputs(outputs: tuple[torch.Tensor, ...], specs: tuple[TensorSpec, ...]) -> None:
-    """The outputs have the contract's dtypes and fixed dims."""
+    """Check that the outputs have the contract's dtypes and fixed dims.
+
+    Raises:
+        ExportMismatch: naming the first output that does not.
+    """
     for spec, t in zip(specs, outputs):
         want = torch.from_numpy(np.zeros(0, spec.numpy_dtype)).dtype
         fixed_ok = len(t.shape) == len(spec.dims) and all(

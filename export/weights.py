@@ -24,29 +24,39 @@ CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class Weights:
-    """path: the state dict file, or None; how: where it came from, or why there is none
-    (for the demo's banner)."""
+    """Hold the weights found, or why there are none.
+
+    Attributes:
+        path: the state dict file, or None.
+        how: where it came from, or why there is none (for the demo's banner).
+    """
 
     path: Path | None
     how: str
 
 
 def hub_checkpoints() -> Path:
-    """torch.hub's checkpoint folder, as torch computes it ($TORCH_HOME, else
-    $XDG_CACHE_HOME/torch, else ~/.cache/torch), without importing torch."""
+    """Find torch.hub's checkpoint folder as torch computes it, without importing torch.
+
+    $TORCH_HOME, else $XDG_CACHE_HOME/torch, else ~/.cache/torch.
+    """
     home = os.environ.get("TORCH_HOME") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch")
     return Path(home) / "hub" / "checkpoints"
 
 
 def sha_prefix(url: str) -> str:
-    """The SHA-256 prefix torchvision names its files with: ``name-<prefix>.pth``."""
+    """Read the SHA-256 prefix torchvision names its files with: ``name-<prefix>.pth``."""
     return Path(url).stem.rsplit("-", 1)[-1]
 
 
 def download(url: str, target: Path, deadline_s: float) -> str | None:
     """Fetch ``url`` to ``target`` (through a .partial file) within ``deadline_s``
-    seconds and check its SHA-256 prefix. -> None on success, else why not."""
+    seconds and check its SHA-256 prefix.
+
+    Returns:
+        None on success, else why not.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     start = time.monotonic()
@@ -69,8 +79,13 @@ def download(url: str, target: Path, deadline_s: float) -> str | None:
 
 
 def coco_weights(deadline_s: float, url: str = COCO_URL, cache: Path | None = None) -> Weights:
-    """torchvision's COCO weights: cached, or downloaded within ``deadline_s`` (0: only
-    the cache is looked at)."""
+    """Find torchvision's COCO weights: cached, or downloaded within ``deadline_s``.
+
+    Args:
+        deadline_s: seconds the download may take; 0: only the cache is looked at.
+        url: the weights' URL.
+        cache: the folder they are kept in; None: hub_checkpoints().
+    """
     target = (cache or hub_checkpoints()) / Path(url).name
     if target.is_file():
         return Weights(target, f"torchvision's COCO weights from the cache ({target})")

@@ -9,25 +9,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from bls.errors import Cancelled, InvalidInput, ModelCallFailed, Unavailable, classify
-
-
-def error_message(error: Exception, model: str) -> str:
-    """Format an error for the client and the log as ``<model>: <message>``.
-
-    An unexpected exception also names its type, so the log and the client agree on
-    what failed."""
-    if isinstance(error, (InvalidInput, Unavailable, ModelCallFailed)):
-        return f"{model}: {error}"
-    if isinstance(error, Cancelled):
-        return f"{model}: cancelled: {error}"
-    return f"{model}: {type(error).__name__}: {error}"
+from bls.errors import classify, describe
 
 
 def error_response(pb_utils, error: Exception, model: str):
-    """Build the error InferenceResponse for ``error``, with its Triton code (bls/errors.py)."""
+    """Build the error InferenceResponse for ``error``: its message and Triton code as
+    bls/errors.py classifies it."""
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(
-        error_message(error, model), getattr(pb_utils.TritonError, classify(error)[0])))
+        describe(error, model), getattr(pb_utils.TritonError, classify(error)[0])))
 
 
 CODES = ("UNKNOWN", "INTERNAL", "NOT_FOUND", "INVALID_ARG", "UNAVAILABLE", "UNSUPPORTED",

@@ -226,12 +226,12 @@ class PipelineOrchestrator:
                 raise Unavailable(f"{PIPELINE_NAME} is stopping")
             self._slots += 1
             self._held.add(job)
-        asyncio.run_coroutine_threadsafe(self._answer(job), self.loop)
+        asyncio.run_coroutine_threadsafe(self._serve(job), self.loop)
 
     # ------------------------------------------------------------------ one job
-    async def _answer(self, job: Job) -> None:
+    async def _serve(self, job: Job) -> None:
         try:
-            answer = await self._run(job)
+            answer = await self._compute_answer(job)
         except asyncio.CancelledError:  # the loop is being stopped under it
             self._conclude(job, None, Unavailable(f"{PIPELINE_NAME} is stopping"))
             raise
@@ -240,7 +240,7 @@ class PipelineOrchestrator:
         else:
             self._conclude(job, answer, None)
 
-    async def _run(self, job: Job) -> dict:
+    async def _compute_answer(self, job: Job) -> dict:
         """The pipeline's answer arrays for one job; each stage's wall time goes into
         ``job.seconds`` (bls/backend/metrics.py)."""
         loop = asyncio.get_running_loop()
