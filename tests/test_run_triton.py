@@ -82,12 +82,14 @@ def test_start_refuses_model_control_and_stops_cleanly(exported, tmp_path):
     server = TritonServer(exported.repository, log=tmp_path / "server.log").start()
     try:
         pgid = os.getpgid(server.pid)
-        client = httpclient.InferenceServerClient(server.http_url)
-        assert client.is_server_ready()
-        with pytest.raises(InferenceServerException,
-                           match="This API is restricted, expecting header 'triton-admin-key'"):
-            client.unload_model("pipeline_bls")
-        assert client.is_model_ready("pipeline_bls")
+        # Closed before the stop: an open keep-alive connection holds Triton's exit for its
+        # whole exit timeout, after which it exits without unloading the models.
+        with httpclient.InferenceServerClient(server.http_url) as client:
+            assert client.is_server_ready()
+            with pytest.raises(InferenceServerException,
+                               match="This API is restricted, expecting header 'triton-admin-key'"):
+                client.unload_model("pipeline_bls")
+            assert client.is_model_ready("pipeline_bls")
     finally:
         server.stop()
     table = subprocess.run(["ps", "-eo", "pid=,pgid=,stat=,args="], capture_output=True, text=True).stdout

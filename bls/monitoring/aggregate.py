@@ -14,7 +14,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from bls.contract.parameters import MONITORING_PARAMETERS
 from bls.monitoring.capture import CaptureSettings, CaptureStore
 from bls.monitoring.drift import COUNT_EDGES, SCORE_EDGES, DriftMonitor, DriftSettings
 from bls.monitoring.event import Event
+
+if TYPE_CHECKING:
+    from bls.monitoring.metrics import TritonMetrics
 
 LATENCY_WINDOW = 1000  # requests kept for latency percentiles
 
@@ -74,7 +77,7 @@ class Monitor:
     """
 
     def __init__(self, class_names: Sequence[str], settings: MonitorSettings,
-                 metrics: "bls.monitoring.metrics.TritonMetrics | None" = None):
+                 metrics: TritonMetrics | None = None):
         self.class_names = list(class_names)
         self.settings = settings
         self.metrics = metrics
