@@ -24,11 +24,6 @@ from bls.contract import PIPELINE_NAME, PIPELINE_OUTPUTS
 PROTOCOLS = ("http-json", "http-binary", "grpc")
 
 
-def status_kib(pid: int, field: str) -> int:
-    return next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                if line.startswith(field + ":"))
-
-
 def shm_bytes(run_triton_pid: int) -> int:
     return sum(p.stat().st_size for p in Path("/dev/shm").glob(f"triton_bls_{run_triton_pid}_*"))
 
@@ -54,14 +49,12 @@ def image_for(bound: int, detections: int, aspect: float = 4 / 3) -> tuple[bytes
 
 
 def measure(repo: Path, protocol: str, data: bytes, parameters: dict, log: Path) -> dict:
-    from client.watchdog import stubs
-
     with h.serve(repo, log) as server:
         for _ in range(2):  # warm-up: both paths, small answers
             infer(server, protocol, data, {**parameters, "mask_format": "rle"})
-        pid = server.tritonserver_pid
-        [stub] = stubs(pid)[PIPELINE_NAME]
-        before = {"server": status_kib(pid, "VmRSS"), "stub": status_kib(stub, "VmRSS"),
+        pids = {p["name"]: p["pid"] for p in h.processes(server)}
+        pid, stub = pids["tritonserver"], pids[f"stub:{PIPELINE_NAME}"]
+        before = {"server": h.proc_kb(pid, "status")["VmRSS"], "stub": h.proc_kb(stub, "status")["VmRSS"],
                   "shm": shm_bytes(server.pid)}
         for p in (pid, stub):
             Path(f"/proc/{p}/clear_refs").write_text("5")  # VmHWM := VmRSS (Linux >= 4.0)
@@ -69,9 +62,9 @@ def measure(repo: Path, protocol: str, data: bytes, parameters: dict, log: Path)
         return {"seconds": seconds, "masks_shape": list(outputs["masks"].shape[1:]),
                 "answer_bytes": int(sum(v.nbytes for v in outputs.values() if v.dtype != object)),
                 "wire_bytes": wire,
-                "server_peak_delta": (status_kib(pid, "VmHWM") - before["server"]) * 1024,
-                "stub_peak_delta": (status_kib(stub, "VmHWM") - before["stub"]) * 1024,
-                "server_rss_before": before["server"] * 1024,
+                "server_peak_delta": h.proc_kb(pid, "status")["VmHWM"] - before["server"],
+                "stub_peak_delta": h.proc_kb(stub, "status")["VmHWM"] - before["stub"],
+                "server_rss_before": before["server"],
                 "shm_delta": shm_bytes(server.pid) - before["shm"]}
 
 

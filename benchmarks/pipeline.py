@@ -1,14 +1,10 @@
-"""python -m benchmarks.pipeline (`make bench`): the pipeline's speed goals, PASS/MISS.
+"""python -m benchmarks.pipeline (`make bench`): the pipeline's speed goals, PASS/MISS. 1. Server latency,
+sequential gRPC, targets interleaved: pipeline_bls (bytes) against the bare mask_rcnn fed the resized uint8
+[3, H, W] (overhead <= 3 %), the ensemble beside them. 2. Mask postprocess, 100 synthetic detections:
+encode_rle against the seed's PIL loop (>= 10x). 3. Response bytes, dense / RLE (>= 50x), computed and served.
 
-  python -m benchmarks.pipeline                              # export (800/1333), serve, measure
-  python -m benchmarks.pipeline --image a.jpg --image b.png --repository build/repository
-  python -m benchmarks.pipeline --skip-server --json bench.json   # sections 2 and 3 only
-
-1. Server latency, sequential gRPC, targets interleaved: pipeline_bls (bytes) against the
-   bare mask_rcnn (the resized uint8 [3, H, W] it would be sent), overhead <= 3 %; the
-   ensemble beside them. 2. Mask postprocess, 100 synthetic detections: encode_rle against
-   the seed's PIL loop, >= 10x. 3. Response bytes: dense / RLE answer, >= 50x, computed
-   and served. Details and figures: docs/benchmarks.md.
+  python -m benchmarks.pipeline --image a.jpg --repository build/repository --iterations 10
+  python -m benchmarks.pipeline --skip-server --json bench.json   # sections 2 and 3a only
 """
 
 from __future__ import annotations
@@ -16,7 +12,6 @@ from __future__ import annotations
 import gc
 import os
 import shutil
-import statistics
 import tempfile
 from pathlib import Path
 
@@ -26,16 +21,11 @@ from benchmarks import harness as h
 from benchmarks.standin import metadata, synthetic_outputs
 from bls import masks as mask_ops
 from bls import postprocess
-from bls.contract import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, PIPELINE_NAME,
-                          PIPELINE_OUTPUTS, MaskFormat, model_output)
+from bls.contract import ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, PIPELINE_NAME, PIPELINE_OUTPUTS, MaskFormat, model_output
 
-OVERHEAD_TARGET = 0.03  # pipeline_bls / bare mask_rcnn - 1, at most
-MASK_SPEEDUP_TARGET = 10.0  # seed's PIL loop / our RLE path, at least
+OVERHEAD_TARGET, MASK_SPEEDUP_TARGET, BYTES_RATIO_TARGET = 0.03, 10.0, 50.0
 SEED_REPORTED_MS = 160  # the seed's loop at 1920x1080 on 2 cores, as reported
-BYTES_RATIO_TARGET = 50.0  # dense answer bytes / RLE answer bytes, at least
-DETECTIONS, MASK_RESOLUTION = 100, 28
-MASK_SIZES = ((1080, 1920), (480, 640))  # (height, width); the target is the first's
-HEADLINE_SIZE = "1920x1080"
+DETECTIONS, MASK_RESOLUTION, MASK_SIZES = 100, 28, ((1080, 1920), (480, 640))  # the target on the first
 DENSE_REQUEST_LIMIT = 256 * 1024 * 1024  # a bigger dense answer is not requested
 BARE = f"{MODEL_NAME} (bare)"
 
@@ -47,13 +37,13 @@ def detections(height: int, width: int) -> postprocess.Detections:
 
 
 def seed_pil_paste(masks: np.ndarray, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """BASELINE, the seed's postprocess reimplemented: per mask float [M, M] a full uint8
-    canvas, PIL bilinear resize to the rounded box, > 0.5, pasted; -> uint8 [N, H, W]."""
+    """BASELINE, the seed's postprocess reimplemented: per float [M, M] mask a full uint8 canvas,
+    PIL bilinear resize to the rounded box, > 0.5, pasted; -> uint8 [N, H, W]."""
     from PIL import Image
 
     canvases = []
     for mask, box in zip(masks, boxes):
-        canvas = np.zeros((height, width), np.uint8)
+        canvases.append(canvas := np.zeros((height, width), np.uint8))
         x1, y1, x2, y2 = (int(round(float(v))) for v in box)
         w, hh = max(x2 - x1, 1), max(y2 - y1, 1)
         resized = Image.fromarray(mask.astype(np.float32)).resize((w, hh), Image.BILINEAR)
@@ -61,7 +51,6 @@ def seed_pil_paste(masks: np.ndarray, boxes: np.ndarray, height: int, width: int
         xa, ya, xb, yb = max(x1, 0), max(y1, 0), min(x1 + w, width), min(y1 + hh, height)
         if xb > xa and yb > ya:
             canvas[ya:yb, xa:xb] = binary[ya - y1:yb - y1, xa - x1:xb - x1]
-        canvases.append(canvas)
     return np.stack(canvases)
 
 
@@ -70,60 +59,46 @@ def ours_dense(masks, boxes, height, width) -> np.ndarray:
     return mask_ops.dense_masks(mask_ops.paste_windows(masks, boxes, height, width), height, width)
 
 
-PATHS = {"baseline": seed_pil_paste, "ours_rle": mask_ops.encode_rle, "ours_dense": ours_dense}
-
-
 def bench_masks(repeats: int) -> dict:
-    results = {}
+    paths, results = {"baseline": seed_pil_paste, "ours_rle": mask_ops.encode_rle, "ours_dense": ours_dense}, {}
     for height, width in MASK_SIZES:
-        det = detections(height, width)
+        det, samples = detections(height, width), {name: [] for name in paths}
         args = (det.masks, det.boxes, height, width)
-        samples = {name: [] for name in PATHS}
-        for timed, name in h.rounds(list(PATHS), repeats, 1, f"masks {width}x{height}"):
+        for timed, name in h.rounds(list(paths), repeats, 1, f"masks {width}x{height}"):
             gc.collect()
-            seconds, _ = h.timed(PATHS[name], *args)
-            if timed:
-                samples[name].append(seconds)
+            samples[name] += [h.timed(paths[name], *args)[0]] if timed else []
         r = {name: h.summary(s, keep=True) for name, s in samples.items()}
         a, b = seed_pil_paste(*args).astype(bool), ours_dense(*args).astype(bool)
         union = (a | b).sum(axis=(1, 2))
-        iou = np.where(union == 0, 1.0, (a & b).sum(axis=(1, 2)) / np.maximum(union, 1))
         results[f"{width}x{height}"] = r | {
             "detections": DETECTIONS, "height": height, "width": width, "repeats": repeats,
-            "speedup_rle": r["baseline"]["median_ms"] / r["ours_rle"]["median_ms"],
-            "speedup_dense": r["baseline"]["median_ms"] / r["ours_dense"]["median_ms"],
-            "mean_iou_dense_vs_baseline": float(iou.mean())}
+            **{f"speedup_{k}": r["baseline"]["median_ms"] / r[f"ours_{k}"]["median_ms"] for k in ("rle", "dense")},
+            "mean_iou_dense_vs_baseline": float(np.where(union == 0, 1, (a & b).sum(axis=(1, 2)) / np.maximum(
+                union, 1)).mean())}
     return results
 
 
 def print_masks(results: dict) -> None:
-    print(f"\n== 2. Mask postprocess: {DETECTIONS} detections, {MASK_RESOLUTION}x"
-          f"{MASK_RESOLUTION} masks pasted and encoded (in process, median of "
-          f"{next(iter(results.values()))['repeats']} interleaved repetitions)")
+    print(f"\n== 2. Mask postprocess: {DETECTIONS} detections, {MASK_RESOLUTION}x{MASK_RESOLUTION} masks pasted and "
+          f"encoded (in process, median of {next(iter(results.values()))['repeats']} interleaved repetitions)")
     rows = []
-    for size, r in results.items():
-        goal = ([f">= {MASK_SPEEDUP_TARGET:.0f}x", h.verdict(r["speedup_rle"] >= MASK_SPEEDUP_TARGET)]
-                if size == HEADLINE_SIZE else ["(info)", ""])
-        for label, key, speedup, extra in (
-                ("seed PIL loop (BASELINE)", "baseline", "1.0x", ["", ""]),
-                ("ours rle (pipeline_bls)", "ours_rle", f"{r['speedup_rle']:.1f}x", goal),
-                ("ours dense", "ours_dense", f"{r['speedup_dense']:.1f}x", ["(info)", ""])):
-            rows.append([size if key == "baseline" else "", label, f"{r[key]['median_ms']:.1f}",
-                         f"{r[key]['mean_ms']:.1f}", speedup, *extra])
+    for i, (size, r) in enumerate(results.items()):
+        goal = [f">= {MASK_SPEEDUP_TARGET:.0f}x", h.verdict(r["speedup_rle"] >= MASK_SPEEDUP_TARGET)] if i == 0 \
+            else ["(info)", ""]
+        rows += [[size if key == "baseline" else "", label, f"{r[key]['median_ms']:.1f}", f"{r[key]['mean_ms']:.1f}",
+                  speedup, *extra] for label, key, speedup, extra in (
+            ("seed PIL loop (BASELINE)", "baseline", "1.0x", ["", ""]),
+            ("ours rle (pipeline_bls)", "ours_rle", f"{r['speedup_rle']:.1f}x", goal),
+            ("ours dense", "ours_dense", f"{r['speedup_dense']:.1f}x", ["(info)", ""]))]
     print(h.table(["image", "path", "median ms", "mean ms", "speed-up", "target", ""], rows, 2))
     print("  agreement, mean IoU of our dense masks vs the baseline's: " + ", ".join(
-        f"{size} {r['mean_iou_dense_vs_baseline']:.3f}" for size, r in results.items()))
-    print("  (the baseline rounds boxes to whole pixels and resizes with PIL; ours samples "
-          "as detectron2's paste_masks_in_image: small differences at edges are expected)")
-    print(f"  speed-up = baseline / ours, medians of this run; the seed's own loop was reported "
-          f"at ~{SEED_REPORTED_MS:.0f} ms for 1920x1080 on 2 cores")
+        f"{size} {r['mean_iou_dense_vs_baseline']:.3f}" for size, r in results.items())
+          + f"\n  (the seed's own loop was reported at ~{SEED_REPORTED_MS} ms for 1920x1080 on 2 cores)")
 
 
 def wire_bytes(value: np.ndarray) -> int:
     """Bytes of a tensor's data as Triton sends it: BYTES elements carry a 4-byte length."""
-    if value.dtype == np.object_:
-        return sum(4 + len(v) for v in value.reshape(-1))
-    return int(value.nbytes)
+    return sum(4 + len(v) for v in value.reshape(-1)) if value.dtype == np.object_ else int(value.nbytes)
 
 
 def computed_bytes() -> dict:
@@ -131,41 +106,37 @@ def computed_bytes() -> dict:
     results = {}
     for height, width in MASK_SIZES:
         det, sizes = detections(height, width), {}
-        for fmt in (MaskFormat.RLE, MaskFormat.DENSE):
-            answer = postprocess.answer(det, (height, width), metadata(MASK_RESOLUTION), fmt)
-            per_output = {name: wire_bytes(v) for name, v in answer.items()}
-            sizes[fmt.value] = {"total": sum(per_output.values()), "outputs": per_output}
-        results[f"{width}x{height}"] = {**sizes, "detections": DETECTIONS,
-                                        "ratio": sizes["dense"]["total"] / sizes["rle"]["total"]}
+        for fmt in ("rle", "dense"):
+            answer = postprocess.answer(det, (height, width), metadata(MASK_RESOLUTION), MaskFormat(fmt))
+            outputs = {name: wire_bytes(v) for name, v in answer.items()}
+            sizes[fmt] = {"total": sum(outputs.values()), "outputs": outputs}
+        results[f"{width}x{height}"] = sizes | {"detections": DETECTIONS,
+                                                "ratio": sizes["dense"]["total"] / sizes["rle"]["total"]}
     return results
 
 
 def print_bytes(computed: dict, server: dict | None) -> None:
-    print(f"\n== 3. Response bytes, {DETECTIONS} detections")
-    print("  a) computed: tensor data of postprocess.answer for section 2's detections "
-          "(BYTES elements +4 B length each; no protocol framing)")
-    print(h.table(["image", "rle answer", "(masks_rle)", "dense answer", "dense/rle", "target", ""],
-                  [[size, h.fmt_bytes(r["rle"]["total"]), h.fmt_bytes(r["rle"]["outputs"]["masks_rle"]),
-                    h.fmt_bytes(r["dense"]["total"]), f"{r['ratio']:.0f}x",
-                    f">= {BYTES_RATIO_TARGET:.0f}x", h.verdict(r["ratio"] >= BYTES_RATIO_TARGET)]
-                   for size, r in computed.items()]))
+    print(f"\n== 3. Response bytes, {DETECTIONS} detections\n  a) computed: tensor data of postprocess.answer for "
+          f"section 2's detections (BYTES elements +4 B length each; no protocol framing)")
+    print(h.table(["image", "rle answer", "(masks_rle)", "dense answer", "dense/rle", "target", ""], [
+        [size, h.fmt_bytes(r["rle"]["total"]), h.fmt_bytes(r["rle"]["outputs"]["masks_rle"]),
+         h.fmt_bytes(r["dense"]["total"]), f"{r['ratio']:.0f}x", f">= {BYTES_RATIO_TARGET:.0f}x",
+         h.verdict(r["ratio"] >= BYTES_RATIO_TARGET)] for size, r in computed.items()]))
     if server is None:
         return
-    print(f"  b) measured: one pipeline_bls request per format for {server['image']} "
-          f"({server['width']}x{server['height']}, {server['detections']} detections)")
+    print(f"  b) measured: one pipeline_bls request per format for {server['image']} ({server['width']}x"
+          f"{server['height']}, {server['detections']} detections)")
     rows = []
     for key, label in (("grpc_message", "gRPC ModelInferResponse, serialized (ByteSize)"),
                        ("grpc_outputs", "gRPC output tensor data (raw_output_contents)"),
                        ("http_body", "HTTP response body (JSON header + binary outputs)")):
         rle, dense = server["rle"].get(key), server["dense"].get(key)
-        ratio = dense / rle if rle and dense else None
+        ratio, judged = dense / rle if rle and dense else None, key == "grpc_message" and rle and dense
         rows.append([label, h.fmt_bytes(rle) if rle else "-", h.fmt_bytes(dense) if dense else "-",
-                     f"{ratio:.0f}x" if ratio else "-",
-                     f">= {BYTES_RATIO_TARGET:.0f}x" if key == "grpc_message" and ratio else "",
-                     h.verdict(ratio >= BYTES_RATIO_TARGET) if key == "grpc_message" and ratio else ""])
-    print(h.table(["what", "rle", "dense", "dense/rle", "target", ""], rows, left=1))
-    if server.get("note"):
-        print(f"  note: {server['note']}")
+                     f"{ratio:.0f}x" if ratio else "-", f">= {BYTES_RATIO_TARGET:.0f}x" if judged else "",
+                     h.verdict(ratio >= BYTES_RATIO_TARGET) if judged else ""])
+    print(h.table(["what", "rle", "dense", "dense/rle", "target", ""], rows) + (
+        f"\n  note: {server['note']}" if server.get("note") else ""))
 
 
 def count(result, name: str) -> int:
@@ -180,74 +151,50 @@ def bench_latency(server, meta, images, args) -> tuple[dict, str]:
     from bls.pipeline import prepare
 
     params = None if args.score_threshold is None else {"score_threshold": args.score_threshold}
-    boxes, scores = PIPELINE_OUTPUTS[0].name, model_output(meta.outputs, "scores").name
-    results = {}
+    boxes, scores, results = PIPELINE_OUTPUTS[0].name, model_output(meta.outputs, "scores").name, {}
     with grpcclient.InferenceServerClient(server.grpc_url) as client:
         info = h.describe({MODEL_NAME: client.get_model_config(MODEL_NAME, as_json=True)["config"]})
-        bare_batch = h.batched(client, MODEL_NAME)
         for image in images:
             prepared = prepare(image.data, meta)
-            tensor = prepared.model_input[None] if bare_batch else prepared.model_input
-            targets = {PIPELINE_NAME: (h.make_input(grpcclient, image.data, h.batched(
-                client, PIPELINE_NAME)), boxes, params),
-                       BARE: (h.tensor_input(grpcclient, MODEL_INPUT.name, tensor), scores, None)}
-            if not args.skip_ensemble:
-                targets[ENSEMBLE_NAME] = (h.make_input(grpcclient, image.data, h.batched(
-                    client, ENSEMBLE_NAME)), boxes, params)
-            samples, dets = {n: [] for n in targets}, {}
-            for timed, name in h.rounds(list(targets), args.iterations, args.warmup, image.name):
-                tensor, out, parameters = targets[name]
-                seconds, result = h.timed(client.infer, name.split()[0], [tensor],
-                                          parameters=parameters, client_timeout=h.REQUEST_TIMEOUT_S)
-                dets[name] = count(result, out)
-                if timed:
-                    samples[name].append(seconds)
-            stats = {n: h.summary(s, keep=True) | {"detections": dets[n]} for n, s in samples.items()}
-            bare = stats[BARE]
-            overhead = {n: {"median": stats[n]["median_ms"] / bare["median_ms"] - 1,
-                            "mean": stats[n]["mean_ms"] / bare["mean_ms"] - 1,
-                            "paired_median": statistics.median(
-                                t / b - 1 for t, b in zip(samples[n], samples[BARE]))}
+            x = prepared.model_input[None] if h.batched(client, MODEL_NAME) else prepared.model_input
+            targets = {t: (t, [h.make_input(grpcclient, image.data, h.batched(client, t))], params)
+                       for t in (PIPELINE_NAME, *([] if args.skip_ensemble else [ENSEMBLE_NAME]))}
+            targets[BARE] = (MODEL_NAME, [h.tensor_input(grpcclient, MODEL_INPUT.name, x)], None)
+            samples, last = h.interleaved(client, targets, args.iterations, args.warmup, image.name)
+            stats = {n: h.summary(s, keep=True) | {"detections": count(last[n], scores if n == BARE else boxes)}
+                     for n, s in samples.items()}
+            overhead = {n: {"median": stats[n]["median_ms"] / stats[BARE]["median_ms"] - 1, "mean": stats[n][
+                "mean_ms"] / stats[BARE]["mean_ms"] - 1, "paired_median": h.paired(samples[n], samples[BARE])}
                         for n in targets if n != BARE}
-            height, width = prepared.original_size
-            results[image.name] = {
-                "original_size": [height, width],
-                "model_input_size": list(prepared.model_input.shape[1:]),
-                "encoded_bytes": len(image.data), "targets": stats, "overhead": overhead,
-                "pass": overhead[PIPELINE_NAME]["median"] <= OVERHEAD_TARGET}
+            results[image.name] = {"original_size": list(prepared.original_size),
+                                   "model_input_size": list(prepared.model_input.shape[1:]),
+                                   "encoded_bytes": len(image.data), "targets": stats, "overhead": overhead,
+                                   "pass": overhead[PIPELINE_NAME]["median"] <= OVERHEAD_TARGET}
     return results, info
 
 
 def print_latency(results: dict, repo: h.Repository, args, server_info: str) -> None:
     meta = repo.meta
-    print(f"\n== 1. Server latency: sequential gRPC requests, {args.iterations} timed "
-          f"iteration(s) after {args.warmup} warm-up, targets interleaved (order rotated each "
-          f"iteration)")
-    print(f"  model: {meta.source}, {meta.weights or 'weights ?'}, resize shortest edge "
-          f"{meta.min_size}, longest <= {meta.max_size}; repository {repo.path}"
-          f"{f' (exported in {repo.export_s:.0f} s)' if repo.exported else ''}")
-    for note in repo.notes:
-        print(f"  note: {note}")
+    print(f"\n== 1. Server latency: sequential gRPC requests, {args.iterations} timed iteration(s) after "
+          f"{args.warmup} warm-up, targets interleaved (order rotated each iteration)\n  model: {meta.source}, "
+          f"{meta.weights or 'weights ?'}, resize shortest edge {meta.min_size}, longest <= {meta.max_size}; "
+          f"repository {repo.path}{f' (exported in {repo.export_s:.0f} s)' if repo.exported else ''}"
+          + "".join(f"\n  note: {note}" for note in repo.notes))
     rows = []
     for name, r in results.items():
-        (oh, ow), (mh, mw) = r["original_size"], r["model_input_size"]
         for i, (target, s) in enumerate(r["targets"].items()):
             over = r["overhead"].get(target)
-            goal = (f"<= {OVERHEAD_TARGET:.0%}", h.verdict(r["pass"])) if target == PIPELINE_NAME \
-                else (("(info)", "") if over else ("", ""))
-            rows.append([name if i == 0 else "", f"{ow}x{oh}->{mw}x{mh}" if i == 0 else "",
-                         target, s["detections"], f"{s['median_ms']:.1f}", f"{s['mean_ms']:.1f}",
-                         f"{s['min_ms']:.1f}", *(f"{over[k]:+.2%}" if over else "" for k in
-                                                 ("median", "mean", "paired_median")), *goal])
-    print(h.table(["image", "size->input", "target", "dets", "median ms", "mean ms", "min ms",
-                   "overhead(med)", "overhead(mean)", "paired", "goal", ""], rows, left=3))
-    threshold = (f"{args.score_threshold} (--score-threshold)" if args.score_threshold is not None
-                 else f"the export's default threshold {meta.score_threshold}")
-    print("  overhead = target / bare mask_rcnn - 1 of the medians (the goal), of the means, "
-          "and the median of per-iteration ratios (paired);\n  bare gets the uint8 [3,H,W] "
-          "tensor pipeline_bls would send it (bls.pipeline.prepare), the others the encoded "
-          f"bytes;\n  dets: the pipelines keep scores >= {threshold}, the bare model answers "
-          f"all it finds\n  server: {server_info}")
+            rows.append([name if i == 0 else "", "{1}x{0}->{3}x{2}".format(*r["original_size"], *r[
+                "model_input_size"]) if i == 0 else "", target, s["detections"], *(f"{s[k]:.1f}" for k in (
+                    "median_ms", "mean_ms", "min_ms")), *(f"{over[k]:+.2%}" if over else "" for k in (
+                        "median", "mean", "paired_median")), *((f"<= {OVERHEAD_TARGET:.0%}", h.verdict(r["pass"]))
+                                                               if target == PIPELINE_NAME else ("(info)" * bool(over), ""))])
+    print(h.table(["image", "size->input", "target", "dets", "median ms", "mean ms", "min ms", "overhead(med)",
+                   "overhead(mean)", "paired", "goal", ""], rows, left=3))
+    print("  overhead = target / bare - 1 of the medians (the goal), of the means, and the median of per-iteration "
+          "ratios (paired); dets: the pipelines keep scores >= " + (
+              f"{args.score_threshold} (--score-threshold)" if args.score_threshold is not None else
+              f"the export's default threshold {meta.score_threshold}") + f"\n  server: {server_info}")
 
 
 def measure_server_bytes(server, image: h.Image) -> dict:
@@ -259,70 +206,57 @@ def measure_server_bytes(server, image: h.Image) -> dict:
         batch = h.batched(client, PIPELINE_NAME)
         for fmt in ("rle", "dense"):
             out[fmt] = sizes = {}
-            if fmt == "dense" and out["detections"] * out["height"] * out["width"] > DENSE_REQUEST_LIMIT:
-                out["note"] = (f"dense not requested: {out['detections']}x{out['height']}x"
-                               f"{out['width']} masks would be {h.fmt_bytes(out['detections'] * out['height'] * out['width'])} "
-                               f"(limit {h.fmt_bytes(DENSE_REQUEST_LIMIT)})")
+            if fmt == "dense" and (n := out["detections"] * out["height"] * out["width"]) > DENSE_REQUEST_LIMIT:
+                out["note"] = (f"dense not requested: {out['detections']}x{out['height']}x{out['width']} masks "
+                               f"would be {h.fmt_bytes(n)} (limit {h.fmt_bytes(DENSE_REQUEST_LIMIT)})")
                 continue
             result = client.infer(PIPELINE_NAME, [h.make_input(grpcclient, image.data, batch)],
                                   parameters={"mask_format": fmt}, client_timeout=h.REQUEST_TIMEOUT_S)
-            response = result.get_response()
-            sizes["grpc_message"] = response.ByteSize()
-            sizes["grpc_outputs"] = sum(len(c) for c in response.raw_output_contents)
+            sizes["grpc_message"] = result.get_response().ByteSize()
+            sizes["grpc_outputs"] = sum(len(c) for c in result.get_response().raw_output_contents)
             if fmt == "rle":
-                height, width = (int(v) for v in result.as_numpy("image_size").reshape(2))
-                out.update(detections=count(result, PIPELINE_OUTPUTS[0].name), height=height,
-                           width=width)
-            _, sizes["http_body"] = h.http_answer(server, PIPELINE_NAME, image.data, batch,
-                                                  {"mask_format": fmt})
+                out.update(zip(("height", "width"), (int(v) for v in result.as_numpy("image_size").reshape(2))),
+                           detections=count(result, PIPELINE_OUTPUTS[0].name))
+            sizes["http_body"] = h.http_answer(server, PIPELINE_NAME, image.data, batch, {"mask_format": fmt})[1]
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = h.parser("benchmarks.pipeline", __doc__, "image", "size", "repository", "json")
-    p.add_argument("--iterations", type=int, default=5, help="timed requests per target and image")
-    p.add_argument("--warmup", type=int, default=1, help="untimed requests per target and image first")
-    p.add_argument("--skip-server", action="store_true", help="sections 2 and 3a only: no server")
-    p.add_argument("--score-threshold", type=float, help="request parameter for the pipelines "
-                   "in section 1 (e.g. 0: paste every detection); default: the export's")
-    p.add_argument("--skip-ensemble", action="store_true", help="do not time infer_pipeline")
-    p.add_argument("--mask-repeats", type=int, default=15, help="repetitions per path in section 2")
+    p.add_argument("--iterations", type=int, default=5, help="timed requests per target and image (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed requests per target and image first (default 1)")
+    p.add_argument("--skip-server", action="store_true", help="sections 2 and 3a only: no export, no server")
+    p.add_argument("--score-threshold", type=float, help="request parameter for the pipelines in section 1")
+    p.add_argument("--skip-ensemble", action="store_true", help="do not time infer_pipeline in section 1")
+    p.add_argument("--mask-repeats", type=int, default=15, help="repetitions per path in section 2 (default 15)")
     args = h.parse(p, argv, (lambda a: a.iterations < 1 or a.warmup < 0 or a.mask_repeats < 1,
                              "need --iterations >= 1, --warmup >= 0, --mask-repeats >= 1"))
     command, machine = h.begin("benchmarks.pipeline", argv)
-    report = {"command": command, "machine": machine,
-              "targets": {"overhead_max": OVERHEAD_TARGET, "mask_speedup_min": MASK_SPEEDUP_TARGET,
-                          "bytes_ratio_min": BYTES_RATIO_TARGET}}
+    report = {"command": command, "machine": machine, "targets": {
+        "overhead_max": OVERHEAD_TARGET, "mask_speedup_min": MASK_SPEEDUP_TARGET, "bytes_ratio_min": BYTES_RATIO_TARGET}}
     verdicts, server_bytes = [], None
     if not args.skip_server:
-        images = h.images(args.image)
-        scratch = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+        images, scratch = h.images(args.image), Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
         try:
             repo = h.prepare_repository(args, scratch)
             with h.serve(repo.path, scratch / "triton.log") as server:
                 latency, info = bench_latency(server, repo.meta, images, args)
                 print_latency(latency, repo, args, info)
                 server_bytes = measure_server_bytes(server, images[0])
-            verdicts += [r["pass"] for r in latency.values()]
-            report["server"] = {"repository": str(repo.path), "exported": repo.exported,
-                                "export_s": repo.export_s, "notes": repo.notes,
-                                "min_size": repo.meta.min_size, "max_size": repo.meta.max_size,
-                                "iterations": args.iterations, "warmup": args.warmup,
-                                "score_threshold": args.score_threshold, "server_info": info,
-                                "latency": latency, "response_bytes": server_bytes}
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    masks = bench_masks(args.mask_repeats)
-    print_masks(masks)
-    verdicts.append(masks[HEADLINE_SIZE]["speedup_rle"] >= MASK_SPEEDUP_TARGET)
-    computed = computed_bytes()
-    print_bytes(computed, server_bytes)
+        verdicts += [r["pass"] for r in latency.values()]
+        report["server"] = {"repository": str(repo.path), "exported": repo.exported, "export_s": repo.export_s,
+                            "notes": repo.notes, "min_size": repo.meta.min_size, "max_size": repo.meta.max_size,
+                            "iterations": args.iterations, "warmup": args.warmup, "server_info": info,
+                            "score_threshold": args.score_threshold, "latency": latency, "response_bytes": server_bytes}
+    print_masks(masks := bench_masks(args.mask_repeats))
+    print_bytes(computed := computed_bytes(), server_bytes)
+    verdicts += [masks["1920x1080"]["speedup_rle"] >= MASK_SPEEDUP_TARGET]
     verdicts += [r["ratio"] >= BYTES_RATIO_TARGET for r in computed.values()]
     if server_bytes and server_bytes["dense"]:
-        verdicts.append(server_bytes["dense"]["grpc_message"] / server_bytes["rle"]["grpc_message"]
-                        >= BYTES_RATIO_TARGET)
-    report |= {"masks": masks, "bytes": {"computed": computed, "server": server_bytes},
-               "loadavg_end": os.getloadavg()}
+        verdicts.append(server_bytes["dense"]["grpc_message"] / server_bytes["rle"]["grpc_message"] >= BYTES_RATIO_TARGET)
+    report |= {"masks": masks, "bytes": {"computed": computed, "server": server_bytes}, "loadavg_end": os.getloadavg()}
     print(f"\nload average at end: {h.loadavg()}\ngoals: {sum(verdicts)}/{len(verdicts)} PASS")
     h.write_json(args.json, report)
     return 0

@@ -257,14 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                            "bare gRPC"], [[name] + [
                 f"{100 * r['ipc_scheduling'] / r['served_bls']:.1f} %" if k == "share" else f"{r[k]:.1f}"
                 for k in keys] for name, r in report["served"].items()]))
-            print("  IPC/scheduling = served pipeline_bls - in-process sum, of which: gRPC+client "
-                  "= client latency - (pipeline_bls queue (Triton) + its request time\n  "
-                  "(pipeline_request_duration_us, total)); BLS IPC = pipeline_bls's mask_rcnn "
-                  "call (its 'model' stage) - mask_rcnn queue+compute (Triton);\n  mask_rcnn "
-                  "hop = mask_rcnn queue+compute - in-process model (the runner's stub and "
-                  "transfers, plus run-to-run model variance);\n  bls own = the rest "
-                  "(pipeline_bls's queue, thread hops, batching delay). bare gRPC = bare client "
-                  "latency - mask_rcnn queue+compute.")
+            print("  the split is explained in docs/benchmarks.md (benchmarks.stages)")
         if not args.skip_variants:
             v = report["variants"]
             print(f"\n== 3. Model-call variants on {images[0].name}'s model input "
@@ -282,9 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"{r['outputs']['verdict']} ({diffs})"])
             print(h.table(["variant", "median ms", "min ms", "vs baseline",
                            "outputs vs baseline's first answer (max |diff|)"], rows))
-            print("  tolerances (export/verify.py): boxes 1e-2 px, scores 1e-4, masks 1e-3, "
-                  "classes exact; the baseline row compares its last timed answer with its "
-                  "first (repeatability)")
+            print("  tolerances: export/verify.py; the baseline row: its last answer against its first")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     report["loadavg_end"] = os.getloadavg()
