@@ -23,10 +23,8 @@ from bls.contract import PIPELINE_NAME, PIPELINE_OUTPUTS
 
 PROTOCOLS = ("http-json", "http-binary", "grpc")
 
-
 def shm_bytes(run_triton_pid: int) -> int:
     return sum(p.stat().st_size for p in Path("/dev/shm").glob(f"triton_bls_{run_triton_pid}_*"))
-
 
 def infer(server, protocol: str, data: bytes, parameters: dict) -> tuple[dict, int]:
     """(outputs by name, bytes received for them) for one request."""
@@ -40,13 +38,11 @@ def infer(server, protocol: str, data: bytes, parameters: dict) -> tuple[dict, i
         return ({s.name: result.as_numpy(s.name) for s in PIPELINE_OUTPUTS},
                 result.get_response().ByteSize())
 
-
 def image_for(bound: int, detections: int, aspect: float = 4 / 3) -> tuple[bytes, int, int]:
     """A generated JPEG whose dense answer with ``detections`` masks is just under ``bound``."""
     area = (bound - 64 * detections) // detections  # the fixed outputs: < 64 B per detection
     height = int((area / aspect) ** 0.5)
     return h.scene(area // height, height, 5), height, area // height
-
 
 def measure(repo: Path, protocol: str, data: bytes, parameters: dict, log: Path) -> dict:
     with h.serve(repo, log) as server:
@@ -67,10 +63,8 @@ def measure(repo: Path, protocol: str, data: bytes, parameters: dict, log: Path)
                 "server_rss_before": before["server"],
                 "shm_delta": shm_bytes(server.pid) - before["shm"]}
 
-
 def main(argv: list[str] | None = None) -> int:
     from tritonclient.utils import InferenceServerException
-
     from export.repository import assemble
 
     p = h.parser("benchmarks.answers", __doc__, "repository", "json")
@@ -122,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
     ok = "max_answer_bytes" in refusal and all(r["masks_shape"][0] >= 1 for r in results.values())
     print(f"bound enforced and answers served: {'yes' if ok else 'NO'}")
     return 0 if ok else 1
-
 
 if __name__ == "__main__":
     h.run_main(main)

@@ -23,20 +23,19 @@ from bls.contract import PIPELINE_NAME
 FORMATS = (("rle", {}), ("dense", {}), ("box", {}), ("polygon", {}),
            ("polygon", {"polygon_tolerance": 1.0}))
 
-
-def measure(server, image: h.Image) -> dict:
-    """Format label -> detections, gRPC bytes and ms, HTTP bytes, IoUs against RLE."""
+def measure(server, image: h.Image, formats=FORMATS, base: dict | None = None) -> dict:
+    """Format label -> detections, image size, gRPC bytes and ms, HTTP bytes, IoUs against RLE;
+    ``base``: the other request parameters (default score_threshold 0: every detection masked)."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
-
     from client.results import Detections, decode_masks
 
     rows, masks = {}, {}
     with grpcclient.InferenceServerClient(server.grpc_url) as client:
         batch = h.batched(client, PIPELINE_NAME)
-        for fmt, extra in FORMATS:
+        for fmt, extra in formats:
             name = fmt + "".join(f" {k.split('_')[-1]} {v:g}" for k, v in extra.items())
-            params = {"score_threshold": 0.0, "mask_format": fmt, **extra}
+            params = ({"score_threshold": 0.0} if base is None else base) | {"mask_format": fmt, **extra}
             inputs = [h.make_input(grpcclient, image.data, batch)]
             try:
                 for _ in range(2):  # the first a warm-up
@@ -48,7 +47,7 @@ def measure(server, image: h.Image) -> dict:
             det = Detections.from_result(result, batch)
             masks[name] = decode_masks(det).astype(bool)
             rows[name] = {"grpc_ms": seconds * 1000, "grpc_bytes": result.get_response().ByteSize(),
-                          "detections": len(det),
+                          "detections": len(det), "image_size": list(det.image_size),
                           "http_bytes": h.http_answer(server, PIPELINE_NAME, image.data, batch, params)[1]}
     reference = masks["rle"]
     for name, got in masks.items():
@@ -58,7 +57,6 @@ def measure(server, image: h.Image) -> dict:
                           pooled_iou=float(both.sum() / max(int(either.sum()), 1)),
                           pixels_differ=int((got != reference).sum()))
     return rows
-
 
 def main(argv: list[str] | None = None) -> int:
     p = h.parser("benchmarks.formats", __doc__, "image", "repository", "size", "json")
@@ -91,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     h.write_json(args.json, {"machine": info, "images": report})
     print(f"dense, box and polygon identical to rle: {'yes' if ok else 'NO'}")
     return 0 if ok else 1
-
 
 if __name__ == "__main__":
     h.run_main(main)

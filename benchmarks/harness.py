@@ -28,12 +28,10 @@ from client.results import latency_summary
 ROOT = Path(__file__).resolve().parent.parent
 REQUEST_TIMEOUT_S = 900
 
-
 @dataclass(frozen=True)
 class Image:
     name: str
     data: bytes  # the encoded file
-
 
 def scene(width: int, height: int, seed: int, ext: str = ".jpg", gray: bool = False) -> bytes:
     """A generated scene (export.samples), encoded as ``ext``."""
@@ -41,7 +39,6 @@ def scene(width: int, height: int, seed: int, ext: str = ".jpg", gray: bool = Fa
 
     pixels = samples.scene(height, width, seed=seed)
     return samples.encode(np.ascontiguousarray(pixels[:, :, 1]) if gray else pixels, ext)
-
 
 def images(paths: list[Path], sizes=(), default=("640x480",)) -> list[Image]:
     """The --image files (a repeated name gets '#k'), then a generated JPEG per WxH size (seed:
@@ -53,7 +50,6 @@ def images(paths: list[Path], sizes=(), default=("640x480",)) -> list[Image]:
         w, hh = (int(v) for v in size.lower().split("x"))
         out.append(Image(f"scene{w}x{hh}.jpg (generated)", scene(w, hh, i)))
     return out
-
 
 def parser(module: str, doc: str, *common: str) -> argparse.ArgumentParser:
     """An ArgumentParser with the shared options named: image, generated, repository, size, json."""
@@ -71,7 +67,6 @@ def parser(module: str, doc: str, *common: str) -> argparse.ArgumentParser:
         p.add_argument(flag, **kw)
     return p
 
-
 def parse(p: argparse.ArgumentParser, argv, *rules) -> argparse.Namespace:
     """Parse; refuse a missing --image, a bad --generated, and each (failed(args), message) rule."""
     args = p.parse_args(argv)
@@ -84,10 +79,8 @@ def parse(p: argparse.ArgumentParser, argv, *rules) -> argparse.Namespace:
             p.error(message)
     return args
 
-
 def loadavg() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
-
 
 def begin(module: str, argv) -> tuple[str, dict]:
     """SIGTERM ends like Ctrl-C (finally blocks stop servers); prints the command, the machine
@@ -112,14 +105,12 @@ def begin(module: str, argv) -> tuple[str, dict]:
           f"{machine['python']}\nload average at start: {loadavg()}", flush=True)
     return command, machine
 
-
 def write_json(path: Path | None, report: dict) -> None:
     """--json: the report (paths and other non-JSON values as text)."""
     if path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2, default=str))
         print(f"numbers written to {path}")
-
 
 def run_main(main) -> None:
     """A script's __main__: main()'s status, or 130 after Ctrl-C or SIGTERM."""
@@ -129,7 +120,6 @@ def run_main(main) -> None:
         print(f"\ninterrupted ({e or 'Ctrl-C'}); server stopped", file=sys.stderr)
         sys.exit(130)
 
-
 @dataclass
 class Repository:
     path: Path
@@ -138,13 +128,11 @@ class Repository:
     export_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
-
 def model_file(repo: Path) -> Path:
     from export.repository import VERSION
     from export.torchscript import MODEL_FILENAME
 
     return repo / MODEL_NAME / VERSION / MODEL_FILENAME
-
 
 def prepare_repository(args, scratch: Path, export_args=()) -> Repository:
     """--repository with an exported model: use it. Else `python -m export torchvision` (seeded,
@@ -170,7 +158,6 @@ def prepare_repository(args, scratch: Path, export_args=()) -> Repository:
         raise SystemExit(f"export failed (status {done.returncode}):\n{done.stdout[-4000:]}")
     return Repository(target.resolve(), read_metadata(model_file(target)), True, seconds)
 
-
 @contextmanager
 def serve(repository: Path, log: Path | None = None):
     """An embedded tritonserver on free loopback ports (client.server.TritonServer), stopped by
@@ -191,17 +178,14 @@ def serve(repository: Path, log: Path | None = None):
     finally:
         server.stop()
 
-
 def batched(client, model: str) -> bool:
     """Whether ``model`` takes a batch dimension (sync gRPC client)."""
     return client.get_model_config(model).config.max_batch_size > 0
-
 
 def proc_kb(pid: int, name: str) -> dict[str, int]:
     """The 'Key: N kB' lines of /proc/PID/<name> (status, smaps_rollup) -> {key: bytes}."""
     return {k: int(v.split()[0]) * 1024 for k, _, v in (line.partition(":") for line in Path(
         f"/proc/{pid}/{name}").read_text().splitlines()) if v.endswith("kB")}
-
 
 def processes(server) -> list[dict]:
     """The server's live processes (its process group): pid, name (tritonserver, run_triton.sh,
@@ -223,13 +207,11 @@ def processes(server) -> list[dict]:
                              else comm})
     return out
 
-
 def make_input(module, data: bytes, batch: bool):
     """The pipeline's BYTES input [1] (or [1, 1]) of ``module`` (client.cli.make_input)."""
     from client.cli import make_input
 
     return make_input(module, data, batch)
-
 
 def tensor_input(module, name: str, array: np.ndarray):
     """An InferInput of ``module`` (tritonclient.grpc, .grpc.aio or .http) holding ``array``."""
@@ -239,11 +221,9 @@ def tensor_input(module, name: str, array: np.ndarray):
     tensor.set_data_from_numpy(array)
     return tensor
 
-
 def http_answer(server, model: str, data: bytes, batch: bool, parameters, binary: bool = True) -> tuple[dict, int]:
     """One request over HTTP -> (outputs by name, body bytes; with JSON outputs, the JSON text)."""
     import tritonclient.http as httpclient
-
     from bls.contract import PIPELINE_OUTPUTS
 
     with httpclient.InferenceServerClient(server.http_url, network_timeout=REQUEST_TIMEOUT_S,
@@ -252,7 +232,6 @@ def http_answer(server, model: str, data: bytes, batch: bool, parameters, binary
             httpclient.InferRequestedOutput(s.name, binary_data=binary) for s in PIPELINE_OUTPUTS])
         size = len(result._buffer) if binary else len(json.dumps(result.get_response(), separators=(",", ":")))
         return {s.name: result.as_numpy(s.name) for s in PIPELINE_OUTPUTS}, size
-
 
 def describe(configs: dict[str, dict]) -> str:
     """Model configs (JSON, by name) -> one line: backend, instances, torch threads, batching."""
@@ -268,11 +247,9 @@ def describe(configs: dict[str, dict]) -> str:
         parts.append(text)
     return "; ".join(parts)
 
-
 def rotated(items: list, i: int) -> list:
     """items rotated by i: each item goes first in turn over iterations."""
     return items[i % len(items):] + items[:i % len(items)]
-
 
 def rounds(names: list, iterations: int, warmup: int, label: str):
     """Yield (timed, name) for warmup + iterations rounds, the names in an order rotated each
@@ -282,20 +259,17 @@ def rounds(names: list, iterations: int, warmup: int, label: str):
         print(f"  {label}: iteration {i + 1}/{warmup + iterations}{' (warm-up)' if i < warmup else ''}",
               file=sys.stderr, flush=True)
 
-
 def timed(call, *args, **kwargs) -> tuple[float, object]:
     """(seconds, result) of one call."""
     start = time.perf_counter()
     result = call(*args, **kwargs)
     return time.perf_counter() - start, result
 
-
 async def timed_async(awaitable) -> tuple[float, object]:
     """(seconds, result) of awaiting ``awaitable``."""
     start = time.perf_counter()
     result = await awaitable
     return time.perf_counter() - start, result
-
 
 def interleaved(client, targets: dict[str, tuple], iterations: int, warmup: int, label: str) -> tuple[dict, dict]:
     """Sequential requests in rounds(): targets name -> (model, inputs, parameters). -> (timed
@@ -308,15 +282,12 @@ def interleaved(client, targets: dict[str, tuple], iterations: int, warmup: int,
         samples[name] += [seconds] * timed_round
     return samples, last
 
-
 def paired(a: list[float], b: list[float]) -> float:
     """The median of a / b - 1 over pairs taken together (the machine's drift cancels)."""
     return float(np.median(np.asarray(a) / np.asarray(b) - 1))
 
-
 class Failed(Exception):
     """A request whose answer is wrong; counted by its message as it is."""
-
 
 def error_text(error: BaseException) -> str:
     from tritonclient.utils import InferenceServerException
@@ -324,7 +295,6 @@ def error_text(error: BaseException) -> str:
     if isinstance(error, (InferenceServerException, Failed)):
         return str(error)[:300]
     return f"{type(error).__name__}: {str(error) or repr(error)}"[:300]
-
 
 async def closed_loop(send, concurrency: int, requests: int, max_seconds: float, first: int = 0) -> dict:
     """The one closed loop: ``concurrency`` workers, one request in flight each, ``await send(k,
@@ -349,7 +319,6 @@ async def closed_loop(send, concurrency: int, requests: int, max_seconds: float,
     return {"latencies": [x for ws in latencies for x in ws], "by_worker": latencies, "worker_errors": errors,
             "errors": dict(sum(errors, Counter())), "seconds": last - start, "issued": issued}
 
-
 def summary(seconds, keep: bool = False) -> dict:
     """Latencies, seconds -> ms: n, mean, median (= p50), p90, p99 (client.results.latency_summary),
     min, max; NaN when there are none; ``keep``: the samples too."""
@@ -357,7 +326,6 @@ def summary(seconds, keep: bool = False) -> dict:
     return {"n": s.count, "mean_ms": s.mean_ms, "median_ms": s.p50_ms, "p50_ms": s.p50_ms, "p90_ms": s.p90_ms,
             "p99_ms": s.p99_ms, "min_ms": float(ms.min()) if ms.size else float("nan"),
             "max_ms": float(ms.max()) if ms.size else float("nan")} | ({"samples_ms": ms.tolist()} if keep else {})
-
 
 def model_statistics(response) -> dict[str, Counter]:
     """Triton's cumulative statistics per model (a gRPC response; versions summed)."""
@@ -370,10 +338,8 @@ def model_statistics(response) -> dict[str, Counter]:
             executions=s.execution_count, inferences=s.inference_count)
     return out
 
-
 def answered(stats: dict, model: str) -> float:
     return stats.get(model, {}).get("success", 0) + stats.get(model, {}).get("fail", 0)
-
 
 async def settled_statistics(client, model: str, expected: float, timeout: float = 5.0) -> dict:
     """Triton's statistics (gRPC aio client) once they count ``expected`` requests of ``model``:
@@ -383,7 +349,6 @@ async def settled_statistics(client, model: str, expected: float, timeout: float
             and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     return stats
-
 
 def statistics_delta(before: dict, after: dict, models) -> dict[str, dict]:
     """Per model between two readings: requests, failed, executions; mean queue, compute and
@@ -400,7 +365,6 @@ def statistics_delta(before: dict, after: dict, models) -> dict[str, dict]:
                       "batch": d["inferences"] / d["executions"] if d["executions"] else 0.0}
     return out
 
-
 def stage_means(before: dict, after: dict) -> dict[str, float]:
     """pipeline_bls's own metrics (bls/metrics.py) between two scrapes: requests, mean ms per
     request of each stage (Triton's statistics for it end when its execute returns)."""
@@ -410,14 +374,11 @@ def stage_means(before: dict, after: dict) -> dict[str, float]:
     n = sum(delta(REQUESTS_METRIC, outcome=o) for o in OUTCOMES)
     return {"requests": n} | {f"{s}_ms": delta(DURATION_METRIC, stage=s) / n / 1000 if n else 0.0 for s in STAGES}
 
-
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
-
 def fmt(v, digits: int = 0) -> str:
     return "-" if v is None or v != v else f"{v:.{digits}f}"  # None, NaN -> "-"
-
 
 def fmt_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB"):
@@ -425,7 +386,6 @@ def fmt_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n / 1024:.1f} GiB"
-
 
 def table(headers: list[str], rows: list[list], left: int = 1, indent: str = "  ") -> str:
     """Fixed-width text table; the first ``left`` columns left-aligned."""

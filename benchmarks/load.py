@@ -44,13 +44,11 @@ MEMORY_MEASURES = (  # name, key, in the verdict
     ("/dev/shm regions, apparent size", lambda s: s["shm"]["apparent"], False),
     ("df /dev/shm used (machine-wide)", lambda s: s["shm"]["df_used"], False))
 
-
 @dataclass(frozen=True)
 class Job:
     index: int
     image: int
     parameters: int  # index into the run's parameter sets (the dense set last)
-
 
 def schedule(index: int, n_images: int, n_sets: int, dense_every: int) -> Job:
     """Request ``index`` -> its image and parameter set: every combination in turn, every
@@ -59,12 +57,10 @@ def schedule(index: int, n_images: int, n_sets: int, dense_every: int) -> Job:
         return Job(index, (index // dense_every) % n_images, n_sets)
     return Job(index, index % (n_images * n_sets) % n_images, index % (n_images * n_sets) // n_images)
 
-
 def fingerprint(det) -> dict[str, str]:
     """A digest per output of an answer (client.results.Detections): dtype, shape and bytes."""
     return {name: hashlib.sha256(pickle.dumps(v)).hexdigest()[:16] for name, v in zip(det.__dataclass_fields__,
                                                                                      astuple(det))}
-
 
 def check(references: dict, job: Job, det) -> str | None:
     """None when the answer equals the first of its combination (or is that first)."""
@@ -72,7 +68,6 @@ def check(references: dict, job: Job, det) -> str | None:
     reference = references.setdefault((job.image, job.parameters), fp)
     differ = [k for k in fp if fp[k] != reference[k]]
     return "mismatch with the first answer: " + ", ".join(differ) if differ else None
-
 
 def memory_snapshot(server) -> dict:
     """RSS (anon, file, shmem) and PSS of each live process of the server, with totals; its /dev/shm
@@ -83,12 +78,10 @@ def memory_snapshot(server) -> dict:
     return {"time": time.time(), "shm": shm_usage(server.pid), "memory": {"processes": procs} | {
         k: sum(p[k] for p in procs) for k in ("rss", "anon", "file", "shmem", "pss")}}
 
-
 def shm_usage(pgid: int) -> dict:
     files, vfs = [p.stat() for p in Path("/dev/shm").glob(f"triton_bls_{pgid}_*")], os.statvfs("/dev/shm")
     return {"files": len(files), "apparent": sum(s.st_size for s in files),
             "allocated": sum(s.st_blocks * 512 for s in files), "df_used": (vfs.f_blocks - vfs.f_bfree) * vfs.f_frsize}
-
 
 def trend(samples: list[dict], key) -> float | None:
     """Least-squares slope of key(sample) per 1000 requests answered, from "before" on."""
@@ -96,12 +89,10 @@ def trend(samples: list[dict], key) -> float | None:
     points = np.asarray([(s["done"], key(s)) for s in samples[first:]], dtype=float)
     return float(np.polyfit(*points.T, 1)[0] * 1000) if len(points) >= 3 and len(set(points[:, 0])) > 1 else None
 
-
 async def run(server, images: list[h.Image], sets: list[dict], args) -> dict:
     """The warm-up and the rest as two closed loops, idle memory readings around the second."""
     import tritonclient.grpc.aio as grpc_aio
     import tritonclient.http.aio as http_aio
-
     from client.cli import served_model
     from client.results import Detections
 
@@ -171,7 +162,6 @@ async def run(server, images: list[h.Image], sets: list[dict], args) -> dict:
         await http.close()
     return state
 
-
 def summarise(r: dict, images: list[h.Image], sets: list[dict], repo: h.Repository, args) -> dict:
     n_grpc, before = (args.concurrency + 1) // 2, r.get("before")
     lat, errors = {p: [] for p in PROTOCOLS}, {p: Counter() for p in PROTOCOLS}
@@ -211,7 +201,6 @@ def summarise(r: dict, images: list[h.Image], sets: list[dict], repo: h.Reposito
             "server_config": r["server_config"], "verdicts": verdicts,
             "samples": [{k: v for k, v in x.items() if k != "memory"} | {k: x["memory"][k] for k in (
                 "rss", "pss", "anon")} | {"processes": len(x["memory"]["processes"])} for x in r["samples"]]}
-
 
 def print_report(report: dict) -> None:
     r, m, lat, sets = report["requests"], report["model"], report["latency"], report["parameter_sets"]
@@ -253,7 +242,6 @@ def print_report(report: dict) -> None:
     else:
         print("\n  memory: no growth figures (fewer requests than --warmup)")
     print(f"\n  failures: {r['failed']} (goal {FAILURES_TARGET}) {h.verdict(report['verdicts']['failures'])}")
-
 
 def main(argv: list[str] | None = None) -> int:
     p = h.parser("benchmarks.load", __doc__, "repository", "json")
@@ -300,7 +288,6 @@ def main(argv: list[str] | None = None) -> int:
           f"goals: {sum(report['verdicts'].values())}/{len(report['verdicts'])} PASS")
     h.write_json(args.json, report)
     return 0
-
 
 if __name__ == "__main__":
     h.run_main(main)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import harness as h
+from benchmarks.formats import measure
 from benchmarks.standin import metadata, synthetic_outputs
 from bls import masks as mask_ops
 from bls import postprocess
@@ -26,15 +27,12 @@ from bls.contract import ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, PIPELINE_NAME, 
 OVERHEAD_TARGET, MASK_SPEEDUP_TARGET, BYTES_RATIO_TARGET = 0.03, 10.0, 50.0
 SEED_REPORTED_MS = 160  # the seed's loop at 1920x1080 on 2 cores, as reported
 DETECTIONS, MASK_RESOLUTION, MASK_SIZES = 100, 28, ((1080, 1920), (480, 640))  # the target on the first
-DENSE_REQUEST_LIMIT = 256 * 1024 * 1024  # a bigger dense answer is not requested
 BARE = f"{MODEL_NAME} (bare)"
-
 
 def detections(height: int, width: int) -> postprocess.Detections:
     """DETECTIONS synthetic detections (benchmarks.standin) in a height x width image."""
     out = synthetic_outputs(DETECTIONS, height, width, MASK_RESOLUTION)
     return postprocess.Detections(out["boxes"], out["scores"], out["classes"], out["masks"][:, 0])
-
 
 def seed_pil_paste(masks: np.ndarray, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     """BASELINE, the seed's postprocess reimplemented: per float [M, M] mask a full uint8 canvas,
@@ -53,11 +51,9 @@ def seed_pil_paste(masks: np.ndarray, boxes: np.ndarray, height: int, width: int
             canvas[ya:yb, xa:xb] = binary[ya - y1:yb - y1, xa - x1:xb - x1]
     return np.stack(canvases)
 
-
 def ours_dense(masks, boxes, height, width) -> np.ndarray:
     """What pipeline_bls does for mask_format=dense."""
     return mask_ops.dense_masks(mask_ops.paste_windows(masks, boxes, height, width), height, width)
-
 
 def bench_masks(repeats: int) -> dict:
     paths, results = {"baseline": seed_pil_paste, "ours_rle": mask_ops.encode_rle, "ours_dense": ours_dense}, {}
@@ -77,7 +73,6 @@ def bench_masks(repeats: int) -> dict:
                 union, 1)).mean())}
     return results
 
-
 def print_masks(results: dict) -> None:
     print(f"\n== 2. Mask postprocess: {DETECTIONS} detections, {MASK_RESOLUTION}x{MASK_RESOLUTION} masks pasted and "
           f"encoded (in process, median of {next(iter(results.values()))['repeats']} interleaved repetitions)")
@@ -95,11 +90,9 @@ def print_masks(results: dict) -> None:
         f"{size} {r['mean_iou_dense_vs_baseline']:.3f}" for size, r in results.items())
           + f"\n  (the seed's own loop was reported at ~{SEED_REPORTED_MS} ms for 1920x1080 on 2 cores)")
 
-
 def wire_bytes(value: np.ndarray) -> int:
     """Bytes of a tensor's data as Triton sends it: BYTES elements carry a 4-byte length."""
     return sum(4 + len(v) for v in value.reshape(-1)) if value.dtype == np.object_ else int(value.nbytes)
-
 
 def computed_bytes() -> dict:
     """Sizes of postprocess.answer's tensors for section 2's detections, per format."""
@@ -114,7 +107,6 @@ def computed_bytes() -> dict:
                                                 "ratio": sizes["dense"]["total"] / sizes["rle"]["total"]}
     return results
 
-
 def print_bytes(computed: dict, server: dict | None) -> None:
     print(f"\n== 3. Response bytes, {DETECTIONS} detections\n  a) computed: tensor data of postprocess.answer for "
           f"section 2's detections (BYTES elements +4 B length each; no protocol framing)")
@@ -124,30 +116,24 @@ def print_bytes(computed: dict, server: dict | None) -> None:
          h.verdict(r["ratio"] >= BYTES_RATIO_TARGET)] for size, r in computed.items()]))
     if server is None:
         return
-    print(f"  b) measured: one pipeline_bls request per format for {server['image']} ({server['width']}x"
-          f"{server['height']}, {server['detections']} detections)")
-    rows = []
-    for key, label in (("grpc_message", "gRPC ModelInferResponse, serialized (ByteSize)"),
-                       ("grpc_outputs", "gRPC output tensor data (raw_output_contents)"),
-                       ("http_body", "HTTP response body (JSON header + binary outputs)")):
-        rle, dense = server["rle"].get(key), server["dense"].get(key)
-        ratio, judged = dense / rle if rle and dense else None, key == "grpc_message" and rle and dense
-        rows.append([label, h.fmt_bytes(rle) if rle else "-", h.fmt_bytes(dense) if dense else "-",
-                     f"{ratio:.0f}x" if ratio else "-", f">= {BYTES_RATIO_TARGET:.0f}x" if judged else "",
-                     h.verdict(ratio >= BYTES_RATIO_TARGET) if judged else ""])
-    print(h.table(["what", "rle", "dense", "dense/rle", "target", ""], rows) + (
-        f"\n  note: {server['note']}" if server.get("note") else ""))
-
+    rle, dense = server["rle"], server["dense"]
+    print(f"  b) measured: one pipeline_bls request per format for {server['image']} ({rle['image_size'][1]}x"
+          f"{rle['image_size'][0]}, {rle['detections']} detections)")
+    print(h.table(["what", "rle", "dense", "dense/rle", "target", ""], [
+        [label, h.fmt_bytes(rle[key]), *([h.fmt_bytes(dense[key]), f"{dense[key] / rle[key]:.0f}x", *(
+            [f">= {BYTES_RATIO_TARGET:.0f}x", h.verdict(dense[key] / rle[key] >= BYTES_RATIO_TARGET)] if i == 0 else
+            ["", ""])] if "refused" not in dense else ["-", "-", "", ""])]
+        for i, (key, label) in enumerate((("grpc_bytes", "gRPC ModelInferResponse, serialized (ByteSize)"),
+                                          ("http_bytes", "HTTP response body (JSON header + binary outputs)")))])
+          + (f"\n  note: dense refused: {dense['refused']}" if "refused" in dense else ""))
 
 def count(result, name: str) -> int:
     v = result.as_numpy(name)
     return int(v.shape[-2] if v.ndim >= 2 else v.shape[0])
 
-
 def bench_latency(server, meta, images, args) -> tuple[dict, str]:
     """Per image: latency of each target and overhead against the bare model."""
     import tritonclient.grpc as grpcclient
-
     from bls.pipeline import prepare
 
     params = None if args.score_threshold is None else {"score_threshold": args.score_threshold}
@@ -172,7 +158,6 @@ def bench_latency(server, meta, images, args) -> tuple[dict, str]:
                                    "pass": overhead[PIPELINE_NAME]["median"] <= OVERHEAD_TARGET}
     return results, info
 
-
 def print_latency(results: dict, repo: h.Repository, args, server_info: str) -> None:
     meta = repo.meta
     print(f"\n== 1. Server latency: sequential gRPC requests, {args.iterations} timed iteration(s) after "
@@ -196,31 +181,6 @@ def print_latency(results: dict, repo: h.Repository, args, server_info: str) -> 
               f"{args.score_threshold} (--score-threshold)" if args.score_threshold is not None else
               f"the export's default threshold {meta.score_threshold}") + f"\n  server: {server_info}")
 
-
-def measure_server_bytes(server, image: h.Image) -> dict:
-    """One pipeline_bls request per mask format over gRPC and HTTP; real response sizes."""
-    import tritonclient.grpc as grpcclient
-
-    out = {"image": image.name}
-    with grpcclient.InferenceServerClient(server.grpc_url) as client:
-        batch = h.batched(client, PIPELINE_NAME)
-        for fmt in ("rle", "dense"):
-            out[fmt] = sizes = {}
-            if fmt == "dense" and (n := out["detections"] * out["height"] * out["width"]) > DENSE_REQUEST_LIMIT:
-                out["note"] = (f"dense not requested: {out['detections']}x{out['height']}x{out['width']} masks "
-                               f"would be {h.fmt_bytes(n)} (limit {h.fmt_bytes(DENSE_REQUEST_LIMIT)})")
-                continue
-            result = client.infer(PIPELINE_NAME, [h.make_input(grpcclient, image.data, batch)],
-                                  parameters={"mask_format": fmt}, client_timeout=h.REQUEST_TIMEOUT_S)
-            sizes["grpc_message"] = result.get_response().ByteSize()
-            sizes["grpc_outputs"] = sum(len(c) for c in result.get_response().raw_output_contents)
-            if fmt == "rle":
-                out.update(zip(("height", "width"), (int(v) for v in result.as_numpy("image_size").reshape(2))),
-                           detections=count(result, PIPELINE_OUTPUTS[0].name))
-            sizes["http_body"] = h.http_answer(server, PIPELINE_NAME, image.data, batch, {"mask_format": fmt})[1]
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = h.parser("benchmarks.pipeline", __doc__, "image", "size", "repository", "json")
     p.add_argument("--iterations", type=int, default=5, help="timed requests per target and image (default 5)")
@@ -242,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             with h.serve(repo.path, scratch / "triton.log") as server:
                 latency, info = bench_latency(server, repo.meta, images, args)
                 print_latency(latency, repo, args, info)
-                server_bytes = measure_server_bytes(server, images[0])
+                server_bytes = {"image": images[0].name} | measure(server, images[0], (("rle", {}), ("dense", {})), {})
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         verdicts += [r["pass"] for r in latency.values()]
@@ -254,13 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     print_bytes(computed := computed_bytes(), server_bytes)
     verdicts += [masks["1920x1080"]["speedup_rle"] >= MASK_SPEEDUP_TARGET]
     verdicts += [r["ratio"] >= BYTES_RATIO_TARGET for r in computed.values()]
-    if server_bytes and server_bytes["dense"]:
-        verdicts.append(server_bytes["dense"]["grpc_message"] / server_bytes["rle"]["grpc_message"] >= BYTES_RATIO_TARGET)
+    if server_bytes and "refused" not in server_bytes["dense"]:
+        verdicts.append(server_bytes["dense"]["grpc_bytes"] / server_bytes["rle"]["grpc_bytes"] >= BYTES_RATIO_TARGET)
     report |= {"masks": masks, "bytes": {"computed": computed, "server": server_bytes}, "loadavg_end": os.getloadavg()}
     print(f"\nload average at end: {h.loadavg()}\ngoals: {sum(verdicts)}/{len(verdicts)} PASS")
     h.write_json(args.json, report)
     return 0
-
 
 if __name__ == "__main__":
     h.run_main(main)

@@ -28,16 +28,13 @@ MIN_SIZE, MAX_SIZE = 800, 1333
 REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 PRECISION_BITS = 22  # Pillow: 32 - 8 - 2
 
-
 class Meta:  # what prepare reads of ModelMetadata: torchvision's Mask R-CNN takes RGB
     channel_order, min_size, max_size = "RGB", MIN_SIZE, MAX_SIZE
-
 
 def median_ms(call, repeats: int) -> tuple[float, object]:
     """(median ms of ``repeats`` calls after one, the last result)."""
     runs = [h.timed(call) for _ in range(repeats + 1)][1:]
     return h.summary([s for s, _ in runs])["median_ms"], runs[-1][1]
-
 
 def _coefficients(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Pillow's bilinear precompute_coeffs + normalize_coeffs_8bpc: first input index
@@ -54,7 +51,6 @@ def _coefficients(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     w = w / w.sum(axis=1, keepdims=True)
     return xmin, (0.5 + w * (1 << PRECISION_BITS)).astype(np.int32)
 
-
 def _pass(image: np.ndarray, axis: int, out_size: int) -> np.ndarray:
     """One separable pass along ``axis``, rounded and clipped to uint8 as Pillow does."""
     in_size = image.shape[axis]
@@ -68,13 +64,11 @@ def _pass(image: np.ndarray, axis: int, out_size: int) -> np.ndarray:
         acc += np.take(image, idx, axis=axis).astype(np.int32) * k[:, j].reshape(shape)
     return np.clip(acc >> PRECISION_BITS, 0, 255).astype(np.uint8)
 
-
 def resize_exact_numpy(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """uint8 [H, W, C] -> [height, width, C], PIL's bilinear to the bit (horizontal pass
     first, as Pillow)."""
     out = _pass(image, 1, width) if image.shape[1] != width else image
     return _pass(out, 0, height) if image.shape[0] != height else out
-
 
 def candidates(data: bytes, decoded: np.ndarray, new_h: int, new_w: int, repeats: int,
                torch) -> dict:
@@ -103,14 +97,12 @@ def candidates(data: bytes, decoded: np.ndarray, new_h: int, new_w: int, repeats
                                    new_h, new_w), True), repeats)
     return rows
 
-
 def compare(name: str, got, exact: np.ndarray) -> str:
     if not any(k in name for k in ("prepare", "device", "reduced", "numpy")) \
             or not isinstance(got, np.ndarray) or got.shape != exact.shape:
         return ""
     diff = np.abs(got.astype(np.int16) - exact.astype(np.int16))
     return f"max {diff.max()}, {np.count_nonzero(diff) / diff.size:.3%} differ"
-
 
 def main(argv=None) -> int:
     p = h.parser("benchmarks.prepare", __doc__, "image", "generated")
@@ -144,7 +136,6 @@ def main(argv=None) -> int:
         np.savez_compressed(args.save_reference, **saved)
         print(f"\nwrote {args.save_reference}")
     return 0
-
 
 if __name__ == "__main__":
     h.run_main(main)

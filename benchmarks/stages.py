@@ -35,13 +35,11 @@ from client.metrics import scrape
 STAGES = {"decode": "decode", "resize": "resize", "model": "model", "postprocess": "postproc",
           "paste_rle": "paste+RLE", "response": "response"}
 
-
 def load_module(path: Path, build=lambda m: m):
     import torch
     import torchvision  # noqa: F401  registers the ops the file calls
 
     return build(torch.jit.load(str(path), map_location="cpu").eval())
-
 
 def run_model(module, model_input: np.ndarray, names: list[str], grad: str = "inference") -> dict:
     """uint8 [3, H, W] -> the model's outputs by name, under inference_mode or no_grad."""
@@ -49,7 +47,6 @@ def run_model(module, model_input: np.ndarray, names: list[str], grad: str = "in
 
     with torch.inference_mode() if grad == "inference" else torch.no_grad():
         return {n: t.numpy() for n, t in zip(names, module(torch.from_numpy(model_input)))}
-
 
 def one_pass(image: h.Image, module, meta) -> tuple[dict[str, float], dict]:
     """The pipeline once, in process: seconds per stage, and what it saw."""
@@ -77,14 +74,12 @@ def one_pass(image: h.Image, module, meta) -> tuple[dict[str, float], dict]:
             {"original_size": [height, width], "model_input_size": [new_h, new_w],
              "detections": len(det), "model_input": model_input})
 
-
 def profile_image(image: h.Image, module, meta, repeats: int, warmup: int) -> dict:
     """Median ms of each stage for one image."""
     runs = [one_pass(image, module, meta) for _ in range(warmup + repeats)][warmup:]
     medians = {s: h.summary([r[0][s] for r in runs])["median_ms"] for s in STAGES}
     return {**runs[-1][1], "median_ms": medians, "sum_ms": sum(medians.values()),
             "samples_ms": {s: [r[0][s] * 1000 for r in runs] for s in STAGES}}
-
 
 async def served(server, images: list[h.Image], module, meta, repeats: int, warmup: int) -> dict:
     """Per iteration, order rotated: the pipeline in process (server idle), pipeline_bls
@@ -140,7 +135,6 @@ async def served(server, images: list[h.Image], module, meta, repeats: int, warm
         await client.close()
     return results
 
-
 def compare_outputs(reference: dict, other: dict, meta) -> dict:
     """Max |difference| per output field, and identical / within tolerance / DIFFERENT."""
     from export.verify import TOLERANCES
@@ -152,7 +146,6 @@ def compare_outputs(reference: dict, other: dict, meta) -> dict:
             np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) if a.size else 0.0)
     return {"max_abs": worst, "verdict": "identical" if not any(worst.values()) else
             "within tolerance" if all(d <= TOLERANCES[k] for k, d in worst.items()) else "DIFFERENT"}
-
 
 def bench_variants(path: Path, meta, model_input: np.ndarray, threads: list[int], repeats: int,
                    warmup: int) -> dict:
@@ -203,7 +196,6 @@ def bench_variants(path: Path, meta, model_input: np.ndarray, threads: list[int]
                         "samples_ms": s["samples_ms"], "build_and_warmup_s": r["build_and_warmup_s"],
                         "outputs": compare_outputs(results[baseline]["first"], r["last"], meta)}
     return {"baseline": baseline, "variants": report, "model_input_size": list(model_input.shape[1:])}
-
 
 def main(argv: list[str] | None = None) -> int:
     p = h.parser("benchmarks.stages", __doc__, "repository", "size", "image", "generated", "json")
@@ -282,7 +274,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nload average at end: {h.loadavg()}")
     h.write_json(args.json, report)
     return 0
-
 
 if __name__ == "__main__":
     h.run_main(main)

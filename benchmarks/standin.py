@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 def blob_masks(n: int, m: int, rng: np.random.Generator) -> np.ndarray:
     """float32 [n, m, m] in [0, 1]: 1-3 smooth Gaussian blobs each plus a little noise."""
     yy, xx = np.meshgrid(*[(np.arange(m, dtype=np.float32) + 0.5) / m] * 2, indexing="ij")
@@ -24,7 +23,6 @@ def blob_masks(n: int, m: int, rng: np.random.Generator) -> np.ndarray:
             p += rng.uniform(0.6, 1.0) * np.exp(-((yy - cy) ** 2 / (2 * sy ** 2) + (xx - cx) ** 2 / (2 * sx ** 2)))
         masks[i] = np.clip(p + rng.normal(0, 0.02, (m, m)).astype(np.float32), 0, 1)
     return masks
-
 
 def synthetic_outputs(n: int, height: int, width: int, m: int | None, num_classes: int = 91,
                       seed: int = 0) -> dict[str, np.ndarray]:
@@ -42,7 +40,6 @@ def synthetic_outputs(n: int, height: int, width: int, m: int | None, num_classe
     return out | {"scores": np.sort(rng.uniform(0.5, 1.0, n).astype(np.float32))[::-1].copy(),
                   "image_size": np.array([height, width], np.int64)}
 
-
 class StandIn:
     """Outputs by contract name for an input size, cached (it costs nothing but its latency)."""
 
@@ -55,7 +52,6 @@ class StandIn:
             fields = synthetic_outputs(n, height, width, m, classes)
             self._cache[height, width] = [fields[name.rsplit("__", 1)[0]] for name in self.names]
         return dict(zip(self.names, self._cache[height, width]))
-
 
 class TritonPythonModel:
     """mask_rcnn/1/model.py of a stand-in repository: answers after ``latency_ms``."""
@@ -80,7 +76,6 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(k, v) for k, v in outputs.items()]))
         return responses
 
-
 def metadata(mask_resolution: int | None, min_size: int = 800, max_size: int = 1333):
     """ModelMetadata of torchvision's Mask R-CNN (COCO names, RGB) with this mask size."""
     from bls.metadata import ModelMetadata
@@ -91,12 +86,10 @@ def metadata(mask_resolution: int | None, min_size: int = 800, max_size: int = 1
                          category_ids=tuple(range(len(COCO_CATEGORIES))),
                          weights="none: benchmarks/standin.py answers synthetic detections")
 
-
 def make_repository(repository: Path, detections: int, mask_resolution: int | None, min_size: int = 800,
                     max_size: int = 1333, latency_ms: float = 0.0) -> Path:
     """Assemble ``repository`` with the stand-in as mask_rcnn (embedded config)."""
     import torch
-
     from export.repository import VERSION, assemble
     from export.torchscript import save
 
@@ -116,13 +109,11 @@ def make_repository(repository: Path, detections: int, mask_resolution: int | No
     configure(repository, latency_ms, detections)
     return repository
 
-
 def configure(repository: Path, latency_ms: float, detections: int) -> None:
     """Set the stand-in's latency and detection count in its embedded config (the file is
     replaced, so a hard-linked copy's source stays as it was)."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
-
     from export.repository import EMBEDDED_CONFIG
 
     if latency_ms < 0 or detections < 0:

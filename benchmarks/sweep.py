@@ -45,7 +45,6 @@ SPEC = re.compile(r"^(?P<m>\d+)x(?P<t>\d+)(?::(?P<b>\d+))?(?P<extra>(?:,[a-z]+=\
 KEYS = {"workers": "worker_threads", "delay": "delay_us", "batch": "max_batch_size", "stages": "stage_instances"}
 Target = namedtuple("Target", "name model inputs")  # inputs: one list of InferInput per image
 
-
 @dataclass(frozen=True)
 class SweepConfig:
     spec: str
@@ -84,7 +83,6 @@ class SweepConfig:
                             *(a for k, v in o.given().items() for a in ("--" + k.replace("_", "-"), str(v)))])
                 for model, o in self.tunings()]
 
-
 def parse_config(text: str) -> SweepConfig:
     """``MxT[:B][,key=value...]`` -> SweepConfig; ValueError naming what is wrong."""
     match = SPEC.match(spec := text.strip().replace(" ", ""))
@@ -100,7 +98,6 @@ def parse_config(text: str) -> SweepConfig:
         raise ValueError(f"configuration {text!r}: instance counts must be at least 1")
     return config
 
-
 # One point: throughput = answered images / s; server_cpu_util = server CPU s / wall s (1.0: one core);
 # compute_ms: in-process compute just before (stand-in); paired_c1: paired_latency() at concurrency 1;
 # cpu_ms_per_image: by server process and "client"; breakdown: statistics_delta by model, stage_means.
@@ -109,7 +106,6 @@ Point = make_dataclass("Point", (
     "server_cpu_ms_per_image server_cpu_util client_cpu_util loadavg_1m").split() + [
     ("compute_ms", float, field(default=float("nan"))), ("latencies_ms", list, field(default_factory=list))] + [
     (k, dict, field(default_factory=dict)) for k in ("paired_c1", "cpu_ms_per_image", "breakdown", "error_messages")])
-
 
 def row(p: Point) -> dict:
     """A point as one CSV row: its figures flattened."""
@@ -122,11 +118,9 @@ def row(p: Point) -> dict:
                 | ({f"{model}_batch": round(v["batch"], 2)} if model == PIPELINE_NAME else {}))
     return out
 
-
 def process_cpu_seconds(server) -> dict[str, float]:
     """CPU seconds of the server's live processes, by model (a stub) or name."""
     return {p["name"].removeprefix("stub:"): p["cpu_s"] for p in h.processes(server)}
-
 
 async def measure_config(server, config: SweepConfig, targets: list[Target], args, compute=None) -> list[Point]:
     """Warm-up (every image on every instance), then per concurrency and target one closed loop;
@@ -176,14 +170,12 @@ async def measure_config(server, config: SweepConfig, targets: list[Target], arg
         await client.close()
     return points
 
-
 class InProcessCompute:
     """pipeline_bls's own work per image here, one thread: prepare and finish around the
     stand-in's outputs. Called: medians of ``repeats`` per image, ms, and "rate" (img/s, one core)."""
 
     def __init__(self, images: list[h.Image], meta, detections: int, repeats: int):
         import cv2
-
         from benchmarks.standin import StandIn
         from bls.memory import keep_freed_memory
         from bls.request import RequestOptions
@@ -211,7 +203,6 @@ class InProcessCompute:
         mean_ms = float(np.mean([r["total_ms"] for r in per_image.values()]))
         return {"per_image": per_image, "mean_ms": mean_ms, "rate": 1000 / mean_ms, "repeats": self.repeats}
 
-
 async def paired_latency(client, t: Target, compute: InProcessCompute, n: int, timeout: float) -> dict:
     """Concurrency 1, paired: per iteration the in-process compute, then the served request;
     medians of served, compute and their difference (the machine's drift hits both alike)."""
@@ -224,12 +215,10 @@ async def paired_latency(client, t: Target, compute: InProcessCompute, n: int, t
     return {"pairs": n, "served_ms": float(np.median(served)), "compute_ms": float(np.median(work)),
             "over_ms": float(np.median(served - work))}
 
-
 def ideal_throughput(config: SweepConfig, concurrency: int, cores: int, rate: float) -> float:
     """min(concurrency, cores) x the in-process rate, at most stand-in instances / latency."""
     ideal = min(concurrency, cores) * rate
     return min(ideal, config.rcnn_instances * 1000 / config.standin_ms) if config.standin_ms else ideal
-
 
 def print_efficiency(points: list[Point], configs: list[SweepConfig], cores: int, compute: dict) -> dict:
     print(f"\n== In process, one thread: prepare + finish per image, median of {compute['repeats']}, ms")
@@ -266,7 +255,6 @@ def print_efficiency(points: list[Point], configs: list[SweepConfig], cores: int
             p.cpu_ms_per_image.items(), key=lambda kv: -kv[1]) if v >= 0.05) + f"; compute {p.compute_ms:.1f}")
     return {"in_process": compute, "efficiency": report}
 
-
 def recommend_per_instance(points: list[Point], configs: list[SweepConfig], budget_ms) -> list[dict]:
     """Per stand-in latency: pipeline_bls instances and worker_threads per mask_rcnn instance."""
     out = []
@@ -289,7 +277,6 @@ def recommend_per_instance(points: list[Point], configs: list[SweepConfig], budg
           "build/sweep/sweep.json --model-latency-ms MS")
     return out
 
-
 def recommend(points: list[Point], budget_ms: float | None) -> tuple[Point | None, str]:
     """Best pipeline_bls throughput with no errors and p99 within the budget."""
     bls = [p for p in points if p.target == "bls" and p.errors == 0 and p.answered]
@@ -300,7 +287,6 @@ def recommend(points: list[Point], budget_ms: float | None) -> tuple[Point | Non
         return None, (f"no pipeline_bls point has p99 <= {budget_ms:.0f} ms; the lowest p99 is {best.p99_ms:.0f} ms "
                       f"({best.config}, concurrency {best.concurrency})")
     return max(fits, key=lambda p: (p.throughput, -p.p99_ms)), ""
-
 
 def path_times(point: Point) -> dict[str, float]:
     """Per image, server side, ms: entry queue, Python stages, mask_rcnn queue and compute
@@ -317,7 +303,6 @@ def path_times(point: Point) -> dict[str, float]:
         pre, post = b[PREPROCESS_NAME], b[POSTPROCESS_NAME]
         out |= {"python": pre["compute_ms"] + post["compute_ms"], "entry_queue": pre["queue_ms"] + post["queue_ms"]}
     return out | {"server": sum(out.get(k, 0.0) for k in ("rcnn_queue", "rcnn_compute", "python", "entry_queue"))}
-
 
 def explain(bls: Point, ens: Point, bare: Point | None) -> str:
     """One line on where the difference between pipeline_bls and the ensemble comes from."""
@@ -337,7 +322,6 @@ def explain(bls: Point, ens: Point, bare: Point | None) -> str:
     if bare is not None and bare.throughput:
         parts.append(f"bare model {bare.throughput:.2f} img/s (bls at {bls.throughput / bare.throughput:.0%} of it)")
     return "; ".join(parts)
-
 
 def print_results(points: list[Point], configs: list[SweepConfig], concurrency, budget_ms, repository: str) -> dict:
     print("\n== Sweep: closed-loop gRPC (asyncio), per point: throughput = answered / wall time; latency per "
@@ -390,7 +374,6 @@ def print_results(points: list[Point], configs: list[SweepConfig], concurrency, 
         "config": best.config, "spec": best.spec, "concurrency": best.concurrency, "throughput": best.throughput,
         "p99_ms": best.p99_ms, "tune_commands": commands}}
 
-
 def plot(points: list[Point], configs: list[SweepConfig], path: Path, title: str, budget_ms) -> None:
     """Throughput and p99 against concurrency: colour = configuration, line style = target."""
     import matplotlib
@@ -419,7 +402,6 @@ def plot(points: list[Point], configs: list[SweepConfig], path: Path, title: str
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
 
 def parse_args(argv):
     p = h.parser("benchmarks.sweep", __doc__, "repository", "size", "image", "generated")
@@ -463,17 +445,14 @@ def parse_args(argv):
         p.error(f"--targets: unknown {sorted(set(args.target_names) - set(TARGETS))}; choose from {', '.join(TARGETS)}")
     return args
 
-
 def link_or_copy(src, dst):
     try:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
 
-
 def main(argv: list[str] | None = None) -> int:
     import tritonclient.grpc as grpcclient
-
     from benchmarks import standin
     from bls.pipeline import prepare
     from client.server import ServerFailed
@@ -550,7 +529,6 @@ def main(argv: list[str] | None = None) -> int:
         written.append(args.out / "sweep.png")
     print("written: " + ", ".join(str(p) for p in written))
     return 1 if failures or not points else 0
-
 
 if __name__ == "__main__":
     h.run_main(main)
