@@ -12,8 +12,6 @@ over the bound must be refused naming it. Figures: docs/answers.md.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -74,31 +72,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocol", action="append", choices=PROTOCOLS, help="repeatable; default: all")
     args = h.parse(p, argv)
     args.min_size, args.max_size = 256, 384  # the answer's size does not depend on them
-    _, info = h.begin("benchmarks.answers", argv)
-    scratch = Path(tempfile.mkdtemp(prefix="bench-answers-"))
-    try:
-        source = h.prepare_repository(args, scratch, ["--detections", str(args.detections),
-                                                      "--proposals", "200"])
-        repo = assemble(h.model_file(source.path), scratch / "served", {PIPELINE_NAME: (
+    with h.session("benchmarks.answers", argv, args, ["--detections", str(args.detections), "--proposals",
+                                                      "200"]) as run:
+        repo = assemble(h.model_file(run.repo.path), run.scratch / "served", {PIPELINE_NAME: (
             f'parameters {{ key: "max_answer_bytes" value {{ string_value: "{args.max_answer_bytes}" }} }} '
             'parameters { key: "monitoring_policy" value { string_value: "" } }')})
         data, height, width = image_for(args.max_answer_bytes, args.detections)
         parameters = {"mask_format": "dense", "score_threshold": 0.0, "max_detections": args.detections}
-        print(f"answer: {args.detections} dense masks of {height}x{width} "
-              f"({h.fmt_bytes(args.detections * height * width)}), bound {h.fmt_bytes(args.max_answer_bytes)}")
+        print(f"answer: {args.detections} dense masks of {height}x{width} ({h.fmt_bytes(args.detections * height * width)}"
+              f"), bound {h.fmt_bytes(args.max_answer_bytes)}")
         results = {}
         for protocol in args.protocol or PROTOCOLS:
-            results[protocol] = measure(repo, protocol, data, parameters, scratch / "server.log")
+            results[protocol] = measure(repo, protocol, data, parameters, run.scratch / "server.log")
             print(f"  {protocol}: done in {results[protocol]['seconds']:.1f} s", flush=True)
         over = image_for(args.max_answer_bytes + args.detections * (width + 64) * 2, args.detections)[0]
-        with h.serve(repo, scratch / "server.log") as server:
+        with h.serve(repo, run.scratch / "server.log") as server:
             try:
-                infer(server, "grpc", over, parameters)
-                refusal = "ANSWERED (not refused)"
+                refusal = "ANSWERED (not refused)" if infer(server, "grpc", over, parameters) else ""
             except InferenceServerException as e:
                 refusal = f"{e.status()}: {e.message()}"
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     print(f"\n== peak memory for one answer just under max_answer_bytes = "
           f"{args.max_answer_bytes:,} ({h.fmt_bytes(args.max_answer_bytes)})")
     print(h.table(["protocol", "masks", "answer", "on the wire", "tritonserver peak +", "x answer",
@@ -111,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  tritonserver RSS before the answer: "
           f"{h.fmt_bytes(max(r['server_rss_before'] for r in results.values()))}")
     print(f"  one row over the bound: {refusal}")
-    h.write_json(args.json, {"machine": info, "max_answer_bytes": args.max_answer_bytes,
+    h.write_json(args.json, {"machine": run.machine, "max_answer_bytes": args.max_answer_bytes,
                              "results": results, "over_bound": refusal})
     ok = "max_answer_bytes" in refusal and all(r["masks_shape"][0] >= 1 for r in results.values())
     print(f"bound enforced and answers served: {'yes' if ok else 'NO'}")

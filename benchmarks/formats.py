@@ -11,17 +11,13 @@ over max_answer_bytes is reported as refused. Figures: docs/answers.md.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
-
 import numpy as np
 
 from benchmarks import harness as h
 from bls.contract import PIPELINE_NAME
 
-FORMATS = (("rle", {}), ("dense", {}), ("box", {}), ("polygon", {}),
-           ("polygon", {"polygon_tolerance": 1.0}))
+FORMATS = (("rle", {}), ("dense", {}), ("box", {}), ("polygon", {}), ("polygon", {"polygon_tolerance": 1.0}))
+EXACT = ("rle", "dense", "box", "polygon")  # must decode to the RLE masks
 
 def measure(server, image: h.Image, formats=FORMATS, base: dict | None = None) -> dict:
     """Format label -> detections, image size, gRPC bytes and ms, HTTP bytes, IoUs against RLE;
@@ -61,32 +57,18 @@ def measure(server, image: h.Image, formats=FORMATS, base: dict | None = None) -
 def main(argv: list[str] | None = None) -> int:
     p = h.parser("benchmarks.formats", __doc__, "image", "repository", "size", "json")
     args = h.parse(p, argv)
-    _, info = h.begin("benchmarks.formats", argv)
-    images = h.images(args.image)
-    scratch = Path(tempfile.mkdtemp(prefix="bench-formats-"))
-    try:
-        repo = h.prepare_repository(args, scratch)
-        with h.serve(repo.path) as server:
-            report = {image.name: measure(server, image) for image in images}
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    ok = True
+    with h.session("benchmarks.formats", argv, args) as run, h.serve(run.repo.path) as server:
+        report = {image.name: measure(server, image) for image in h.images(args.image)}
+    ok = all(r.get("pixels_differ", 0) == 0 for rows in report.values() for f, r in rows.items() if f in EXACT)
     for name, rows in report.items():
-        print(f"\n== {name}")
-        lines = []
-        for fmt, r in rows.items():
-            if "refused" in r:
-                lines.append([fmt, "refused", "", "", "", "", "", r["refused"][:100]])
-                continue
-            ok = ok and (r["pixels_differ"] == 0 or fmt not in ("rle", "dense", "box", "polygon"))
-            lines.append([fmt, r["detections"], h.fmt_bytes(r["grpc_bytes"]), h.fmt_bytes(r["http_bytes"]),
-                          f"{r['grpc_ms']:.0f}", f"{r['min_iou']:.4f}", f"{r['pooled_iou']:.4f}",
-                          r["pixels_differ"]])
-        print(h.table(["format", "dets", "gRPC answer", "HTTP body", "gRPC ms", "min mask IoU vs rle",
-                       "all masks' IoU", "pixels differing"], lines))
-    print("\n  dense, box and polygon must equal the RLE masks (0 pixels differing); a "
-          "simplified polygon only approaches them")
-    h.write_json(args.json, {"machine": info, "images": report})
+        print(f"\n== {name}\n" + h.table(["format", "dets", "gRPC answer", "HTTP body", "gRPC ms", "min mask IoU vs rle",
+                                          "all masks' IoU", "pixels differing"], [
+            [fmt, "refused", "", "", "", "", "", r["refused"][:100]] if "refused" in r else
+            [fmt, r["detections"], h.fmt_bytes(r["grpc_bytes"]), h.fmt_bytes(r["http_bytes"]), f"{r['grpc_ms']:.0f}",
+             f"{r['min_iou']:.4f}", f"{r['pooled_iou']:.4f}", r["pixels_differ"]] for fmt, r in rows.items()]))
+    print("\n  dense, box and polygon must equal the RLE masks (0 pixels differing); a simplified polygon only "
+          "approaches them")
+    h.write_json(args.json, {"machine": run.machine, "images": report})
     print(f"dense, box and polygon identical to rle: {'yes' if ok else 'NO'}")
     return 0 if ok else 1
 

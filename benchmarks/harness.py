@@ -9,14 +9,17 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -120,29 +123,22 @@ def run_main(main) -> None:
         print(f"\ninterrupted ({e or 'Ctrl-C'}); server stopped", file=sys.stderr)
         sys.exit(130)
 
-@dataclass
-class Repository:
-    path: Path
-    meta: object  # bls.metadata.ModelMetadata
-    exported: bool
-    export_s: float = 0.0
-    notes: list[str] = field(default_factory=list)
-
 def model_file(repo: Path) -> Path:
     from export.repository import VERSION
     from export.torchscript import MODEL_FILENAME
 
     return repo / MODEL_NAME / VERSION / MODEL_FILENAME
 
-def prepare_repository(args, scratch: Path, export_args=()) -> Repository:
-    """--repository with an exported model: use it. Else `python -m export torchvision` (seeded,
-    --min-size/--max-size, ``export_args``) into --repository or ``scratch``."""
+def prepare_repository(args, scratch: Path, export_args=()) -> SimpleNamespace:
+    """--repository with an exported model: used as it is. Else `python -m export torchvision` (seeded,
+    --min-size/--max-size, ``export_args``) into --repository or ``scratch``. -> path, meta
+    (ModelMetadata), exported, export_s, notes."""
     from export.torchscript import read_metadata
 
     repo = args.repository
     if repo is not None and model_file(repo).is_file():
         meta = read_metadata(model_file(repo))
-        return Repository(repo.resolve(), meta, False, notes=[
+        return SimpleNamespace(path=repo.resolve(), meta=meta, exported=False, export_s=0.0, notes=[
             f"{name} {wanted} ignored: the repository's model was exported with {got}" for name, wanted, got in (
                 ("--min-size", args.min_size, meta.min_size), ("--max-size", args.max_size, meta.max_size))
             if wanted is not None and wanted != got])
@@ -156,7 +152,20 @@ def prepare_repository(args, scratch: Path, export_args=()) -> Repository:
     seconds, done = timed(subprocess.run, command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if done.returncode != 0:
         raise SystemExit(f"export failed (status {done.returncode}):\n{done.stdout[-4000:]}")
-    return Repository(target.resolve(), read_metadata(model_file(target)), True, seconds)
+    return SimpleNamespace(path=target.resolve(), meta=read_metadata(model_file(target)), exported=True,
+                           export_s=seconds, notes=[])
+
+@contextmanager
+def session(module: str, argv, args=None, export_args=()):
+    """begin(), then a scratch folder (removed at the end) and, given ``args``, prepare_repository().
+    -> namespace: command, machine, scratch, repo."""
+    command, machine = begin(module, argv)
+    scratch = Path(tempfile.mkdtemp(prefix=f"bench-{module.rsplit('.', 1)[-1]}-"))
+    try:
+        yield SimpleNamespace(command=command, machine=machine, scratch=scratch, repo=None if args is None else
+                              prepare_repository(args, scratch, export_args))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 @contextmanager
 def serve(repository: Path, log: Path | None = None):

@@ -13,9 +13,7 @@ import hashlib
 import json
 import os
 import pickle
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import astuple, dataclass
@@ -162,7 +160,7 @@ async def run(server, images: list[h.Image], sets: list[dict], args) -> dict:
         await http.close()
     return state
 
-def summarise(r: dict, images: list[h.Image], sets: list[dict], repo: h.Repository, args) -> dict:
+def summarise(r: dict, images: list[h.Image], sets: list[dict], repo, args) -> dict:
     n_grpc, before = (args.concurrency + 1) // 2, r.get("before")
     lat, errors = {p: [] for p in PROTOCOLS}, {p: Counter() for p in PROTOCOLS}
     for loop in r["loops"]:
@@ -262,23 +260,19 @@ def main(argv: list[str] | None = None) -> int:
                              "need --requests >= 1 and --concurrency >= 2 (one per protocol at least)"),
                    (lambda a: a.warmup < 0 or a.dense_every < 0 or a.sample_every <= 0 or a.max_seconds <= 0,
                     "need --warmup >= 0, --dense-every >= 0, --sample-every > 0, --max-seconds > 0"))
-    command, machine = h.begin("benchmarks.load", argv)
-    print(f"date: {(started := time.strftime('%Y-%m-%d %H:%M:%S %Z'))}", flush=True)
-    images = [h.Image(f"{name} (generated)", h.scene(w, hh, 10 + i, ext, gray))
-              for i, (name, w, hh, ext, gray) in enumerate(GENERATED)] + h.images(args.image, (), ())
-    sets = [dict(s) for s in (*PARAMETER_SETS, DENSE_PARAMETERS)]
-    scratch = Path(tempfile.mkdtemp(prefix="bench-load-"))
-    try:
-        repo = h.prepare_repository(args, scratch, [
-            "--proposals", str(args.proposals), "--detections", str(args.detections), "--set",
-            f'mask_rcnn=parameters {{ key: "intra_op_threads" value {{ string_value: "{args.intra_op_threads}" }} }}'])
-        with h.serve(repo.path, scratch / "triton.log") as server:
+    export = ["--proposals", str(args.proposals), "--detections", str(args.detections), "--set", 'mask_rcnn='
+              f'parameters {{ key: "intra_op_threads" value {{ string_value: "{args.intra_op_threads}" }} }}']
+    with h.session("benchmarks.load", argv, args, export) as session:
+        print(f"date: {(started := time.strftime('%Y-%m-%d %H:%M:%S %Z'))}", flush=True)
+        images = [h.Image(f"{name} (generated)", h.scene(w, hh, 10 + i, ext, gray))
+                  for i, (name, w, hh, ext, gray) in enumerate(GENERATED)] + h.images(args.image, (), ())
+        sets = [dict(s) for s in (*PARAMETER_SETS, DENSE_PARAMETERS)]
+        with h.serve(session.repo.path, session.scratch / "triton.log") as server:
             print(f"sending {args.requests} requests ({args.warmup} warm-up) ...", flush=True)
-            report = summarise(asyncio.run(run(server, images, sets, args)), images, sets, repo, args)
+            report = summarise(asyncio.run(run(server, images, sets, args)), images, sets, session.repo, args)
             pid = server.pid
         leftover = shm_usage(pid)  # what the stopped server left in /dev/shm
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    command, machine = session.command, session.machine
     report = {"command": command, "date": started, "ended": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine,
               "server_pid": pid, **report, "targets": {"failures": FAILURES_TARGET, "growth_lt": GROWTH_TARGET},
               "loadavg_end": os.getloadavg(), "shm_left_after_stop": leftover}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -117,14 +116,14 @@ def run(server, images: list[h.Image], args) -> dict:
                 "paired_median": h.paired(samples[PIPELINE_NAME], samples[UNMONITORED]),
                 "answers_equal": all(np.array_equal(answers[PIPELINE_NAME][n], v) for n, v in answers[UNMONITORED].items()),
                 "detections": int(answers[UNMONITORED]["scores"].shape[-1])}
-        if args.concurrency:
-            report["concurrent"] = asyncio.run(concurrent(server, images[0], args.concurrency, args.concurrent_requests))
         deadline = time.monotonic() + 60
         while args.hang_s is None and time.monotonic() < deadline:  # a hung monitoring answers no stats either
             if (events := monitoring_events(client)) >= sent:
                 break
             time.sleep(0.5)
         report["events_recorded"] = events if args.hang_s is None else None
+        if args.concurrency:
+            report["concurrent"] = asyncio.run(concurrent(server, images[0], args.concurrency, args.concurrent_requests))
     samples = scrape(server.metrics_url)
     return report | {"events_sent": sent, "event_outcomes": {o: value(samples, "pipeline_monitoring_calls_total",
                      outcome=o) for o in ("ok", "failed", "timeout", "dropped", "abandoned")}}
@@ -140,18 +139,14 @@ def main(argv: list[str] | None = None) -> int:
                              or (a.hang_s is not None and a.hang_s <= 0), "need --iterations >= 1, --warmup >= 0, --concurrency >= 0, "
                                                       "--concurrent-requests >= 2, --hang-s > 0"))
     hung, target = args.hang_s is not None, HUNG_TARGET if args.hang_s is not None else TARGET
-    _, info = h.begin("benchmarks.monitoring", argv)
-    images, scratch = h.images(args.image), Path(tempfile.mkdtemp(prefix="bench-monitoring-"))
-    try:
-        source = h.prepare_repository(args, scratch)
-        repo = build_repository(h.model_file(source.path), scratch / "repository", scratch / "capture", args.hang_s)
-        print(f"model: {source.meta.source}, input shortest edge {source.meta.min_size}, longest <= "
-              f"{source.meta.max_size}; policy for {PIPELINE_NAME}: {json.dumps(HUNG_POLICY if hung else POLICY)}"
+    with h.session("benchmarks.monitoring", argv, args) as ctx:
+        repo = build_repository(h.model_file(ctx.repo.path), ctx.scratch / "repository", ctx.scratch / "capture",
+                                args.hang_s)
+        print(f"model: {ctx.repo.meta.source}, input shortest edge {ctx.repo.meta.min_size}, longest <= "
+              f"{ctx.repo.meta.max_size}; policy for {PIPELINE_NAME}: {json.dumps(HUNG_POLICY if hung else POLICY)}"
               + (f"; monitoring takes {args.hang_s:g} s per event" if hung else ""))
         with h.serve(repo) as server:
-            report = run(server, images, args)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+            report = run(server, images := h.images(args.image), args)
     passed = {name: abs(r["paired_median"]) <= target and r["answers_equal"] for name, r in report["images"].items()}
     print(f"\n== pipeline_bls with monitoring on every request vs off ({args.iterations} interleaved iterations after "
           f"{args.warmup} warm-up, sequential gRPC; the goal on 'paired': the median of on/off - 1 per iteration)")
@@ -174,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{h.verdict(abs(c['difference_median']) <= target)}")
     print("  pipeline_bls's event outcomes (pipeline_monitoring_calls_total): "
           + ", ".join(f"{k} {v:.0f}" for k, v in report["event_outcomes"].items()))
-    h.write_json(args.json, {"machine": info, **report})
+    h.write_json(args.json, {"machine": ctx.machine, **report})
     print(f"goal: {h.verdict(ok)}")
     return 0
 

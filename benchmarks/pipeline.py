@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
@@ -158,7 +155,7 @@ def bench_latency(server, meta, images, args) -> tuple[dict, str]:
                                    "pass": overhead[PIPELINE_NAME]["median"] <= OVERHEAD_TARGET}
     return results, info
 
-def print_latency(results: dict, repo: h.Repository, args, server_info: str) -> None:
+def print_latency(results: dict, repo, args, server_info: str) -> None:
     meta = repo.meta
     print(f"\n== 1. Server latency: sequential gRPC requests, {args.iterations} timed iteration(s) after "
           f"{args.warmup} warm-up, targets interleaved (order rotated each iteration)\n  model: {meta.source}, "
@@ -191,25 +188,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mask-repeats", type=int, default=15, help="repetitions per path in section 2 (default 15)")
     args = h.parse(p, argv, (lambda a: a.iterations < 1 or a.warmup < 0 or a.mask_repeats < 1,
                              "need --iterations >= 1, --warmup >= 0, --mask-repeats >= 1"))
-    command, machine = h.begin("benchmarks.pipeline", argv)
-    report = {"command": command, "machine": machine, "targets": {
-        "overhead_max": OVERHEAD_TARGET, "mask_speedup_min": MASK_SPEEDUP_TARGET, "bytes_ratio_min": BYTES_RATIO_TARGET}}
     verdicts, server_bytes = [], None
-    if not args.skip_server:
-        images, scratch = h.images(args.image), Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-        try:
-            repo = h.prepare_repository(args, scratch)
-            with h.serve(repo.path, scratch / "triton.log") as server:
-                latency, info = bench_latency(server, repo.meta, images, args)
+    with h.session("benchmarks.pipeline", argv, None if args.skip_server else args) as run:
+        report = {"command": run.command, "machine": run.machine, "targets": {"overhead_max": OVERHEAD_TARGET,
+                  "mask_speedup_min": MASK_SPEEDUP_TARGET, "bytes_ratio_min": BYTES_RATIO_TARGET}}
+        if repo := run.repo:
+            with h.serve(repo.path, run.scratch / "triton.log") as server:
+                latency, info = bench_latency(server, repo.meta, images := h.images(args.image), args)
                 print_latency(latency, repo, args, info)
                 server_bytes = {"image": images[0].name} | measure(server, images[0], (("rle", {}), ("dense", {})), {})
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        verdicts += [r["pass"] for r in latency.values()]
-        report["server"] = {"repository": str(repo.path), "exported": repo.exported, "export_s": repo.export_s,
-                            "notes": repo.notes, "min_size": repo.meta.min_size, "max_size": repo.meta.max_size,
-                            "iterations": args.iterations, "warmup": args.warmup, "server_info": info,
-                            "score_threshold": args.score_threshold, "latency": latency, "response_bytes": server_bytes}
+            verdicts += [r["pass"] for r in latency.values()]
+            report["server"] = {"repository": str(repo.path), "exported": repo.exported, "export_s": repo.export_s,
+                                "notes": repo.notes, "min_size": repo.meta.min_size, "max_size": repo.meta.max_size,
+                                "iterations": args.iterations, "warmup": args.warmup, "server_info": info,
+                                "score_threshold": args.score_threshold, "latency": latency,
+                                "response_bytes": server_bytes}
     print_masks(masks := bench_masks(args.mask_repeats))
     print_bytes(computed := computed_bytes(), server_bytes)
     verdicts += [masks["1920x1080"]["speedup_rle"] >= MASK_SPEEDUP_TARGET]

@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -207,69 +205,48 @@ def main(argv: list[str] | None = None) -> int:
     args = h.parse(p, argv, (lambda a: a.repeats < 1 or a.warmup < 0, "need --repeats >= 1 and --warmup >= 0"),
                    (lambda a: not all(v.strip().isdigit() and int(v) >= 1 for v in a.threads.split(",")
                                       if v.strip()), f"--threads: expected comma-separated counts >= 1"))
-    command, machine = h.begin("benchmarks.stages", argv)
-    images = h.images(args.image, args.generated, ("640x480", "3361x2521"))
-    threads = [int(v) for v in args.threads.split(",") if v.strip()] or list(range(1, machine["usable_cpus"] + 1))
-    report = {"command": command, "machine": machine}
-    scratch = Path(tempfile.mkdtemp(prefix="bench-stages-"))
-    try:
-        repo = h.prepare_repository(args, scratch)
-        meta, path = repo.meta, h.model_file(repo.path)
-        for note in repo.notes:
-            print(f"note: {note}")
-        print(f"model: {meta.source}, {meta.weights or 'weights ?'}, resize shortest edge "
-              f"{meta.min_size}, longest <= {meta.max_size}; {meta.extra}; file {path}", flush=True)
+    with h.session("benchmarks.stages", argv, args) as run:
+        images = h.images(args.image, args.generated, ("640x480", "3361x2521"))
+        threads = [int(v) for v in args.threads.split(",") if v.strip()] or list(range(1, run.machine["usable_cpus"] + 1))
+        meta, path, report = run.repo.meta, h.model_file(run.repo.path), {"command": run.command, "machine": run.machine}
+        print("".join(f"note: {note}\n" for note in run.repo.notes) + f"model: {meta.source}, {meta.weights or 'weights ?'}"
+              f", resize shortest edge {meta.min_size}, longest <= {meta.max_size}; {meta.extra}; file {path}", flush=True)
         module = load_module(path)
         profiles = {i.name: profile_image(i, module, meta, args.repeats, args.warmup) for i in images}
-        print(f"\n== 1. Stages in process: median ms of {args.repeats} after {args.warmup} "
-              f"warm-up (torch {machine['torch_threads']} threads, inference_mode as the runner)")
+        print(f"\n== 1. Stages in process: median ms of {args.repeats} after {args.warmup} warm-up (torch "
+              f"{run.machine['torch_threads']} threads, inference_mode as the runner; dets: kept at the export's score "
+              f"threshold {meta.score_threshold})")
         print(h.table(["image", "size->input", "dets", *STAGES.values(), "sum", "model share"], [
-            [name, "{1}x{0}->{3}x{2}".format(*p["original_size"], *p["model_input_size"]),
-             p["detections"], *(f"{p['median_ms'][s]:.1f}" for s in STAGES), f"{p['sum_ms']:.1f}",
+            [name, "{1}x{0}->{3}x{2}".format(*p["original_size"], *p["model_input_size"]), p["detections"],
+             *(f"{p['median_ms'][s]:.1f}" for s in STAGES), f"{p['sum_ms']:.1f}",
              f"{100 * p['median_ms']['model'] / p['sum_ms']:.1f} %"] for name, p in profiles.items()], 2))
-        print(f"  dets: kept at the export's score threshold {meta.score_threshold} (the "
-              f"pasted and encoded ones)")
-        report["in_process"] = {n: {k: v for k, v in p.items() if k != "model_input"}
-                                for n, p in profiles.items()}
+        report["in_process"] = {n: {k: v for k, v in p.items() if k != "model_input"} for n, p in profiles.items()}
         if not args.skip_variants:  # before the server: never both at once
-            report["variants"] = bench_variants(path, meta, profiles[images[0].name]["model_input"],
-                                                threads, args.repeats, args.warmup)
+            report["variants"] = v = bench_variants(path, meta, profiles[images[0].name]["model_input"], threads,
+                                                    args.repeats, args.warmup)
         gc.collect()
         if not args.skip_server:
-            with h.serve(repo.path, scratch / "triton.log") as server:
+            with h.serve(run.repo.path, run.scratch / "triton.log") as server:
                 report["served"] = asyncio.run(served(server, images, module, meta, args.repeats, args.warmup))
-            print(f"\n== 2. Served vs in process, paired: per iteration the pipeline in process "
-                  f"(server idle), then pipeline_bls and the bare model over sequential gRPC, "
-                  f"order rotated;\n   medians of the per-iteration values over {args.repeats} "
-                  f"iterations, ms (same repository, its own config)")
-            keys = ("served_bls", "in_process_sum", "ipc_scheduling", "share", "grpc_and_client",
-                    "bls_call_ipc", "mask_rcnn_hop", "pipeline_bls_own", "served_bare", "bare_grpc")
-            print(h.table(["image", "served bls", "in-process sum", "IPC/scheduling", "share",
-                           "gRPC+client", "BLS IPC", "mask_rcnn hop", "bls own", "served bare",
-                           "bare gRPC"], [[name] + [
-                f"{100 * r['ipc_scheduling'] / r['served_bls']:.1f} %" if k == "share" else f"{r[k]:.1f}"
-                for k in keys] for name, r in report["served"].items()]))
-            print("  the split is explained in docs/benchmarks.md (benchmarks.stages)")
-        if not args.skip_variants:
-            v = report["variants"]
-            print(f"\n== 3. Model-call variants on {images[0].name}'s model input "
-                  f"{v['model_input_size'][1]}x{v['model_input_size'][0]}: median ms of "
-                  f"{args.repeats}, interleaved, each after {args.warmup} warm-up runs")
-            rows = []
-            for name, r in v["variants"].items():
-                if "error" in r:
-                    rows.append([name, "-", "-", "-", f"FAILED: {r['error']}"])
-                    continue
-                d = r["outputs"]["max_abs"]
-                diffs = ", ".join(f"{k} {d[k]:.2g}" for k in ("boxes", "scores", "masks") if k in d)
-                rows.append([name, f"{r['median_ms']:.0f}", f"{r['min_ms']:.0f}",
-                             "baseline" if name == v["baseline"] else f"{r['vs_baseline']:+.1%}",
-                             f"{r['outputs']['verdict']} ({diffs})"])
-            print(h.table(["variant", "median ms", "min ms", "vs baseline",
-                           "outputs vs baseline's first answer (max |diff|)"], rows))
-            print("  tolerances: export/verify.py; the baseline row: its last answer against its first")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+            print(f"\n== 2. Served vs in process, paired: per iteration the pipeline in process (server idle), then "
+                  f"pipeline_bls and the bare model over sequential gRPC, order rotated;\n   medians of the "
+                  f"per-iteration values over {args.repeats} iterations, ms (docs/benchmarks.md explains the split)")
+            print(h.table(["image", "served bls", "in-process sum", "IPC/scheduling", "share", "gRPC+client", "BLS IPC",
+                           "mask_rcnn hop", "bls own", "served bare", "bare gRPC"], [[name] + [
+                f"{100 * r['ipc_scheduling'] / r['served_bls']:.1f} %" if k == "share" else f"{r[k]:.1f}" for k in (
+                    "served_bls", "in_process_sum", "ipc_scheduling", "share", "grpc_and_client", "bls_call_ipc",
+                    "mask_rcnn_hop", "pipeline_bls_own", "served_bare", "bare_grpc")]
+                for name, r in report["served"].items()]))
+    if not args.skip_variants:
+        print(f"\n== 3. Model-call variants on {images[0].name}'s model input {v['model_input_size'][1]}x"
+              f"{v['model_input_size'][0]}: median ms of {args.repeats}, interleaved, each after {args.warmup} warm-up "
+              f"runs (tolerances: export/verify.py; the baseline row: its last answer against its first)")
+        print(h.table(["variant", "median ms", "min ms", "vs baseline", "outputs vs baseline's first answer (max |diff|)"],
+                      [[name, "-", "-", "-", f"FAILED: {r['error']}"] if "error" in r else [
+                          name, f"{r['median_ms']:.0f}", f"{r['min_ms']:.0f}", "baseline" if name == v["baseline"] else
+                          f"{r['vs_baseline']:+.1%}", f"{r['outputs']['verdict']} (" + ", ".join(
+                              f"{k} {r['outputs']['max_abs'][k]:.2g}" for k in ("boxes", "scores", "masks")
+                              if k in r["outputs"]["max_abs"]) + ")"] for name, r in v["variants"].items()]))
     report["loadavg_end"] = os.getloadavg()
     print(f"\nload average at end: {h.loadavg()}")
     h.write_json(args.json, report)
