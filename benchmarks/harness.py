@@ -231,16 +231,28 @@ def tensor_input(module, name: str, array: np.ndarray):
     return tensor
 
 def http_answer(server, model: str, data: bytes, batch: bool, parameters, binary: bool = True) -> tuple[dict, int]:
-    """One request over HTTP -> (outputs by name, body bytes; with JSON outputs, the JSON text)."""
+    """One request over HTTP, binary or JSON outputs -> (outputs by name, the response body's bytes)."""
+    import http.client
     import tritonclient.http as httpclient
     from bls.contract import PIPELINE_OUTPUTS
 
-    with httpclient.InferenceServerClient(server.http_url, network_timeout=REQUEST_TIMEOUT_S,
-                                          connection_timeout=REQUEST_TIMEOUT_S) as client:
-        result = client.infer(model, [make_input(httpclient, data, batch)], parameters=parameters, outputs=[
-            httpclient.InferRequestedOutput(s.name, binary_data=binary) for s in PIPELINE_OUTPUTS])
-        size = len(result._buffer) if binary else len(json.dumps(result.get_response(), separators=(",", ":")))
-        return {s.name: result.as_numpy(s.name) for s in PIPELINE_OUTPUTS}, size
+    body, json_size = httpclient.InferenceServerClient.generate_request_body(
+        [make_input(httpclient, data, batch)], parameters=parameters,
+        outputs=[httpclient.InferRequestedOutput(s.name, binary_data=binary) for s in PIPELINE_OUTPUTS])
+    host, port = server.http_url.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=REQUEST_TIMEOUT_S)
+    try:
+        connection.request("POST", f"/v2/models/{model}/infer", body=body, headers={
+            "Content-Type": "application/octet-stream"} | ({} if json_size is None else {
+                "Inference-Header-Content-Length": str(json_size)}))
+        response = connection.getresponse()
+        content, header = response.read(), response.getheader("Inference-Header-Content-Length")
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise RuntimeError(f"HTTP {response.status} from {model}: {content[:500]!r}")
+    result = httpclient.InferenceServerClient.parse_response_body(content, header_length=header and int(header))
+    return {s.name: result.as_numpy(s.name) for s in PIPELINE_OUTPUTS}, len(content)
 
 def describe(configs: dict[str, dict]) -> str:
     """Model configs (JSON, by name) -> one line: backend, instances, torch threads, batching."""

@@ -134,16 +134,13 @@ async def served(server, images: list[h.Image], module, meta, repeats: int, warm
     return results
 
 def compare_outputs(reference: dict, other: dict, meta) -> dict:
-    """Max |difference| per output field, and identical / within tolerance / DIFFERENT."""
-    from export.verify import TOLERANCES
+    """Max |difference| per output field (export.verify.compare), and identical / within tolerance / DIFFERENT."""
+    import torch
+    from export.verify import compare
 
-    worst = {}
-    for spec in meta.outputs:
-        a, b = reference[spec.name], other[spec.name]
-        worst[spec.name.rsplit("__", 1)[0]] = (float("inf") if a.shape != b.shape else float(
-            np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) if a.size else 0.0)
-    return {"max_abs": worst, "verdict": "identical" if not any(worst.values()) else
-            "within tolerance" if all(d <= TOLERANCES[k] for k, d in worst.items()) else "DIFFERENT"}
+    diffs = compare(*([torch.from_numpy(o[s.name]) for s in meta.outputs] for o in (reference, other)), meta.outputs)
+    return {"max_abs": {d.name.rsplit("__", 1)[0]: d.max_abs for d in diffs}, "verdict": "identical" if not any(
+        d.max_abs for d in diffs) else "within tolerance" if all(d.ok for d in diffs) else "DIFFERENT"}
 
 def bench_variants(path: Path, meta, model_input: np.ndarray, threads: list[int], repeats: int,
                    warmup: int) -> dict:
