@@ -1,13 +1,8 @@
-"""python -m benchmarks.answers: the server's peak memory for the largest dense answer
-pipeline_bls allows, over HTTP JSON, HTTP binary and gRPC.
+"""python -m benchmarks.answers: the server's peak memory (tritonserver, pipeline_bls's stub, /dev/shm) for
+the largest dense answer max_answer_bytes allows, over HTTP JSON, HTTP binary and gRPC, a fresh server each;
+and a request one row over the bound must be refused. Figures: docs/answers.md.
 
-  python -m benchmarks.answers                               # default max_answer_bytes
-  python -m benchmarks.answers --max-answer-bytes 134217728  # what a raised bound costs
-
-Per protocol a fresh server answers warm-up requests, its peak RSS is reset
-(/proc/PID/clear_refs), one answer just under the bound is asked for, and the peak RSS of
-tritonserver and pipeline_bls's stub and the /dev/shm regions are read; a request one row
-over the bound must be refused naming it. Figures: docs/answers.md.
+  python -m benchmarks.answers --max-answer-bytes 134217728  # default: pipeline_bls's bound
 """
 
 from __future__ import annotations

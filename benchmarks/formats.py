@@ -1,12 +1,8 @@
-"""python -m benchmarks.formats: each mask format of pipeline_bls on real photos: the
-answer's size over gRPC and HTTP, its time, and its masks against the RLE masks.
+"""python -m benchmarks.formats: each mask format of pipeline_bls (score_threshold 0): the answer's size
+over gRPC and HTTP, its time, its masks against the RLE masks (dense, box and exact polygons must equal them).
+Figures: docs/answers.md.
 
   python -m benchmarks.formats --repository build/bench/repository --image photo.jpg
-
-Per image and format (score_threshold 0), after a warm-up, one gRPC request (its size
-and decoded masks) and one HTTP request with binary outputs (the body's size). dense, box
-and exact polygons must equal the RLE masks; a simplified polygon reports IoUs. An answer
-over max_answer_bytes is reported as refused. Figures: docs/answers.md.
 """
 
 from __future__ import annotations

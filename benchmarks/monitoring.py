@@ -1,14 +1,8 @@
-"""python -m benchmarks.monitoring: pipeline_bls latency with monitoring on every request
-against off, side by side on one server (target <= 2 %; with a hung monitoring <= 10 %).
+"""python -m benchmarks.monitoring: pipeline_bls with monitoring on every request (images captured) against
+an unmonitored copy, interleaved on one server (target <= 2 %; monitoring hung by --hang-s: <= 10 %); answers
+compared, events counted; --concurrency: also a closed loop alternating between the copies.
 
-  python -m benchmarks.monitoring --min-size 320 --max-size 533 --iterations 20
-  python -m benchmarks.monitoring --min-size 320 --max-size 533 --iterations 30 \\
-      --hang-s 30 --concurrency 4 --concurrent-requests 32    # monitoring hung 30 s/event
-
-Two copies of pipeline_bls: one sends every answer to monitoring (images captured), the
-other (pipeline_bls_unmonitored) never; sequential gRPC, interleaved, answers compared,
-events counted. --hang-s: monitoring takes that long per event; --concurrency C: also C
-clients alternating between the copies. Figures: README.md, Measured.
+  python -m benchmarks.monitoring --min-size 320 --max-size 533 --iterations 30 --hang-s 30 --concurrency 4
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
-"""python -m benchmarks.prepare: ``prepare`` (decode, resize, CHW) per image on one core,
-stage by stage, and faster candidates with their cost in pixels against the exact path
-(detectron2's: PIL's bilinear). Median of --repeats after a warm-up, one thread.
+"""python -m benchmarks.prepare: ``prepare`` (decode, resize, CHW) per image on one core, and faster candidates
+with their cost in pixels against the exact path (PIL's bilinear, detectron2's). Figures: docs/benchmarks.md.
 
   python -m benchmarks.prepare --image photo.jpg --generated 1920x1080 --save-reference ref.npz
   /tmp/psvenv/bin/python -m benchmarks.prepare --generated 1920x1080 --reference ref.npz  # Pillow-SIMD
-
-Rows: decode, resize pil, layout, prepare pil (exact), resize exact numpy, prepare torch,
-device=cpu, reduced JPEG (libjpeg DCT scaling, then PIL). "against exact": the largest
-model-input difference and the share of values that differ. Figures: docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
-"""python -m benchmarks.stages: where one request's time goes, stage by stage, and which
-model-call variants help on this CPU.
+"""python -m benchmarks.stages: 1. one request's stages in process (decode, resize, model, postprocess,
+paste + RLE, response); 2. served, paired per iteration, the remainder split (gRPC + client, BLS IPC, the
+mask_rcnn hop, pipeline_bls's own); 3. model-call variants, outputs compared. Details: docs/benchmarks.md.
 
   python -m benchmarks.stages --repository build/repository --image photo.jpg --repeats 5
-  python -m benchmarks.stages --min-size 800 --generated 640x480 --skip-server
-
-1. In process: decode, resize, model, postprocess, paste + RLE, response (medians).
-2. Served, paired per iteration: in process, pipeline_bls and the bare mask_rcnn; the
-   remainder split into gRPC + client, BLS IPC, the mask_rcnn hop and pipeline_bls's own.
-3. Model-call variants (no_grad, channels_last, freeze, optimize_for_inference, threads),
-   their outputs compared with the baseline's. The server runs after 1 and 3, alone.
-Details: docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import namedtuple
+from collections import Counter, namedtuple
 from dataclasses import asdict, dataclass, field, make_dataclass, replace
 from pathlib import Path
 
@@ -119,8 +119,11 @@ def row(p: Point) -> dict:
     return out
 
 def process_cpu_seconds(server) -> dict[str, float]:
-    """CPU seconds of the server's live processes, by model (a stub) or name."""
-    return {p["name"].removeprefix("stub:"): p["cpu_s"] for p in h.processes(server)}
+    """CPU seconds of the server's live processes, summed by model (its stubs) or name."""
+    out = Counter()
+    for p in h.processes(server):
+        out[p["name"].removeprefix("stub:")] += p["cpu_s"]
+    return out
 
 async def measure_config(server, config: SweepConfig, targets: list[Target], args, compute=None) -> list[Point]:
     """Warm-up (every image on every instance), then per concurrency and target one closed loop;
