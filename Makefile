@@ -5,10 +5,10 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# Photos to send; a folder, files, or empty for generated scenes (see client/demo.py).
+# Photos to send; a folder, files, or empty for generated scenes (see demo/walkthrough.py).
 IMAGES ?=
 # A torchvision Mask R-CNN state dict; empty: torchvision COCO weights when cached or
-# quickly downloaded, else seeded random ones (client/demo.py).
+# quickly downloaded, else seeded random ones (demo/walkthrough.py).
 CHECKPOINT ?=
 
 .PHONY: setup demo test bench clean FORCE
@@ -20,7 +20,7 @@ $(STAMP): requirements.txt envs/setup.sh $(if $(PYTHON),FORCE)
 FORCE:
 
 demo: $(STAMP)
-	$(PY) -m client.demo $(if $(IMAGES),--images $(IMAGES)) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+	$(PY) -m demo $(if $(IMAGES),--images $(IMAGES)) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
 
 test: $(STAMP)
 	$(PY) -m pytest

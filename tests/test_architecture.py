@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("bls", "server", "client", "export", "benchmarks")
+PACKAGES = ("bls", "server", "client", "export", "benchmarks", "demo")
 # bls's rooms, each allowed to import only rooms of a lower rank (and itself).
 BLS_RANKS = {"errors": 0, "contract": 1, "pipeline": 2, "backend": 2, "monitoring": 3,
              "orchestration": 4, "testing": 0}
@@ -64,6 +64,23 @@ def test_there_is_no_import_cycle():
     except graphlib.CycleError as e:
         pytest.fail(f"import cycle: {' -> '.join(e.args[1])}")
     assert "bls.contract.tensors" in order and "bls.orchestration.orchestrator" in order
+
+
+def test_the_folders_depend_on_each_other_without_a_cycle():
+    """As modules, so as folders (bls's rooms apart): client below export below demo."""
+    def folder(module: str) -> str:
+        parts = module.split(".")
+        return ".".join(parts[:2]) if parts[0] == "bls" and len(parts) > 1 else parts[0]
+
+    edges: dict[str, set[str]] = {}
+    for module, imported in import_graph().items():
+        edges.setdefault(folder(module), set()).update(
+            folder(m) for m in imported if folder(m) != folder(module))
+    try:
+        graphlib.TopologicalSorter(edges).prepare()
+    except graphlib.CycleError as e:
+        pytest.fail(f"folders in a cycle: {' -> '.join(e.args[1])}")
+    assert "export" in edges["demo"] and "client" in edges["export"]
 
 
 def test_bls_rooms_import_only_rooms_below_them():

@@ -83,7 +83,7 @@ def test_a_closed_or_slow_network_is_not_waited_for(tmp_path):
 
 def test_the_demo_keeps_a_repository_exported_with_the_same_weights(exported):
     """No COCO weights found: the session's random-weight export is kept, not redone."""
-    from client.demo import expected_weights, exported_weights
+    from demo.walkthrough import expected_weights, exported_weights
 
     assert exported_weights(exported.model_file) == expected_weights(None) == "random"
     assert expected_weights(exported.model_file.parent / GOOD_NAME) == f"checkpoint {GOOD_NAME}"

@@ -1,9 +1,9 @@
-"""python -m client.demo: export a Mask R-CNN, serve it with a real Triton server, send
+"""python -m demo: export a Mask R-CNN, serve it with a real Triton server, send
 images, show what came back.
 
-  python -m client.demo                                   # generated scenes, COCO or random weights
-  python -m client.demo --images photos/ --checkpoint maskrcnn.pth
-  python -m client.demo --weights random                  # never look for COCO weights
+  python -m demo                                   # generated scenes, COCO or random weights
+  python -m demo --images photos/ --checkpoint maskrcnn.pth
+  python -m demo --weights random                  # never look for COCO weights
 
 Weights: --checkpoint if given; else torchvision's COCO weights when they are in torch's
 hub cache or download within --download-timeout seconds (export/weights.py); else a
@@ -39,8 +39,8 @@ SCENES = ((480, 640, 1, ".jpg"), (600, 400, 2, ".png"), (360, 540, 3, ".jpg"))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Parse ``python -m client.demo``'s arguments."""
-    p = argparse.ArgumentParser(prog="python -m client.demo", description=__doc__,
+    """Parse ``python -m demo``'s arguments."""
+    p = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", nargs="+", type=Path, metavar="PATH",
                    help="image files or folders; default: 3 generated scenes in OUT/inputs")
@@ -111,7 +111,7 @@ def _terminate(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``python -m client.demo``; return the exit status."""
+    """Run ``python -m demo``; return the exit status."""
     args = parse_args(argv)
     repository, out = args.repository.resolve(), args.out.resolve()
     signal.signal(signal.SIGTERM, _terminate)
