@@ -95,7 +95,7 @@ def test_stand_in_sweep_smoke_run_and_tune_from_it(exported, tmp_path):
         compute = p["breakdown"][MODEL_NAME]["compute_ms"]
         assert (compute >= 40) if slow else (compute < 40), p
     assert report["in_process"]["rate"] > 0
-    assert len(report["efficiency"]) == len(points)
+    assert len(report["efficiency"]) == sum(p["target"] != "bare" for p in points)
     assert all(p["compute_ms"] > 0 for p in points)  # measured next to each point
     per_instance = {r["standin_ms"]: r for r in report["per_model_instance"]}
     assert set(per_instance) == {0.0, 40.0}
