@@ -23,9 +23,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from bls.backend.metrics import DURATION_METRIC, OUTCOMES, REQUESTS_METRIC, STAGES
 from bls.contract.tensors import MODEL_NAME
-from client.metrics import value
 from client.results import latency_summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -361,18 +359,6 @@ def model_statistics(response) -> dict[str, Counter]:
             executions=s.execution_count, inferences=s.inference_count)
     return out
 
-def answered(stats: dict, model: str) -> float:
-    return stats.get(model, {}).get("success", 0) + stats.get(model, {}).get("fail", 0)
-
-async def settled_statistics(client, model: str, expected: float, timeout: float = 5.0) -> dict:
-    """Triton's statistics (gRPC aio client) once they count ``expected`` requests of ``model``:
-    a request is recorded when released, which can be just after its answer."""
-    deadline = time.monotonic() + timeout
-    while answered(stats := model_statistics(await client.get_inference_statistics()), model) < expected \
-            and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    return stats
-
 def statistics_delta(before: dict, after: dict, models) -> dict[str, dict]:
     """Per model between two readings: requests, failed, executions; mean queue, compute and
     whole (success) ms per request; mean batch."""
@@ -387,15 +373,6 @@ def statistics_delta(before: dict, after: dict, models) -> dict[str, dict]:
                       "total_ms": d["success_ns"] / d["success"] / 1e6 if d["success"] else 0.0,
                       "batch": d["inferences"] / d["executions"] if d["executions"] else 0.0}
     return out
-
-def stage_means(before: dict, after: dict) -> dict[str, float]:
-    """pipeline_bls's own metrics (bls/backend/metrics.py) between two scrapes: requests, mean ms per
-    request of each stage (Triton's statistics for it end when its execute returns)."""
-    def delta(name, **labels):
-        return value(after, name, **labels) - value(before, name, **labels)
-
-    n = sum(delta(REQUESTS_METRIC, outcome=o) for o in OUTCOMES)
-    return {"requests": n} | {f"{s}_ms": delta(DURATION_METRIC, stage=s) / n / 1000 if n else 0.0 for s in STAGES}
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
