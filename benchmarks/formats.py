@@ -27,12 +27,11 @@ def measure(server, image: h.Image) -> dict:
             except grpcclient.InferenceServerException as e:
                 rows[name] = {"refused": e.message()}
                 continue
-            det = Detections.from_result(result, batch)
-            got = decode_masks(det).astype(bool)
+            got = decode_masks(Detections.from_result(result, batch)).astype(bool)
             reference = masks.setdefault("rle", got)
             union = (got | reference).sum()
             _, http_bytes = h.http_answer(server, PIPELINE_NAME, image.data, batch, params)
-            rows[name] = {"detections": len(det), "grpc_ms": seconds * 1000,
+            rows[name] = {"detections": len(got), "grpc_ms": seconds * 1000,
                           "grpc_bytes": result.get_response().ByteSize(), "http_bytes": http_bytes,
                           "pixels_differ": int((got != reference).sum()),
                           "pooled_iou": float((got & reference).sum() / union) if union else 1.0}
@@ -40,7 +39,8 @@ def measure(server, image: h.Image) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = h.parse(h.parser("benchmarks.formats", __doc__, "image", "repository", "json"), argv)
+    p = h.parser("benchmarks.formats", __doc__, "image", "repository", "size", "json")
+    args = h.parse(p, argv)
     with h.session("benchmarks.formats", argv, args) as run, h.serve(run.repo.path) as server:
         report = {image.name: measure(server, image) for image in h.images(args.image)}
     print("\n" + h.table(
