@@ -54,10 +54,12 @@ def _answer(**changes) -> Detections:
     ("masks_box", np.ones(1, np.uint8)),
     ("mask_windows", np.zeros((1, 4), np.int64)),
 ])
-def test_fingerprint_tells_any_output_apart(field, value):
-    same, other = load.fingerprint(_answer()), load.fingerprint(_answer(**{field: value}))
-    assert load.fingerprint(_answer()) == same
-    assert [k for k in same if same[k] != other[k]] == [field]
+def test_an_answer_that_differs_in_any_output_is_a_mismatch(field, value):
+    references, job = {}, load.Job(index=0, image=0, parameters=0)
+    assert load.check(references, job, _answer()) is None  # the first: the reference
+    assert load.check(references, job, _answer()) is None
+    assert load.check(references, job, _answer(**{field: value})) == \
+        f"mismatch with the first answer: {field}"
 
 
 @pytest.mark.server
@@ -79,7 +81,7 @@ def test_load_script_runs_both_protocols_without_failures(tmp_path, capsys):
         assert stats["ok"] > 0 and stats["failed"] == 0 and stats["errors"] == {}
         assert 0 < stats["p50_ms"] <= stats["p99_ms"] <= stats["max_ms"]
     assert report["concurrency"] == {"grpc": 2, "http": 2}
-    # The export took load's own options (benchmarks.pipeline.prepare_repository's
+    # The export took load's own options (benchmarks.harness.prepare_repository's
     # export_args): the runner's thread count is set in the embedded config.
     embedded = (tmp_path / "repository" / "mask_rcnn" / "configs" / "embedded.pbtxt").read_text()
     assert re.search(r'key: "intra_op_threads"\s+value \{\s+string_value: "%d"'
