@@ -253,12 +253,16 @@ def http_answer(server, model: str, data: bytes, batch: bool, parameters, binary
     return {s.name: result.as_numpy(s.name) for s in PIPELINE_OUTPUTS}, len(content)
 
 
+def rotated(items: list, i: int) -> list:
+    """``items`` rotated left by i, so that in turn each goes first (the drift hits all alike)."""
+    k = i % len(items)
+    return items[k:] + items[:k]
+
+
 def rounds(names: list, iterations: int, warmup: int, label: str):
     """Yield (timed, name), warmup + iterations rounds, order rotated each round; progress."""
-    names = list(names)
     for i in range(warmup + iterations):
-        k = i % len(names)
-        yield from ((i >= warmup, name) for name in names[k:] + names[:k])
+        yield from ((i >= warmup, name) for name in rotated(list(names), i))
         print(f"  {label}: iteration {i + 1}/{warmup + iterations}"
               f"{' (warm-up)' if i < warmup else ''}", file=sys.stderr, flush=True)
 
