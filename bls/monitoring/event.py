@@ -60,16 +60,13 @@ def event_inputs(reasons: Sequence[Reason], answer: Mapping[str, np.ndarray], la
 
 def predictions_json(answer: Mapping[str, np.ndarray]) -> str:
     """Render the answer as JSON: boxes, scores, classes, class names, RLE masks (text), size."""
-    def text(v):
-        return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-
     return json.dumps({
         "image_size": [int(v) for v in answer["image_size"]],
         "boxes": np.round(answer["boxes"].astype(float), 3).tolist(),
         "scores": np.round(answer["scores"].astype(float), 5).tolist(),
         "classes": answer["classes"].astype(int).tolist(),
-        "class_names": [text(v) for v in answer["class_names"]],
-        "masks_rle": [text(v) for v in answer["masks_rle"]],
+        "class_names": [_text(v) for v in answer["class_names"]],
+        "masks_rle": [_text(v) for v in answer["masks_rle"]],
     })
 
 
