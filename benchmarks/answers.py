@@ -7,7 +7,6 @@ from pathlib import Path
 import tritonclient.grpc as grpcclient
 
 from benchmarks import harness as h
-from benchmarks.load import shm_usage
 from bls.contract.parameters import MAX_ANSWER_BYTES
 from bls.contract.tensors import PIPELINE_NAME
 from export.repository import assemble
@@ -35,12 +34,12 @@ def measure(repo: Path, protocol: str, data: bytes, over: bytes) -> dict:
             infer(server, protocol, data, PARAMETERS | {"mask_format": "rle"})
         pids = {WATCHED[p["name"]]: p["pid"] for p in h.processes(server) if p["name"] in WATCHED}
         before = {k: h.proc_kb(pid, "status")["VmRSS"] for k, pid in pids.items()}
-        shm = shm_usage(server.pid)["apparent"]
+        shm = h.shm_usage(server.pid)["apparent"]
         for pid in pids.values():
             Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS (Linux >= 4.0)
         seconds, (masks, wire) = h.timed(infer, server, protocol, data, PARAMETERS)
         r = {f"{k}_peak": h.proc_kb(pid, "status")["VmHWM"] - before[k] for k, pid in pids.items()}
-        r |= {"shm": shm_usage(server.pid)["apparent"] - shm, "seconds": seconds, "wire": wire,
+        r |= {"shm": h.shm_usage(server.pid)["apparent"] - shm, "seconds": seconds, "wire": wire,
               "masks": masks, "server_before": before["server"], "over_bound": "ANSWERED"}
         try:
             infer(server, protocol, over, PARAMETERS)

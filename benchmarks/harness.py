@@ -34,7 +34,7 @@ from client.results import latency_summary
 from export import samples
 from export.repository import VERSION
 from export.torchscript import MODEL_FILENAME, read_metadata
-from server.launcher import ServerFailed, TritonServer, live_members
+from server.launcher import ServerFailed, TritonServer, live_members, shm_regions
 from server.watchdog import stubs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -222,6 +222,13 @@ def processes(server) -> list[dict]:
         cpu_s = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
         out.append(fields | {"pid": pid, "cpu_s": cpu_s, "name": names.get(pid, comm)})
     return out
+
+
+def shm_usage(run_triton_pid: int) -> dict:
+    """The server's /dev/shm regions (server.launcher.shm_regions): files and bytes."""
+    sizes = [p.stat() for p in shm_regions(run_triton_pid)]
+    return {"files": len(sizes), "apparent": sum(s.st_size for s in sizes),
+            "allocated": sum(s.st_blocks * 512 for s in sizes)}
 
 
 def tensor_input(module, name: str, array: np.ndarray):

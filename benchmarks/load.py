@@ -53,19 +53,12 @@ def check(references: dict, job: Job, det: Detections) -> str | None:
     return "mismatch with the first answer: " + ", ".join(differ) if differ else None
 
 
-def shm_usage(pgid: int) -> dict:
-    """The /dev/shm regions of the server of process group ``pgid`` (triton_bls_<pgid>_*)."""
-    files = [p.stat() for p in Path("/dev/shm").glob(f"triton_bls_{pgid}_*")]
-    return {"files": len(files), "apparent": sum(s.st_size for s in files),
-            "allocated": sum(s.st_blocks * 512 for s in files)}
-
-
 def memory_snapshot(server) -> dict:
     """Totals over the server's live processes (bytes), its /dev/shm, the RSS per process."""
     procs = [p for p in h.processes(server) if "VmRSS" in p]
     fields = {"rss": "VmRSS", "anon": "RssAnon", "shmem": "RssShmem"}
     snap = {key: sum(p.get(field, 0) for p in procs) for key, field in fields.items()}
-    snap |= {f"shm_{k}": v for k, v in shm_usage(server.pid).items()}
+    snap |= {f"shm_{k}": v for k, v in h.shm_usage(server.pid).items()}
     return snap | {"rss_by_process": {p["name"]: p["VmRSS"] for p in procs}}
 
 
@@ -210,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         with h.serve(run.repo.path, run.scratch / "triton.log") as server:
             report = summarise(asyncio.run(drive(server, images, args)), args)
     report |= {"command": run.command, "machine": run.machine, "images": [i.name for i in images],
-               "server_pid": server.pid, "shm_left_after_stop": shm_usage(server.pid)}
+               "server_pid": server.pid, "shm_left_after_stop": h.shm_usage(server.pid)}
     print_report(report)
     h.write_json(args.json, report)
     return 0

@@ -1,5 +1,6 @@
 """Read Triton's Prometheus metrics port: the nv_* metrics and the models' own
-(pipeline_bls's request metrics, bls/backend/metrics.py; the monitoring model's, bls/monitoring/aggregate.py).
+(pipeline_bls's request metrics, bls/backend/metrics.py; the monitoring model's,
+bls/monitoring/metrics.py).
 
 Samples keep the names the server exposes. (prometheus_client's text parser appends
 ``_total`` to every counter sample, so ``nv_inference_request_success`` would not be

@@ -47,19 +47,26 @@ def live_members(pgid: int) -> list[int]:
     return [pid for pid, _, group in live_processes() if group == pgid]
 
 
+def shm_regions(run_triton_pid: int) -> list[Path]:
+    """List the Python backend's shared-memory regions of one server in /dev/shm.
+
+    run_triton.sh names them triton_bls_<its pid>_* (its process group id).
+    """
+    return list(Path("/dev/shm").glob(f"triton_bls_{run_triton_pid}_*"))
+
+
 def remove_shm_regions(run_triton_pid: int) -> list[Path]:
     """Delete the Python backend's shared-memory regions of a server that is gone.
 
-    run_triton.sh names them triton_bls_<its pid>_*; a server that was killed (or whose
-    stubs were) leaves them behind in /dev/shm, holding memory until removed.
+    A server that was killed (or whose stubs were) leaves them behind in /dev/shm,
+    holding memory until removed.
 
     Returns:
         The paths removed.
     """
-    removed = []
-    for path in Path("/dev/shm").glob(f"triton_bls_{run_triton_pid}_*"):
+    removed = shm_regions(run_triton_pid)
+    for path in removed:
         path.unlink(missing_ok=True)
-        removed.append(path)
     return removed
 
 

@@ -10,7 +10,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from server.launcher import RUN_TRITON, TritonServer
+from server.launcher import RUN_TRITON, TritonServer, shm_regions
 
 
 def run(*args, timeout=120):
@@ -98,7 +98,7 @@ def test_start_refuses_model_control_and_stops_cleanly(exported, tmp_path):
     leftover = [line for line in table.splitlines()
                 if line.split()[1] == str(pgid) and not line.split()[2].startswith("Z")]
     assert leftover == [], f"processes left in group {pgid}: {leftover}\n{server.log_text()[-3000:]}"
-    assert not list(Path("/dev/shm").glob(f"triton_bls_{pgid}_*")), "shared memory left behind"
+    assert not shm_regions(pgid), "shared memory left behind"
     log = (tmp_path / "server.log").read_text()
     assert "stopping tritonserver" in log
     # A clean stop: Triton unloaded every model of the repository before it exited.

@@ -9,7 +9,6 @@ import queue
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from bls.contract.tensors import MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
-from server.launcher import TritonServer, live_members
+from server.launcher import TritonServer, live_members, shm_regions
 
 pytestmark = pytest.mark.server
 
@@ -133,6 +132,6 @@ def test_sigterm_answers_or_refuses_every_request_in_flight(exported, images, tm
     assert not any("INTERNAL" in k for k in counts), counts
     assert stopped_in < 60, stopped_in
     assert live_members(pgid) == []
-    assert not list(Path("/dev/shm").glob(f"triton_bls_{pgid}_*")), "shared memory left behind"
+    assert not shm_regions(pgid), "shared memory left behind"
     print(f"SIGTERM with 24 in flight: server gone in {stopped_in:.1f} s; clients saw "
           f"{dict(counts)}; last ended at {ended[-1][1]:.1f} s")

@@ -53,6 +53,13 @@ def image_bytes(tensor: np.ndarray | None, name: str = PIPELINE_INPUT.name) -> b
     return bytes(value)
 
 
+def request_image(pb_utils, request) -> bytes:
+    """Read the encoded image of a pipeline request (its PIPELINE_INPUT), checked by
+    image_bytes; InvalidInput naming the input otherwise."""
+    tensor = pb_utils.get_input_tensor_by_name(request, PIPELINE_INPUT.name)
+    return image_bytes(None if tensor is None else tensor.as_numpy())
+
+
 def parse_options(parameters: str | Mapping[str, Any] | None,
                   default_score_threshold: float,
                   forwarded_headers: re.Pattern | None = None) -> RequestOptions:

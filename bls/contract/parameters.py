@@ -305,24 +305,25 @@ MAX_DETECTIONS_LIMIT = 1000
 # Upper bound on polygon_tolerance: a coarser outline is not a mask any more.
 MAX_POLYGON_TOLERANCE = 100.0
 
-REQUEST_PARAMETERS = ParameterSet(PIPELINE_NAME, "parameter", (
-    Parameter("score_threshold", number(0.0, 1.0), None,
-              "keep detections with score >= this, in [0, 1]; default from the export"),
-    Parameter("max_detections", whole(0, MAX_DETECTIONS_LIMIT), None,
-              "keep at most this many (highest scores first); default: all"),
-    Parameter("mask_format", one_of(*(f.value for f in MaskFormat)), MaskFormat.RLE.value,
-              "rle (default) | dense | polygon | box | none"),
-    Parameter("polygon_tolerance", number(0.0, MAX_POLYGON_TOLERANCE), 0.0,
-              "mask_format=polygon: simplify outlines to within this many pixels "
-              "(Douglas-Peucker), in [0, 100]; default 0, exact"),
-))
-
-
 @dataclass(frozen=True)
 class RequestOptions:
-    """Hold one request's parameters, parsed (REQUEST_PARAMETERS)."""
+    """Hold one request's parameters, parsed (REQUEST_PARAMETERS); its defaults are theirs."""
 
     score_threshold: float
     max_detections: int | None = None
     mask_format: MaskFormat = MaskFormat.RLE
     polygon_tolerance: float = 0.0
+
+
+REQUEST_PARAMETERS = ParameterSet(PIPELINE_NAME, "parameter", (
+    Parameter("score_threshold", number(0.0, 1.0), None,
+              "keep detections with score >= this, in [0, 1]; default from the export"),
+    Parameter("max_detections", whole(0, MAX_DETECTIONS_LIMIT), RequestOptions.max_detections,
+              "keep at most this many (highest scores first); default: all"),
+    Parameter("mask_format", one_of(*(f.value for f in MaskFormat)),
+              RequestOptions.mask_format.value, "rle (default) | dense | polygon | box | none"),
+    Parameter("polygon_tolerance", number(0.0, MAX_POLYGON_TOLERANCE),
+              RequestOptions.polygon_tolerance,
+              "mask_format=polygon: simplify outlines to within this many pixels "
+              "(Douglas-Peucker), in [0, 100]; default 0, exact"),
+))

@@ -12,12 +12,11 @@ import numpy as np
 
 from bls.backend.metrics import ModelStart
 from bls.backend.process import configure_process
-from bls.backend.request import image_bytes, parse_options
+from bls.backend.request import parse_options, request_image
 from bls.backend.responses import error_response, output_response
 from bls.contract.metadata import ModelMetadata
 from bls.contract.parameters import POSTPROCESS_PARAMETERS, PREPROCESS_PARAMETERS
-from bls.contract.tensors import (MODEL_INPUT, ORIGINAL_SIZE, PIPELINE_INPUT,
-                                  POSTPROCESS_NAME, PREPROCESS_NAME)
+from bls.contract.tensors import MODEL_INPUT, ORIGINAL_SIZE, POSTPROCESS_NAME, PREPROCESS_NAME
 from bls.pipeline.image import decode_limits
 from bls.pipeline.steps import finish, prepare
 
@@ -39,9 +38,8 @@ class PreprocessStep:
         responses = []
         for request in requests:
             try:
-                tensor = self.pb.get_input_tensor_by_name(request, PIPELINE_INPUT.name)
-                prepared = prepare(image_bytes(None if tensor is None else tensor.as_numpy()),
-                                   self.meta, self.limits, self.resize)
+                prepared = prepare(request_image(self.pb, request), self.meta, self.limits,
+                                   self.resize)
                 responses.append(output_response(self.pb, {
                     MODEL_INPUT.name: prepared.model_input,
                     ORIGINAL_SIZE.name: np.array(prepared.original_size, np.int64)}, False))

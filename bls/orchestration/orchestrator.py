@@ -36,12 +36,12 @@ from typing import Any
 
 from bls.backend.metrics import ModelStart, MonitoringCalls, RequestMetrics
 from bls.backend.process import configure_process
-from bls.backend.request import image_bytes, parse_options
+from bls.backend.request import parse_options, request_image
 from bls.backend.responses import code_name, error_response, output_response
 from bls.orchestration.sender import EventSender
 from bls.contract.metadata import ModelMetadata
 from bls.contract.parameters import PIPELINE_PARAMETERS, RequestOptions
-from bls.contract.tensors import MODEL_INPUT, MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
+from bls.contract.tensors import MODEL_INPUT, MODEL_NAME, PIPELINE_NAME
 from bls.errors import Cancelled, ModelTimeout, Unavailable, model_call_error
 from bls.monitoring.policy import MonitoringPolicy
 from bls.pipeline.steps import finish, prepare
@@ -209,8 +209,7 @@ class PipelineOrchestrator:
             pass
 
     def _read(self, request) -> tuple[bytes, RequestOptions, tuple[str, ...]]:
-        tensor = self.pb.get_input_tensor_by_name(request, PIPELINE_INPUT.name)
-        data = image_bytes(None if tensor is None else tensor.as_numpy())
+        data = request_image(self.pb, request)
         options = parse_options(request.parameters(), self.meta.score_threshold,
                                 self.forwarded_headers)
         # The answer carries only these: with Python 3.12's stub, a response holding an

@@ -74,7 +74,7 @@ def _too_large(size: int, what: str, max_answer_bytes: int) -> InvalidInput:
 
 def check_answer_size(instances: Instances, original_size: tuple[int, int],
                       meta: ModelMetadata, mask_format: MaskFormat,
-                      max_answer_bytes: int | None) -> None:
+                      max_answer_bytes: int | None) -> int:
     """Refuse an answer over ``max_answer_bytes`` before anything of that size is allocated.
 
     A dense answer is rendered again by the server (as JSON over HTTP, many bytes per
@@ -88,19 +88,21 @@ def check_answer_size(instances: Instances, original_size: tuple[int, int],
         mask_format: the requested format.
         max_answer_bytes: the bound; None for none.
 
+    Returns:
+        The size known before building (answer_bytes).
+
     Raises:
         InvalidInput: (INVALID_ARG) naming the computed size, the bound and the way out.
     """
-    if max_answer_bytes is None:
-        return
     size = answer_bytes(instances, original_size, meta, mask_format)
-    if size > max_answer_bytes:
+    if max_answer_bytes is not None and size > max_answer_bytes:
         height, width = original_size
         masks = mask_bytes(instances, original_size, mask_format)
         what = (f"{len(instances)} dense masks of {height}x{width} = {masks:,} bytes"
                 if mask_format is MaskFormat.DENSE
                 else f"{len(instances)} box-cropped masks, {masks:,} bytes")
         raise _too_large(size, what, max_answer_bytes)
+    return size
 
 
 def build_answer(instances: Instances, original_size: tuple[int, int], meta: ModelMetadata,
@@ -129,7 +131,8 @@ def build_answer(instances: Instances, original_size: tuple[int, int], meta: Mod
         InvalidInput: the answer is over ``max_answer_bytes``: before building it
             (check_answer_size), or for polygons as soon as their text passes it.
     """
-    check_answer_size(instances, original_size, meta, mask_format, max_answer_bytes)
+    known_bytes = check_answer_size(instances, original_size, meta, mask_format,
+                                    max_answer_bytes)
     height, width = original_size
     n = len(instances)
     values = {
@@ -156,7 +159,7 @@ def build_answer(instances: Instances, original_size: tuple[int, int], meta: Mod
         elif mask_format is MaskFormat.POLYGON:
             values["masks_polygon"] = _polygon_texts(
                 ops.host_masks(masks), boxes, original_size, polygon_tolerance,
-                answer_bytes(instances, original_size, meta, mask_format), max_answer_bytes)
+                known_bytes, max_answer_bytes)
     return {spec.name: _as_array(values[spec.name], spec.numpy_dtype) for spec in PIPELINE_OUTPUTS}
 
 
