@@ -9,7 +9,8 @@ import tritonclient.grpc as grpcclient
 from benchmarks import harness as h
 from bls.contract.parameters import MAX_ANSWER_BYTES
 from bls.contract.tensors import PIPELINE_NAME
-from export.repository import assemble
+from export.repository import assemble, parameters_override
+from server.processes import proc_kb, shm_usage
 
 DETECTIONS = 20
 PARAMETERS = {"mask_format": "dense", "score_threshold": 0.0, "max_detections": DETECTIONS}
@@ -32,14 +33,14 @@ def measure(repo: Path, protocol: str, data: bytes, over: bytes) -> dict:
     with h.serve(repo) as server:
         for _ in range(2):  # warm-up, small answers
             infer(server, protocol, data, PARAMETERS | {"mask_format": "rle"})
-        pids = {WATCHED[p["name"]]: p["pid"] for p in h.processes(server) if p["name"] in WATCHED}
-        before = {k: h.proc_kb(pid, "status")["VmRSS"] for k, pid in pids.items()}
-        shm = h.shm_usage(server.pid)["apparent"]
+        pids = {WATCHED[p["name"]]: p["pid"] for p in server.processes() if p["name"] in WATCHED}
+        before = {k: proc_kb(pid, "status")["VmRSS"] for k, pid in pids.items()}
+        shm = shm_usage(server.pid)["apparent"]
         for pid in pids.values():
             Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS (Linux >= 4.0)
         seconds, (masks, wire) = h.timed(infer, server, protocol, data, PARAMETERS)
-        r = {f"{k}_peak": h.proc_kb(pid, "status")["VmHWM"] - before[k] for k, pid in pids.items()}
-        r |= {"shm": h.shm_usage(server.pid)["apparent"] - shm, "seconds": seconds, "wire": wire,
+        r = {f"{k}_peak": proc_kb(pid, "status")["VmHWM"] - before[k] for k, pid in pids.items()}
+        r |= {"shm": shm_usage(server.pid)["apparent"] - shm, "seconds": seconds, "wire": wire,
               "masks": masks, "server_before": before["server"], "over_bound": "ANSWERED"}
         try:
             infer(server, protocol, over, PARAMETERS)
@@ -55,9 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     bound, args.min_size, args.max_size = args.max_answer_bytes, 256, 384  # sizes: no matter
     export = ["--detections", str(DETECTIONS), "--proposals", "200"]
     with h.session("benchmarks.answers", argv, args, export) as run:
-        repo = assemble(h.model_file(run.repo.path), run.scratch / "served", {PIPELINE_NAME: (
-            f'parameters {{ key: "max_answer_bytes" value {{ string_value: "{bound}" }} }}'
-            ' parameters { key: "monitoring_policy" value { string_value: "" } }')})
+        repo = assemble(h.model_file(run.repo.path), run.scratch / "served", {
+            PIPELINE_NAME: parameters_override(max_answer_bytes=bound, monitoring_policy="")})
         area = (bound - 64 * DETECTIONS) // DETECTIONS  # the other outputs: < 64 B per detection
         height = int((area * 3 / 4) ** 0.5)  # a 4:3 image whose dense answer is just under bound
         width = area // height

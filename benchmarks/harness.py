@@ -1,11 +1,11 @@
 """The one harness of every benchmark: images, command line, export, server, the closed loop,
-interleaved rounds, the latency summary, Triton's statistics, tables and JSON."""
+interleaved rounds, the latency summary, tables and JSON."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
+import gc
 import importlib.metadata
 import json
 import os
@@ -18,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections import Counter, namedtuple
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,8 +36,7 @@ from client.results import latency_summary
 from export import samples
 from export.repository import VERSION
 from export.torchscript import MODEL_FILENAME, read_metadata
-from server.launcher import ServerFailed, TritonServer, live_members, shm_regions
-from server.watchdog import stubs
+from server.launcher import ServerFailed, TritonServer
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUEST_TIMEOUT_S = 900
@@ -200,37 +201,6 @@ def batched(client, model: str) -> bool:
     return client.get_model_config(model).config.max_batch_size > 0
 
 
-def proc_kb(pid: int, name: str) -> dict[str, int]:
-    """The 'Key: N kB' lines of /proc/PID/<name> (status, smaps_rollup) -> {key: bytes}."""
-    lines = Path(f"/proc/{pid}/{name}").read_text().splitlines()
-    fields = (line.partition(":") for line in lines)
-    return {k: int(v.split()[0]) * 1024 for k, _, v in fields if v.endswith("kB")}
-
-
-def processes(server) -> list[dict]:
-    """The server's live processes: pid, name, cpu_s, proc_kb() of status and smaps_rollup."""
-    names = {pid: f"stub:{m}" for m, pids in stubs(server.tritonserver_pid).items() for pid in pids}
-    names[server.pid] = "run_triton.sh"
-    out = []
-    for pid in sorted(live_members(server.pid)):
-        try:
-            fields = proc_kb(pid, "status") | proc_kb(pid, "smaps_rollup")
-            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        except (OSError, ValueError, IndexError):
-            continue  # it ended while being read
-        cpu_s = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-        out.append(fields | {"pid": pid, "cpu_s": cpu_s, "name": names.get(pid, comm)})
-    return out
-
-
-def shm_usage(run_triton_pid: int) -> dict:
-    """The server's /dev/shm regions (server.launcher.shm_regions): files and bytes."""
-    sizes = [p.stat() for p in shm_regions(run_triton_pid)]
-    return {"files": len(sizes), "apparent": sum(s.st_size for s in sizes),
-            "allocated": sum(s.st_blocks * 512 for s in sizes)}
-
-
 def tensor_input(module, name: str, array: np.ndarray):
     """An InferInput of ``module`` (tritonclient.grpc, .grpc.aio or .http) holding ``array``."""
     tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
@@ -246,16 +216,13 @@ def http_answer(server, model: str, data: bytes, batch: bool, parameters, binary
             httpclient.InferRequestedOutput(s.name, binary_data=binary) for s in PIPELINE_OUTPUTS])
     headers = {"Content-Type": "application/octet-stream"} | (
         {} if json_size is None else {"Inference-Header-Content-Length": str(json_size)})
-    host, port = server.http_url.rsplit(":", 1)
-    connection = http.client.HTTPConnection(host, int(port), timeout=REQUEST_TIMEOUT_S)
+    request = urllib.request.Request(f"http://{server.http_url}/v2/models/{model}/infer", body,
+                                     headers)
     try:
-        connection.request("POST", f"/v2/models/{model}/infer", body=body, headers=headers)
-        response = connection.getresponse()
-        content, header = response.read(), response.getheader("Inference-Header-Content-Length")
-    finally:
-        connection.close()
-    if response.status != 200:
-        raise RuntimeError(f"HTTP {response.status} from {model}: {content[:500]!r}")
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
+            content, header = response.read(), response.headers["Inference-Header-Content-Length"]
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"HTTP {e.code} from {model}: {e.read()[:500]!r}") from None
     result = client.parse_response_body(content, header_length=header and int(header))
     return {s.name: result.as_numpy(s.name) for s in PIPELINE_OUTPUTS}, len(content)
 
@@ -266,34 +233,24 @@ def rotated(items: list, i: int) -> list:
     return items[k:] + items[:k]
 
 
-def rounds(names: list, iterations: int, warmup: int, label: str):
-    """Yield (timed, name), warmup + iterations rounds, order rotated each round; progress."""
-    for i in range(warmup + iterations):
-        yield from ((i >= warmup, name) for name in rotated(list(names), i))
-        print(f"  {label}: iteration {i + 1}/{warmup + iterations}"
-              f"{' (warm-up)' if i < warmup else ''}", file=sys.stderr, flush=True)
-
-
 def timed(call, *args, **kwargs) -> tuple[float, object]:
     start = time.perf_counter()
     result = call(*args, **kwargs)
     return time.perf_counter() - start, result
 
 
-async def timed_async(awaitable) -> tuple[float, object]:
-    start = time.perf_counter()
-    result = await awaitable
-    return time.perf_counter() - start, result
-
-
-def interleaved(client, targets: dict, iterations: int, warmup: int, label: str):
-    """rounds() of name -> (model, inputs, parameters) -> (timed s by name, last result by name)."""
-    samples, last = {name: [] for name in targets}, {}
-    for timed_round, name in rounds(list(targets), iterations, warmup, label):
-        model, inputs, parameters = targets[name]
-        seconds, last[name] = timed(client.infer, model, inputs, parameters=parameters,
-                                    client_timeout=REQUEST_TIMEOUT_S)
-        samples[name] += [seconds] * timed_round
+def interleaved(calls: dict, iterations: int, warmup: int, label: str) -> tuple[dict, dict]:
+    """warmup + iterations rounds of every call (name -> a function of nothing), the order rotated
+    each round (the drift hits all alike), garbage collected before each; progress on stderr
+    -> (seconds of the timed rounds by name, last result by name)."""
+    samples, last = {name: [] for name in calls}, {}
+    for i in range(warmup + iterations):
+        for name in rotated(list(calls), i):
+            gc.collect()
+            seconds, last[name] = timed(calls[name])
+            samples[name] += [seconds] * (i >= warmup)
+        print(f"  {label}: iteration {i + 1}/{warmup + iterations}"
+              f"{' (warm-up)' if i < warmup else ''}", file=sys.stderr, flush=True)
     return samples, last
 
 
@@ -315,9 +272,10 @@ async def closed_loop(send, concurrency: int, requests: int, max_seconds: float,
     async def worker(w: int) -> None:
         nonlocal issued, last
         while issued < requests and time.perf_counter() < start + max_seconds:
-            issued += 1
+            issued, sent = issued + 1, time.perf_counter()
             try:
-                latencies[w].append((await timed_async(send(first + issued - 1, w)))[0])
+                await send(first + issued - 1, w)
+                latencies[w].append(time.perf_counter() - sent)
             except Exception as e:  # counted by message; the run goes on
                 text = str(e)
                 if not isinstance(e, (InferenceServerException, Failed)):
@@ -338,33 +296,6 @@ def summary(seconds, keep: bool = False) -> dict:
     return {"n": s.count, "mean_ms": s.mean_ms, "median_ms": s.p50_ms, "p50_ms": s.p50_ms,
             "p90_ms": s.p90_ms, "p99_ms": s.p99_ms, "min_ms": low, "max_ms": high,
             **({"samples_ms": ms.tolist()} if keep else {})}
-
-
-def model_statistics(response) -> dict[str, Counter]:
-    """Triton's cumulative statistics per model (a gRPC response; versions summed)."""
-    out: dict[str, Counter] = {}
-    for s in response.model_stats:
-        st = s.inference_stats
-        out.setdefault(s.name, Counter()).update(
-            success=st.success.count, fail=st.fail.count, success_ns=st.success.ns,
-            queue_ns=st.queue.ns, executions=s.execution_count, inferences=s.inference_count,
-            compute_ns=st.compute_input.ns + st.compute_infer.ns + st.compute_output.ns)
-    return out
-
-
-def statistics_delta(before: dict, after: dict, models) -> dict[str, dict]:
-    """Per model between two readings: requests, failed, executions, mean ms per request, batch."""
-    out = {}
-    for model in models:
-        d = after.get(model, Counter()).copy()
-        d.subtract(before.get(model, Counter()))
-        n, ok, runs = d["success"] + d["fail"], d["success"], d["executions"]
-        out[model] = {"requests": n, "failed": d["fail"], "executions": runs,
-                      "queue_ms": d["queue_ns"] / n / 1e6 if n else 0.0,
-                      "compute_ms": d["compute_ns"] / n / 1e6 if n else 0.0,
-                      "total_ms": d["success_ns"] / ok / 1e6 if ok else 0.0,
-                      "batch": d["inferences"] / runs if runs else 0.0}
-    return out
 
 
 def verdict(ok: bool) -> str:

@@ -18,8 +18,11 @@ import tritonclient.http.aio as http_aio
 
 from benchmarks import harness as h
 from bls.contract.tensors import MODEL_NAME, MONITORING_NAME, PIPELINE_NAME
+from client import statistics
 from client.cli import served_model
 from client.results import Detections
+from export.repository import parameters_override
+from server.processes import shm_usage
 
 GROWTH_TARGET = 0.05
 DEFAULT_INTRA_OP_THREADS = 1  # 2 threads on 2 busy cores ran 4-8x slower (docs/load.md)
@@ -55,10 +58,10 @@ def check(references: dict, job: Job, det: Detections) -> str | None:
 
 def memory_snapshot(server) -> dict:
     """Totals over the server's live processes (bytes), its /dev/shm, the RSS per process."""
-    procs = [p for p in h.processes(server) if "VmRSS" in p]
+    procs = [p for p in server.processes() if "VmRSS" in p]
     fields = {"rss": "VmRSS", "anon": "RssAnon", "shmem": "RssShmem"}
     snap = {key: sum(p.get(field, 0) for p in procs) for key, field in fields.items()}
-    snap |= {f"shm_{k}": v for k, v in h.shm_usage(server.pid).items()}
+    snap |= {f"shm_{k}": v for k, v in shm_usage(server.pid).items()}
     return snap | {"rss_by_process": {p["name"]: p["VmRSS"] for p in procs}}
 
 
@@ -79,7 +82,8 @@ async def drive(server, images: list[h.Image], args) -> dict:
     async def snapshot(phase: str) -> dict:
         s = await asyncio.to_thread(memory_snapshot, server)
         samples.append(s | {"phase": phase, "done": run["done"], "at_s": time.perf_counter() - t0})
-        run["stats"][phase] = h.model_statistics(await grpc.get_inference_statistics())
+        reply = await grpc.get_inference_statistics(as_json=True)
+        run["stats"][phase] = statistics.per_model(reply)
         return samples[-1]
 
     async def send(k: int, worker: int) -> None:
@@ -157,7 +161,7 @@ def summarise(run: dict, args) -> dict:
             "latency": latency, "memory": memory, "verdicts": verdicts, "samples": run["samples"],
             "processes_rss": {name: {"before": before["rss_by_process"].get(name, 0), "after": rss}
                               for name, rss in after["rss_by_process"].items()} if before else {},
-            "server_timing": {"from": phase, "models": h.statistics_delta(
+            "server_timing": {"from": phase, "models": statistics.delta(
                 run["stats"][phase], run["stats"]["after"], models)}}
 
 
@@ -194,16 +198,16 @@ def main(argv: list[str] | None = None) -> int:
                           ("--settle", 2.0), ("--request-timeout", 300.0)):
         p.add_argument(flag, type=type(default), default=default, help=f"default {default}")
     args = h.parse(p, argv, (lambda a: a.concurrency < 2, "--concurrency: 2 at least"))
-    threads = f'key: "intra_op_threads" value {{ string_value: "{args.intra_op_threads}" }}'
+    threads = parameters_override(intra_op_threads=args.intra_op_threads)
     export = ["--proposals", str(args.proposals), "--detections", str(args.detections),
-              "--set", f"{MODEL_NAME}=parameters {{ {threads} }}"]
+              "--set", f"{MODEL_NAME}={threads}"]
     with h.session("benchmarks.load", argv, args, export) as run:
         images = [h.Image(f"{name} (generated)", h.scene(w, hh, 10 + i, Path(name).suffix, gray))
                   for i, (name, w, hh, gray) in enumerate(GENERATED)] + h.images(args.image, (), ())
         with h.serve(run.repo.path, run.scratch / "triton.log") as server:
             report = summarise(asyncio.run(drive(server, images, args)), args)
     report |= {"command": run.command, "machine": run.machine, "images": [i.name for i in images],
-               "server_pid": server.pid, "shm_left_after_stop": h.shm_usage(server.pid)}
+               "server_pid": server.pid, "shm_left_after_stop": shm_usage(server.pid)}
     print_report(report)
     h.write_json(args.json, report)
     return 0

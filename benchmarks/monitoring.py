@@ -6,6 +6,7 @@ import asyncio
 import json
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from benchmarks import harness as h
 from bls.contract.tensors import MONITORING_NAME, PIPELINE_NAME, PIPELINE_OUTPUTS
 from bls.monitoring.policy import POLICY_PARAMETER
 from client.metrics import scrape, value
-from export.repository import assemble
+from export.repository import assemble, parameters_override
 from export.tune import read_config, render
 
 UNMONITORED = f"{PIPELINE_NAME}_unmonitored"
@@ -34,10 +35,9 @@ class TritonPythonModel:
 def build_repository(model_file: Path, scratch: Path, hang_s: float) -> Path:
     """Monitoring on every request and an unmonitored copy; with ``hang_s`` a hung monitoring."""
     policy = {"sample_rate": 1.0} | ({} if hang_s else {"capture": "all"})
-    text = 'parameters {{ key: "{}" value {{ string_value: {} }} }}'.format
     repo = assemble(model_file, scratch / "repository", {
-        PIPELINE_NAME: text(POLICY_PARAMETER, json.dumps(json.dumps(policy))),
-        MONITORING_NAME: text("capture_dir", json.dumps(str(scratch / "capture")))})
+        PIPELINE_NAME: parameters_override(**{POLICY_PARAMETER: json.dumps(policy)}),
+        MONITORING_NAME: parameters_override(capture_dir=scratch / "capture")})
     if hang_s:
         (repo / MONITORING_NAME / "1" / "model.py").write_text(HUNG_MONITORING.format(hang_s))
     shutil.copytree(repo / PIPELINE_NAME, repo / UNMONITORED)
@@ -71,8 +71,9 @@ def run(server, images: list[h.Image], args) -> dict:
     with grpcclient.InferenceServerClient(server.grpc_url) as client:
         for image in images:
             inputs = [h.make_input(grpcclient, image.data, True)]
-            targets = {name: (name, inputs, None) for name in COPIES}
-            samples, last = h.interleaved(client, targets, args.iterations, args.warmup, image.name)
+            calls = {name: partial(client.infer, name, inputs, client_timeout=h.REQUEST_TIMEOUT_S)
+                     for name in COPIES}
+            samples, last = h.interleaved(calls, args.iterations, args.warmup, image.name)
             on, off = ({s.name: last[m].as_numpy(s.name) for s in PIPELINE_OUTPUTS} for m in COPIES)
             report["images"][image.name] = compare(samples) | {
                 "paired": h.paired(samples[PIPELINE_NAME], samples[UNMONITORED]),

@@ -3,21 +3,19 @@ pipeline_bls and the ensemble against the bare mask_rcnn, interleaved and paired
 pipeline_bls within 3 % of the bare model); 2. the mask postprocess against the seed's: 100
 synthetic detections with 28x28 masks pasted and encoded in process, the seed's per-mask PIL loop
 (the baseline) against encode_rle, what pipeline_bls answers (goal >= 10x at 1920x1080), and
-against our dense masks. Answer bytes per mask format: python -m benchmarks.formats.
+against our dense masks. Answer bytes per mask format: python -m benchmarks.formats. Commands
+and figures: README, "Measured", and docs/benchmarks.md."""
 
-  python -m benchmarks.pipeline --image build/bench/vulture_640x480.jpg --iterations 20
-  python -m benchmarks.pipeline --skip-server --repeats 15 --json build/bench/bench.json
-"""
-
-import gc
+from functools import partial
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 from PIL import Image
 
 from benchmarks import harness as h
-from benchmarks.standin import synthetic_outputs
+from export.standin import synthetic_outputs
 from bls.contract.tensors import ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, PIPELINE_NAME
-from bls.pipeline import masks as mask_ops
+from bls.pipeline.host import HOST
 from bls.pipeline.steps import prepare
 
 TARGET = 10.0  # speed-up of encode_rle over the seed's loop at 1920x1080
@@ -29,20 +27,19 @@ BARE = f"{MODEL_NAME} (bare)"
 def served(server, meta, images: list[h.Image], iterations: int, warmup: int) -> dict:
     """Per image: each target's latency summary and its overhead against the bare model (of
     the medians, and the median of the paired per-iteration ratios)."""
-    import tritonclient.grpc as grpcclient
-
     results = {}
     with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        infer = partial(client.infer, client_timeout=h.REQUEST_TIMEOUT_S)
         for image in images:
             model_input = prepare(image.data, meta).model_input
             if h.batched(client, MODEL_NAME):
                 model_input = model_input[None]
-            targets = {name: (name, [h.make_input(grpcclient, image.data,
-                                                  h.batched(client, name))], None)
-                       for name in (PIPELINE_NAME, ENSEMBLE_NAME)}
-            targets[BARE] = (MODEL_NAME, [h.tensor_input(grpcclient, MODEL_INPUT.name,
-                                                         model_input)], None)
-            samples, _ = h.interleaved(client, targets, iterations, warmup, image.name)
+            calls = {name: partial(infer, name, [h.make_input(grpcclient, image.data,
+                                                              h.batched(client, name))])
+                     for name in (PIPELINE_NAME, ENSEMBLE_NAME)}
+            calls[BARE] = partial(infer, MODEL_NAME, [h.tensor_input(grpcclient, MODEL_INPUT.name,
+                                                                     model_input)])
+            samples, _ = h.interleaved(calls, iterations, warmup, image.name)
             bare = h.summary(samples[BARE])["median_ms"]
             results[image.name] = {name: h.summary(s) | {
                 "overhead": h.summary(s)["median_ms"] / bare - 1,
@@ -50,8 +47,7 @@ def served(server, meta, images: list[h.Image], iterations: int, warmup: int) ->
     return results
 
 
-def print_served(results: dict, iterations: int) -> bool:
-    """Print section 1; whether pipeline_bls met the goal on every image."""
+def print_served(results: dict, iterations: int) -> None:
     print(f"\n== 1. One request at a time (gRPC), {iterations} interleaved iterations per target")
     rows = [[image, name, f"{s['median_ms']:.1f}", f"{s['mean_ms']:.1f}",
              f"{s['overhead']:+.1%}", f"{s['paired_overhead']:+.1%}"]
@@ -59,7 +55,6 @@ def print_served(results: dict, iterations: int) -> bool:
     print(h.table(["image", "target", "median ms", "mean ms", "overhead", "paired"], rows, left=2))
     met = all(r[PIPELINE_NAME]["overhead"] <= OVERHEAD_TARGET for r in results.values())
     print(f"goal: pipeline_bls within {OVERHEAD_TARGET:.0%} of the bare model {h.verdict(met)}")
-    return met
 
 
 def seed_pil_paste(masks: np.ndarray, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -79,14 +74,8 @@ def seed_pil_paste(masks: np.ndarray, boxes: np.ndarray, height: int, width: int
     return np.stack(canvases)
 
 
-def ours_dense(masks: np.ndarray, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """What pipeline_bls does for mask_format=dense."""
-    windows = mask_ops.paste_windows(masks, boxes, height, width)
-    return mask_ops.dense_masks(windows, height, width)
-
-
-PATHS = {"seed's PIL loop (baseline)": seed_pil_paste,
-         "ours, rle (pipeline_bls)": mask_ops.encode_rle, "ours, dense": ours_dense}
+PATHS = {"seed's PIL loop (baseline)": seed_pil_paste,  # ours: what pipeline_bls answers
+         "ours, rle (pipeline_bls)": HOST.encode_rle, "ours, dense": HOST.dense}
 
 
 def bench(height: int, width: int, repeats: int) -> dict:
@@ -94,17 +83,13 @@ def bench(height: int, width: int, repeats: int) -> dict:
     mean IoU against the baseline's (the two agree on what they paste)."""
     out = synthetic_outputs(DETECTIONS, height, width, RESOLUTION)
     args = (out["masks"][:, 0], out["boxes"], height, width)
-    samples = {name: [] for name in PATHS}
-    for timed, name in h.rounds(list(PATHS), repeats, 1, f"masks {width}x{height}"):
-        gc.collect()
-        seconds, _ = h.timed(PATHS[name], *args)
-        if timed:
-            samples[name].append(seconds)
+    samples, _ = h.interleaved({name: partial(path, *args) for name, path in PATHS.items()},
+                               repeats, 1, f"masks {width}x{height}")
     result = {name: h.summary(s, keep=True) for name, s in samples.items()}
     baseline = result["seed's PIL loop (baseline)"]["median_ms"]
     for r in result.values():
         r["speedup"] = baseline / r["median_ms"]
-    a, b = seed_pil_paste(*args).astype(bool), ours_dense(*args).astype(bool)
+    a, b = seed_pil_paste(*args).astype(bool), HOST.dense(*args).astype(bool)
     iou = (a & b).sum(axis=(1, 2)) / np.maximum((a | b).sum(axis=(1, 2)), 1)
     return {"paths": result, "mean_iou_dense_vs_baseline": float(iou.mean())}
 

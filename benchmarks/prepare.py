@@ -1,6 +1,5 @@
 """python -m benchmarks.prepare: prepare's candidates on one core against the exact path."""
 
-import math
 import timeit
 from types import SimpleNamespace
 
@@ -15,34 +14,7 @@ from bls.pipeline import image as image_ops
 from bls.pipeline.device import prepare as device_prepare
 from bls.pipeline.steps import prepare
 
-PRECISION_BITS = 22  # Pillow's: 32 - 8 - 2
 META = SimpleNamespace(channel_order="RGB", min_size=800, max_size=1333)  # what prepare reads
-
-
-def _pass(image: np.ndarray, out_size: int) -> np.ndarray:
-    """Pillow's bilinear along the last axis, as its C code: 22-bit fixed-point weights, int32."""
-    in_size, scale = image.shape[-1], image.shape[-1] / out_size
-    support = max(scale, 1.0)
-    centers = (np.arange(out_size) + 0.5) * scale
-    xmin = np.maximum((centers - support + 0.5).astype(np.int64), 0)
-    xmax = np.minimum((centers + support + 0.5).astype(np.int64), in_size) - xmin
-    x = np.arange(int(math.ceil(support)) * 2 + 1)[None, :]
-    w = np.clip(1.0 - np.abs((x + xmin[:, None] - centers[:, None] + 0.5) / support), 0.0, None)
-    w[x >= xmax[:, None]] = 0.0
-    k = (0.5 + w / w.sum(axis=1, keepdims=True) * (1 << PRECISION_BITS)).astype(np.int32)
-    acc = np.full(image.shape[:-1] + (out_size,), 1 << (PRECISION_BITS - 1), np.int32)
-    for j in range(k.shape[1]):  # int32 holds 255 x 2**22 + the rounding bias
-        acc += image[..., np.minimum(xmin + j, in_size - 1)].astype(np.int32) * k[:, j]
-    return np.clip(acc >> PRECISION_BITS, 0, 255).astype(np.uint8)
-
-
-def resize_exact_numpy(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """uint8 [H, W, C] -> [height, width, C], PIL's bilinear to the bit (horizontal first)."""
-    if image.shape[1] != width:
-        image = np.moveaxis(_pass(np.moveaxis(image, 1, -1), width), -1, 1)
-    if image.shape[0] != height:
-        image = np.moveaxis(_pass(np.moveaxis(image, 0, -1), height), -1, 0)
-    return image
 
 
 def candidates(data: bytes, decoded: np.ndarray, new_h: int, new_w: int) -> dict:
@@ -53,8 +25,7 @@ def candidates(data: bytes, decoded: np.ndarray, new_h: int, new_w: int) -> dict
         f"resize pil (Pillow {PIL.__version__})": lambda: image_ops.resize_image(decoded, *size),
         "prepare pil (default, exact)": lambda: prepare(data, META).model_input,
         "prepare torch (opt-in)": lambda: prepare(data, META, resize="torch").model_input,
-        "device=cpu (torch float)": lambda: device_prepare(data, META, limits, cpu)[0].numpy(),
-        "resize exact numpy": lambda: resize_exact_numpy(decoded, *size)}
+        "device=cpu (torch float)": lambda: device_prepare(data, META, limits, cpu)[0].numpy()}
     if min(decoded.shape[0] / new_h, decoded.shape[1] / new_w) >= 2 and data[:2] == b"\xff\xd8":
         steps["reduced JPEG 1/2 + pil"] = lambda: image_ops.resize_image(cv2.imdecode(  # libjpeg's
             np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_COLOR_2), *size)  # DCT scaling

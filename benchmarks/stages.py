@@ -4,6 +4,7 @@ their answers compared (docs/benchmarks.md). What serving adds: python -m benchm
 
 import gc
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -61,7 +62,7 @@ def variants(path, meta, model_input: np.ndarray, counts: list[int], args) -> di
     threads = dict.fromkeys(builds, default)
     threads |= {f"intra-op threads {n}": n for n in counts if n != default}
     names = [s.name for s in meta.outputs]
-    modules, first, last, samples = {}, {}, {}, {name: [] for name in threads}
+    modules, first = {}, {}
 
     def call(name: str) -> dict:
         torch.set_num_threads(threads[name])  # every call sets its own
@@ -71,10 +72,8 @@ def variants(path, meta, model_input: np.ndarray, counts: list[int], args) -> di
         module = torch.jit.load(str(path), map_location="cpu").eval()
         modules[name] = builds[name](module) if builds.get(name) else module
         first[name] = [call(name) for _ in range(max(args.warmup, 1))][-1]
-    for _, name in h.rounds(list(threads), args.repeats, 0, "variants"):
-        gc.collect()
-        seconds, last[name] = h.timed(call, name)
-        samples[name].append(seconds)
+    samples, last = h.interleaved({name: partial(call, name) for name in threads}, args.repeats,
+                                  0, "variants")
     baseline = next(iter(threads))
     base_ms, report = h.summary(samples[baseline])["median_ms"], {}
     torch.set_num_threads(default)

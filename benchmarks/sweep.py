@@ -1,6 +1,6 @@
 """python -m benchmarks.sweep: throughput and latency of pipeline_bls, the ensemble and the bare
 mask_rcnn over concurrency x instance configurations, on real or stand-in (--stand-in) models.
-Writes sweep.json, sweep.png and triton-<i>.log to --out. Reading it: docs/benchmarks.md."""
+Writes sweep.json (every number) and triton-<i>.log to --out. Reading it: docs/benchmarks.md."""
 
 import asyncio
 import json
@@ -9,7 +9,6 @@ import re
 import shlex
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -22,15 +21,16 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpc_aio
 
 from benchmarks import harness as h
-from benchmarks import standin
 from bls.backend.metrics import DURATION_METRIC, OUTCOMES, REQUESTS_METRIC, STAGES
 from bls.backend.process import keep_freed_memory
 from bls.contract.parameters import PIPELINE_PARAMETERS, RequestOptions
 from bls.contract.tensors import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, PIPELINE_NAME,
                                   POSTPROCESS_NAME, PREPROCESS_NAME)
 from bls.pipeline.steps import finish, prepare
+from client import statistics
 from client.metrics import scrape, value
-from export.tune import TuneOptions, tune
+from export import standin
+from export.tune import TuneOptions, describe, tune
 from server.launcher import ServerFailed
 
 DEFAULT_CONFIGS = ("1x2", "2x1", "1x2:2", "2x1:2")
@@ -54,7 +54,7 @@ class SweepConfig:
     worker_threads: int | None = None
     delay_us: int | None = None
     max_batch_size: int | None = None
-    standin_ms: float | None = None  # mask_rcnn is benchmarks/standin.py with this latency
+    standin_ms: float | None = None  # mask_rcnn is export/standin.py with this latency
 
     @property
     def stages(self) -> int:
@@ -80,9 +80,8 @@ class SweepConfig:
                 (POSTPROCESS_NAME, TuneOptions(instances=self.stages))]
 
     def tune_commands(self, repository: str = "REPO") -> list[str]:
-        return [shlex.join(["python", "-m", "export", "tune", "--repository", repository,
-                            "--model", model, *(a for k, v in options.given().items()
-                                                for a in ("--" + k.replace("_", "-"), str(v)))])
+        return [f"python -m export tune --repository {shlex.quote(repository)} --model {model} "
+                + " ".join(describe(k, v) for k, v in options.given().items())
                 for model, options in self.tunings()]
 
 
@@ -105,7 +104,7 @@ def parse_config(text: str) -> SweepConfig:
 class Point:
     """One (configuration, target, concurrency): throughput = answered images / wall s;
     server_cpu_util = server CPU s / wall s (1.0: one core); compute_ms: the in-process
-    compute measured just before (stand-in); breakdown: statistics_delta by model, stage_means."""
+    compute measured just before (stand-in); breakdown: statistics.delta by model, stage_means."""
     config: str
     spec: str
     target: str
@@ -134,7 +133,7 @@ class Point:
 def cpu_seconds(server) -> Counter:
     """CPU seconds of the server's live processes, summed by model (its stubs) or name."""
     return sum((Counter({p["name"].removeprefix("stub:"): p["cpu_s"]})
-                for p in h.processes(server)), Counter())
+                for p in server.processes()), Counter())
 
 
 def stage_means(before: dict, after: dict) -> dict[str, float]:
@@ -157,18 +156,18 @@ def sender(client, target):
 async def measure_point(server, client, config, target, c: int, args, first: int) -> Point:
     """One closed loop, with Triton's statistics, pipeline_bls's metrics and the CPU around it."""
     model, load = TARGETS[target.name], os.getloadavg()[0]
-    stats0 = h.model_statistics(await client.get_inference_statistics())
+    stats0 = statistics.per_model(await client.get_inference_statistics(as_json=True))
     scraped = await asyncio.to_thread(scrape, server.metrics_url) if target.name == "bls" else None
     cpu0, client0 = cpu_seconds(server), time.process_time()
     run = await h.closed_loop(sender(client, target), c, args.requests, args.max_seconds, first)
     cpu1, client_cpu = cpu_seconds(server), time.process_time() - client0
     expected = run["issued"] + sum(stats0.get(model, Counter())[k] for k in ("success", "fail"))
     for _ in range(500):  # Triton counts a request when released, just after its answer
-        stats1 = h.model_statistics(await client.get_inference_statistics())
+        stats1 = statistics.per_model(await client.get_inference_statistics(as_json=True))
         if sum(stats1.get(model, Counter())[k] for k in ("success", "fail")) >= expected:
             break
         await asyncio.sleep(0.01)
-    breakdown = h.statistics_delta(stats0, stats1, PATHS[target.name])
+    breakdown = statistics.delta(stats0, stats1, PATHS[target.name])
     if scraped is not None:
         after = await asyncio.to_thread(scrape, server.metrics_url)
         breakdown[STAGES_KEY] = stage_means(scraped, after)
@@ -217,7 +216,6 @@ class InProcessCompute:
         cv2.setNumThreads(1)
         keep_freed_memory()  # as the served models do
         self.images, self.meta, self.repeats, self.detections = images, meta, repeats, detections
-        self.options = RequestOptions(meta.score_threshold)
 
     def one(self, k: int) -> tuple[float, float]:
         """(prepare ms, finish ms) of image k (cycling), once."""
@@ -225,7 +223,8 @@ class InProcessCompute:
         outputs = standin.standin_outputs(tuple(s.name for s in self.meta.outputs),
                                           self.detections, self.meta.mask_resolution,
                                           *prepared.model_input.shape[1:])
-        t_finish, _ = h.timed(finish, outputs, prepared.original_size, self.meta, self.options)
+        t_finish, _ = h.timed(finish, outputs, prepared.original_size, self.meta,
+                              RequestOptions(self.meta.score_threshold))
         return t_prepare * 1000, t_finish * 1000
 
     def __call__(self) -> dict:
@@ -245,7 +244,9 @@ class InProcessCompute:
         rows = []
         for k in range(pairs):
             work = sum(self.one(k))
-            rows.append(((await h.timed_async(send(k, 0)))[0] * 1000, work))
+            start = time.perf_counter()
+            await send(k, 0)
+            rows.append(((time.perf_counter() - start) * 1000, work))
         served, work = np.array(rows).T
         return {"pairs": pairs, "served_ms": float(np.median(served)),
                 "compute_ms": float(np.median(work)), "over_ms": float(np.median(served - work))}
@@ -267,10 +268,8 @@ def print_efficiency(points: list, configs: list, cores: int, compute: dict) -> 
     print("\n== Efficiency: throughput / ideal; over: latency - compute - stand-in latency "
           "(docs/benchmarks.md)")
     rows, report, top = [], [], max(p.concurrency for p in points)
-    by_label = {c.label: c for c in configs}
     for p in (p for p in points if p.target != "bare"):
-        config = by_label[p.config]
-        compute_ms = p.compute_ms if p.compute_ms == p.compute_ms else compute["mean_ms"]
+        config, compute_ms = next(c for c in configs if c.label == p.config), p.compute_ms
         ideal = ideal_throughput(config, p.concurrency, cores, 1000 / compute_ms)
         over = p.paired_c1["over_ms"] if p.paired_c1 else p.mean_ms - compute_ms
         over -= config.standin_ms or 0
@@ -354,33 +353,29 @@ def path_times(point: Point) -> list[float]:
 
 def print_results(points: list, configs: list, args) -> dict:
     by_key = {(p.config, p.target, p.concurrency): p for p in points}
-    keys = [(c.label, n) for c in configs for n in args.concurrency]
-    ordered = [by_key[k] for label, n in keys for t in TARGETS if (k := (label, t, n)) in by_key]
-    print("\n== Sweep: closed-loop gRPC (asyncio); throughput = answered / wall time")
+    ordered = [by_key[k] for c in configs for n in args.concurrency for t in TARGETS
+               if (k := (c.label, t, n)) in by_key]
+
+    def versus(p: Point) -> str:
+        ens = by_key.get((p.config, "ensemble", p.concurrency))
+        if p.target != "bls" or not ens or not ens.throughput:
+            return ""
+        more = p.throughput / ens.throughput - 1
+        return f"{more:+.1%} " + ("PASS" if more >= 0 else "~" if more > -0.03 else "MISS")
+
+    print("\n== Sweep: closed-loop gRPC (asyncio); throughput = answered / wall time; vs ensemble "
+          "(infer_pipeline): target pipeline_bls >= ensemble, ~: a miss within 3 % (noise)")
     print(h.table(["configuration", "target", "conc", "n", "err", "img/s", "p50 ms", "p90 ms",
-                   "p99 ms", "srv CPU ms/img", "srv cores", "load"], [
+                   "p99 ms", "srv CPU ms/img", "srv cores", "load", "vs ensemble"], [
         [p.config, p.target, p.concurrency, p.answered, p.errors, h.fmt(p.throughput, 2),
          h.fmt(p.p50_ms), h.fmt(p.p90_ms), h.fmt(p.p99_ms), h.fmt(p.server_cpu_ms_per_image),
-         h.fmt(p.server_cpu_util, 2), h.fmt(p.loadavg_1m, 2)] for p in ordered], left=2))
-    if {"bls", "ensemble"} <= {p.target for p in points}:
-        print("\n== pipeline_bls vs ensemble (infer_pipeline), img/s (target: pipeline_bls >= "
-              "ensemble; ~: a miss within ±3 %, noise)")
-        rows = []
-        for label, c in keys:
-            bls, ens, bare = (by_key.get((label, t, c)) for t in TARGETS)
-            if bls and ens:
-                ratio = bls.throughput / ens.throughput if ens.throughput else float("nan")
-                verdict = "PASS" if ratio >= 1 else "~" if abs(ratio - 1) < 0.03 else "MISS"
-                rows.append([label, c, *(h.fmt(p.throughput, 2) if p else "" for p in (
-                    bls, ens, bare)), f"{ratio - 1:+.1%}", verdict])
-        print(h.table(["configuration", "conc", "bls img/s", "ensemble img/s", "bare img/s",
-                       "bls vs ens", ""], rows))
-        print("\n  where the time goes, per image, server side, ms (docs/benchmarks.md)")
-        print(h.table(["configuration", "conc", "target", "entry queue", "python", "rcnn queue",
-                       "rcnn compute", "server sum", "client p50", "bls batch"], [
-            [p.config, p.concurrency, p.target, *map(h.fmt, path_times(p)), h.fmt(p.p50_ms),
-             h.fmt(p.breakdown[PIPELINE_NAME]["batch"], 2) if p.target == "bls" else ""]
-            for p in ordered]))
+         h.fmt(p.server_cpu_util, 2), h.fmt(p.loadavg_1m, 2), versus(p)] for p in ordered], left=2))
+    print("\n  where the time goes, per image, server side, ms (docs/benchmarks.md)")
+    print(h.table(["configuration", "conc", "target", "entry queue", "python", "rcnn queue",
+                   "rcnn compute", "server sum", "client p50", "bls batch"], [
+        [p.config, p.concurrency, p.target, *map(h.fmt, path_times(p)), h.fmt(p.p50_ms),
+         h.fmt(p.breakdown[PIPELINE_NAME]["batch"], 2) if p.target == "bls" else ""]
+        for p in ordered]))
     best, reason = recommend(points, args.latency_budget_ms)
     print(f"\n== Recommendation (p99 <= {h.fmt(args.latency_budget_ms)} ms, no errors): best "
           f"pipeline_bls throughput")
@@ -397,32 +392,6 @@ def print_results(points: list, configs: list, args) -> dict:
         "throughput": best.throughput, "p99_ms": best.p99_ms, "tune_commands": commands}}
 
 
-def plot(points: list, configs: list, path: Path, budget_ms) -> None:
-    """Throughput and p99 against concurrency: colour = configuration, line style = target."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
-    for i, config in enumerate(configs):
-        for t, style in zip(TARGETS, ("-o", "--s", ":^")):
-            pts = sorted((p for p in points if p.config == config.label and p.target == t),
-                         key=lambda p: p.concurrency)
-            for ax, key in zip(axes, ("throughput", "p99_ms")):
-                ax.plot([p.concurrency for p in pts], [getattr(p, key) for p in pts], style,
-                        color=f"C{i % 10}", label=f"{t}: {config.label}")
-    for ax, label in zip(axes, ("throughput (images/s)", "p99 latency (ms)")):
-        ax.set(xscale="log", xlabel="concurrency", ylabel=label)
-        ax.grid(True, alpha=0.3)
-    if budget_ms is not None:
-        axes[1].axhline(budget_ms, color="red", alpha=0.5, label="latency budget")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def parse_args(argv):
     p = h.parser("benchmarks.sweep", __doc__, "repository", "size", "image", "generated")
     add = p.add_argument
@@ -435,7 +404,6 @@ def parse_args(argv):
     add("--warmup", type=int, default=2, help="warm-up requests per image and instance (2)")
     add("--latency-budget-ms", type=float, help="p99 the recommendation must stay within")
     add("--out", type=Path, default=h.ROOT / "build" / "sweep", help="output folder")
-    add("--no-plot", action="store_true", help="skip sweep.png")
     add("--stand-in", type=lambda s: [float(v) for v in s.split(",")], metavar="MS[,MS...]",
         help="stand-in mask_rcnn latencies")
     add("--stand-in-detections", type=int, default=20, help="detections per stand-in answer")
@@ -451,32 +419,29 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command, machine = h.begin("benchmarks.sweep", argv)
     args.out.mkdir(parents=True, exist_ok=True)
     images = h.images(args.image, args.generated)
-    scratch = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     points, failures, summary, measure = [], {}, {}, None
     sizes = (args.min_size or 800, args.max_size or 1333)
-    resolution = args.stand_in_mask_resolution or None
-    try:
+    resolution = args.stand_in_mask_resolution
+    with h.session("benchmarks.sweep", argv, None if args.stand_in else args) as run:
         if args.stand_in:
             meta = standin.metadata(resolution, *sizes)
             measure = InProcessCompute(images, meta, args.stand_in_detections, args.compute_repeats)
             summary["in_process"] = measure()
         else:
-            repo = h.prepare_repository(args, scratch)
-            source, meta = repo.path, repo.meta
-            print("".join(f"note: {note}\n" for note in repo.notes), end="")
+            meta = run.repo.meta
+            print("".join(f"note: {note}\n" for note in run.repo.notes), end="")
         bare = [[h.tensor_input(grpcclient, MODEL_INPUT.name, prepare(i.data, meta).model_input)]
                 for i in images]
         for index, config in enumerate(args.configs):
-            repo = scratch / f"repository-{index}"
+            repo = run.scratch / f"repository-{index}"
             if config.standin_ms is None:  # hard links: tune() writes new files
-                shutil.copytree(source, repo, copy_function=os.link,
+                shutil.copytree(run.repo.path, repo, copy_function=os.link,
                                 ignore=shutil.ignore_patterns("__pycache__"))
             else:
-                standin.make_repository(repo, args.stand_in_detections, resolution, *sizes,
-                                        config.standin_ms)
+                standin.make_repository(repo, config.standin_ms, args.stand_in_detections,
+                                        resolution, *sizes)
             for model, options in config.tunings():
                 tune(repo, model, options)
             print(f"\n[{index + 1}/{len(args.configs)}] {config.label}:", flush=True)
@@ -492,25 +457,21 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  FAILED: {str(e)[:2000]}", file=sys.stderr, flush=True)
             finally:
                 shutil.rmtree(repo, ignore_errors=True)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     summary |= print_results(points, args.configs, args)
     if measure is not None and points:
-        summary |= print_efficiency(points, args.configs, machine["usable_cpus"],
+        summary |= print_efficiency(points, args.configs, run.machine["usable_cpus"],
                                     summary["in_process"])
         summary["per_model_instance"] = recommend_per_instance(points, args.configs,
                                                                args.latency_budget_ms)
     (args.out / "sweep.json").write_text(json.dumps({
-        "command": command, "machine": machine, "loadavg_end": os.getloadavg(),
+        "command": run.command, "machine": run.machine, "loadavg_end": os.getloadavg(),
         "model": {"min_size": meta.min_size, "max_size": meta.max_size, "source": meta.source},
         "images": [{"name": i.name, "bytes": len(i.data)} for i in images],
         "configs": [asdict(c) | {"label": c.label} for c in args.configs],
         "concurrency": args.concurrency, "requests": args.requests,
         "latency_budget_ms": args.latency_budget_ms, "points": [asdict(p) for p in points],
         "failures": failures, **summary}, indent=2, default=str))
-    if not args.no_plot and points:
-        plot(points, args.configs, args.out / "sweep.png", args.latency_budget_ms)
-    print(f"written to {args.out}: sweep.json" + ("" if args.no_plot else ", sweep.png"))
+    print(f"written to {args.out}: sweep.json")
     return 1 if failures or not points else 0
 
 

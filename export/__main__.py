@@ -5,6 +5,7 @@
   python -m export torchvision --pretrained --repository ...             # downloads COCO weights
   python -m export assemble --model model.pt --repository build/repository
   python -m export tune --repository build/repository --model mask_rcnn --instances 2 --intra-op-threads 1
+  python -m export standin --repository build/standin --latency-ms 10  # answers like a GPU model
   python -m export detectron2 --config COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml ...
   python -m export parity --config ... --weights ... --repository build/repository ...
   python -m export evaluate --annotations val.json --images val/ --url 127.0.0.1:8001 ...
@@ -85,6 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     asm = sub.add_parser("assemble", help="rebuild a repository around an exported model file")
     _common(asm)
     asm.add_argument("--model", type=Path, required=True, help="model file written by an export")
+    si = sub.add_parser("standin", help="a stand-in mask_rcnn answering after --latency-ms, "
+                        "without weights or a core (export/standin.py, docs/benchmarks.md)")
+    _common(si)
+    si.add_argument("--latency-ms", type=float, required=True, help="per request (a GPU's)")
+    si.add_argument("--detections", type=int, default=20, help="per answer (default 20)")
+    si.add_argument("--mask-resolution", type=int, default=28, help="M of its [N, 1, M, M] "
+                    "masks (default 28; 0: no masks)")
+    si.add_argument("--min-size", type=int, default=800, help="resize: shortest edge")
+    si.add_argument("--max-size", type=int, default=1333, help="resize: longest edge at most")
     tune_cli.add_parser(sub)  # python -m export tune (export/tune.py)
 
     detectron2_cli.add_parsers(sub, _common)
@@ -97,6 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in detectron2_cli.COMMANDS:
         return detectron2_cli.run(args, assemble, _overrides(getattr(args, "set", [])))
     overrides = _overrides(args.set)
+    if args.command == "standin":
+        from export import standin
+
+        for name in ("latency_ms", "detections", "mask_resolution"):
+            if getattr(args, name) < 0:
+                parser.error(f"--{name.replace('_', '-')}: must be >= 0, got {getattr(args, name)}")
+        repo = standin.make_repository(args.repository, args.latency_ms, args.detections,
+                                       args.mask_resolution or None, args.min_size,
+                                       args.max_size, overrides, args.execution_env)
+        print(f"repository ready: {repo} (mask_rcnn: a stand-in, {args.latency_ms:g} ms)")
+        return 0
     if args.command == "assemble":
         repo = assemble(args.model, args.repository, overrides, args.execution_env)
         print(f"repository ready: {repo}")

@@ -46,6 +46,19 @@ OPTIONAL_INPUTS = (MONITORING_NAME,)
 DEPLOYMENT_PATH_PARAMETERS = ("capture_dir",)
 
 
+def parameters_override(**values) -> str:
+    """Spell config parameters as an override (assemble's ``overrides``, ``--set MODEL=...``).
+
+    Returns:
+        pbtxt, e.g. parameters_override(resize="torch") ->
+        'parameters { key: "resize" value { string_value: "torch" } }'; values are str()'d.
+    """
+    config = mc.ModelConfig()
+    for key, value in values.items():
+        config.parameters[key].string_value = str(value)
+    return text_format.MessageToString(config, as_one_line=True)
+
+
 def model_io(meta: ModelMetadata) -> dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]]:
     """Give the (inputs, outputs) TensorSpecs of every model in the repository, by name."""
     model_outputs = meta.outputs

@@ -16,6 +16,8 @@ import time
 from contextlib import ExitStack, closing
 from pathlib import Path
 
+from server.processes import live_members, processes, remove_shm_regions
+
 ROOT = Path(__file__).resolve().parent.parent
 RUN_TRITON = ROOT / "run_triton.sh"
 READY_LINE = "run_triton.sh: ready"
@@ -28,46 +30,6 @@ def free_ports(count: int) -> list[int]:
         for s in socks:
             s.bind(("127.0.0.1", 0))
         return [s.getsockname()[1] for s in socks]
-
-
-def live_processes():
-    """Yield (pid, ppid, pgrp) of every process that is not a zombie, from /proc."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            # "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after ')'
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        if fields[0] != "Z":
-            yield int(stat.parent.name), int(fields[1]), int(fields[2])
-
-
-def live_members(pgid: int) -> list[int]:
-    """List the pids of process group ``pgid`` that are not zombies."""
-    return [pid for pid, _, group in live_processes() if group == pgid]
-
-
-def shm_regions(run_triton_pid: int) -> list[Path]:
-    """List the Python backend's shared-memory regions of one server in /dev/shm.
-
-    run_triton.sh names them triton_bls_<its pid>_* (its process group id).
-    """
-    return list(Path("/dev/shm").glob(f"triton_bls_{run_triton_pid}_*"))
-
-
-def remove_shm_regions(run_triton_pid: int) -> list[Path]:
-    """Delete the Python backend's shared-memory regions of a server that is gone.
-
-    A server that was killed (or whose stubs were) leaves them behind in /dev/shm,
-    holding memory until removed.
-
-    Returns:
-        The paths removed.
-    """
-    removed = shm_regions(run_triton_pid)
-    for path in removed:
-        path.unlink(missing_ok=True)
-    return removed
 
 
 class ServerFailed(RuntimeError):
@@ -121,6 +83,10 @@ class TritonServer:
         """The tritonserver process (run_triton.sh's child), from its ready line."""
         match = re.search(rf"{READY_LINE} .* pid=(\d+)", self.log_text())
         return int(match.group(1)) if match else None
+
+    def processes(self) -> list[dict]:
+        """Read what each live process of this server uses now (server.processes.processes)."""
+        return processes(self.pid, self.tritonserver_pid) if self.pid is not None else []
 
     def log_text(self) -> str:
         """The server's output so far ("" before it starts)."""

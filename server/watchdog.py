@@ -20,29 +20,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
-from server.launcher import live_processes
-
-STUB = b"triton_python_backend_stub"
-
-
-def stubs(server_pid: int) -> dict[str, set[int]]:
-    """Find the live stub processes of ``server_pid``, by model name.
-
-    The model's name is the model directory of the model.py each stub runs."""
-    found: dict[str, set[int]] = {}
-    for pid, ppid, _ in live_processes():
-        if ppid != server_pid:
-            continue
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:  # gone meanwhile
-            continue
-        if argv and argv[0].endswith(STUB) and len(argv) > 1:
-            model = Path(argv[1].decode()).parent.parent.name
-            found.setdefault(model, set()).add(pid)
-    return found
+from server.processes import stubs
 
 
 def _post(url: str, header: str, key: str, timeout: float) -> None:

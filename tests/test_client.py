@@ -16,7 +16,7 @@ from pycocotools import mask as mask_utils
 from bls.contract.parameters import RequestOptions
 from bls.contract.tensors import (ENSEMBLE_NAME, PIPELINE_INPUT, PIPELINE_NAME, PIPELINE_OUTPUTS,
                                   MaskFormat)
-from client import cli
+from client import cli, statistics
 from client.overlay import class_color, decode_image, draw_overlay, write_png
 from client.results import (AnswerError, Detections, coco_results, decode_masks, differences,
                             latency_summary, rle_strings, throughput)
@@ -434,3 +434,25 @@ def test_a_corrupt_image_fails_alone(server, images, expected, tmp_path, capsys)
         assert len(per_image.get(str(folder / name), [])) == len(expected[name])
         assert (out / f"{name.rsplit('.', 1)[0]}.overlay.png").is_file()
     assert not (out / "broken.overlay.png").exists()
+
+
+def test_statistics_sum_versions_and_give_per_request_means():
+    # The gRPC client's JSON writes 64-bit counts as strings, the HTTP client's as numbers.
+    def reply(success, fail, ns, executions, inferences, version="1"):
+        return {"name": "m", "version": version, "execution_count": str(executions),
+                "inference_count": inferences, "inference_stats": {
+                    "success": {"count": str(success), "ns": ns}, "fail": {"count": fail},
+                    "queue": {"count": success, "ns": 1_000_000 * success},
+                    "compute_infer": {"ns": 3_000_000 * success},
+                    "compute_output": {"ns": 1_000_000 * success}}}
+
+    before = statistics.per_model({"model_stats": [reply(2, 0, 20_000_000, 2, 2)]})
+    after = statistics.per_model({"model_stats": [reply(6, 1, 60_000_000, 4, 6),
+                                                  reply(4, 1, 40_000_000, 2, 4, "2")]})
+    assert after["m"]["success"] == 10 and after["m"]["fail"] == 2  # both versions
+    assert after["m"]["compute_ns"] == 40_000_000
+    got = statistics.delta(before, after, ["m", "absent"])
+    assert got["m"] == {"requests": 10, "failed": 2, "executions": 4, "queue_ms": 0.8,
+                        "compute_ms": 3.2, "total_ms": 10.0, "batch": 2.0}
+    assert got["absent"] == {"requests": 0, "failed": 0, "executions": 0, "queue_ms": 0.0,
+                             "compute_ms": 0.0, "total_ms": 0.0, "batch": 0.0}

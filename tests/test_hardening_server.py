@@ -26,7 +26,7 @@ from bls.contract.parameters import RequestOptions
 from bls.contract.tensors import MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
 from client import cli
 from client.metrics import scrape, value
-from export.repository import assemble
+from export.repository import assemble, parameters_override
 from server.launcher import TritonServer
 
 pytestmark = pytest.mark.server
@@ -36,18 +36,13 @@ HEADERS = "x-trace-.*"
 MAX_ANSWER_BYTES = 240_000
 
 
-def parameter(key: str, value) -> str:
-    return f"parameters {{ key: {json.dumps(key)} value {{ string_value: {json.dumps(str(value))} }} }}"
-
-
 @pytest.fixture(scope="module")
 def server(exported, tmp_path_factory):
     repository = assemble(exported.model_file, tmp_path_factory.mktemp("hardening") / "repository", {
         # Requests sent together meet in one batch (the fault test needs a batch).
-        PIPELINE_NAME: " ".join(["dynamic_batching { max_queue_delay_microseconds: 200000 }",
-                                 parameter("monitoring_policy", ""),
-                                 parameter("header_forward_pattern", HEADERS),
-                                 parameter("max_answer_bytes", MAX_ANSWER_BYTES)])})
+        PIPELINE_NAME: "dynamic_batching { max_queue_delay_microseconds: 200000 } "
+        + parameters_override(monitoring_policy="", header_forward_pattern=HEADERS,
+                              max_answer_bytes=MAX_ANSWER_BYTES)})
     with TritonServer(repository, extra_args=("--model-control-mode", "explicit",
                                               "--header-forward-pattern", HEADERS)) as running:
         with httpclient.InferenceServerClient(running.http_url) as admin:

@@ -18,7 +18,7 @@ import pytest
 
 from benchmarks import load
 from client.results import Detections
-from server.launcher import live_members
+from server.processes import live_members
 
 
 def test_schedule_cycles_every_image_with_every_parameter_set():

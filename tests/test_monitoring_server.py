@@ -24,7 +24,7 @@ from bls.contract.tensors import (MODEL_NAME, MONITORING_INPUTS, MONITORING_NAME
 from bls.monitoring.event import event_inputs
 from bls.monitoring.policy import Reason
 from client.metrics import scrape, value
-from export.repository import assemble
+from export.repository import assemble, parameters_override
 from server.launcher import TritonServer
 
 pytestmark = pytest.mark.server
@@ -61,21 +61,16 @@ class TritonPythonModel:
 '''
 
 
-def parameter(key: str, value) -> str:
-    return f"parameters {{ key: {json.dumps(key)} value {{ string_value: {json.dumps(str(value))} }} }}"
-
-
 @pytest.fixture(scope="module")
 def setup(exported, tmp_path_factory):
     root = tmp_path_factory.mktemp("monitored")
     capture = root / "capture"
     repository = assemble(exported.model_file, root / "repository", {
-        PIPELINE_NAME: parameter("monitoring_policy", json.dumps(POLICY)),
-        MONITORING_NAME: " ".join([
-            parameter("capture_dir", capture), parameter("capture_max_bytes", CAPTURE_MAX_BYTES),
-            parameter("capture_max_files", CAPTURE_MAX_FILES),
-            parameter("drift_reference_size", 10), parameter("drift_window_size", 10),
-            parameter("drift_check_every", 5)]),
+        PIPELINE_NAME: parameters_override(monitoring_policy=json.dumps(POLICY)),
+        MONITORING_NAME: parameters_override(
+            capture_dir=capture, capture_max_bytes=CAPTURE_MAX_BYTES,
+            capture_max_files=CAPTURE_MAX_FILES, drift_reference_size=10, drift_window_size=10,
+            drift_check_every=5),
     })
     with TritonServer(repository, extra_args=("--model-control-mode", "explicit")) as server:
         with httpclient.InferenceServerClient(server.http_url) as client:

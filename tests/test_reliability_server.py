@@ -21,9 +21,9 @@ from tritonclient.utils import InferenceServerException
 from bls.contract.parameters import RequestOptions
 from bls.contract.tensors import MODEL_NAME, MONITORING_NAME, PIPELINE_INPUT, PIPELINE_NAME
 from export import samples
-from export.repository import assemble
+from export.repository import assemble, parameters_override
 from server.launcher import TritonServer
-from server.watchdog import stubs
+from server.processes import stubs
 
 pytestmark = pytest.mark.server
 
@@ -170,15 +170,11 @@ def test_a_cancelled_request_leaves_the_server_serving(server, images):
 
 
 # --------------------------------------------------------------------------- faults
-def parameter(key, value):
-    return f"parameters {{ key: {json.dumps(key)} value {{ string_value: {json.dumps(value)} }} }}"
-
-
 @pytest.fixture(scope="module")
 def supervised(exported, tmp_path_factory):
     """A server as run_triton.sh runs it by default (watchdog on), every request monitored."""
     repository = assemble(exported.model_file, tmp_path_factory.mktemp("faults") / "repository", {
-        PIPELINE_NAME: parameter("monitoring_policy", json.dumps({"sample_rate": 1.0}))})
+        PIPELINE_NAME: parameters_override(monitoring_policy=json.dumps({"sample_rate": 1.0}))})
     with TritonServer(repository) as running:
         yield running
 

@@ -12,7 +12,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from bls.contract.metadata import METADATA_PARAMETER, ModelMetadata
 from bls.contract.tensors import (ENSEMBLE_NAME, MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME,
                                   PIPELINE_OUTPUTS)
-from export.repository import BLS_PACKAGE, assemble, check_self_contained, model_io
+from export.repository import (BLS_PACKAGE, assemble, check_self_contained, model_io,
+                               parameters_override)
 
 CONFIG_TYPES = {"TYPE_UINT8", "TYPE_INT64", "TYPE_FP32", "TYPE_STRING"}
 
@@ -114,3 +115,12 @@ def test_reassembly_from_its_own_model_file_with_overrides(exported, tmp_path):
     assert not list(tmp_path.glob(".repo*")), "staging directories left behind"
     with pytest.raises(ValueError, match=r"unknown models \['nope'\]"):
         assemble(exported.model_file, repo, {"nope": "max_batch_size: 1"})
+
+
+def test_parameters_override_spells_config_parameters():
+    text = parameters_override(resize="torch", max_answer_bytes=5, monitoring_policy="",
+                               monitoring_policy_json='{"sample_rate": 1.0}')
+    config = text_format.Parse(text, mc.ModelConfig())
+    assert {k: v.string_value for k, v in config.parameters.items()} == {
+        "resize": "torch", "max_answer_bytes": "5", "monitoring_policy": "",
+        "monitoring_policy_json": '{"sample_rate": 1.0}'}

@@ -10,7 +10,8 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from server.launcher import RUN_TRITON, TritonServer, shm_regions
+from server.launcher import RUN_TRITON, TritonServer
+from server.processes import shm_regions
 
 
 def run(*args, timeout=120):

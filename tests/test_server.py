@@ -15,6 +15,7 @@ from bls.contract.metadata import ModelMetadata
 from bls.contract.parameters import RequestOptions
 from bls.contract.tensors import (ENSEMBLE_NAME, PIPELINE_INPUT, PIPELINE_NAME, PIPELINE_OUTPUTS,
                                   MaskFormat)
+from client import statistics
 from client.metrics import scrape, value
 
 pytestmark = pytest.mark.server
@@ -153,11 +154,9 @@ def test_bad_requests_get_invalid_arg_naming_the_problem(server, images, protoco
 
 
 def _stats(client, model):
-    """(executions, requests handled). Triton 2.51 counts a Python model's per-request
-    error response as a success, so handled = success + fail."""
-    stats = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
-    handled = sum(int(stats["inference_stats"][k].get("count", 0)) for k in ("success", "fail"))
-    return int(stats.get("execution_count", 0)), handled
+    """(executions, requests handled: success + fail, client/statistics.py)."""
+    counts = statistics.per_model(client.get_inference_statistics(model, as_json=True))[model]
+    return counts["executions"], counts["success"] + counts["fail"]
 
 
 def test_batch_with_one_bad_image_answers_the_neighbours(server, reference, images):

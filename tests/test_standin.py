@@ -1,4 +1,4 @@
-"""The stand-in mask_rcnn (benchmarks/standin.py) and the sweep's stand-in mode: the
+"""The stand-in mask_rcnn (export/standin.py) and the sweep's stand-in mode: the
 contract and plausible outputs (fast), then one smoke run of the sweep against real
 servers and `export tune --from-sweep` applying its recommendation. Speed goals live in
 the script; here only that it works and that the stand-in's latency is applied."""
@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.standin import metadata, standin_outputs, synthetic_outputs
 from benchmarks.sweep import SweepConfig, ideal_throughput
 from bls.contract.parameters import RequestOptions
 from bls.contract.tensors import MODEL_NAME, PIPELINE_NAME, model_outputs
 from bls.pipeline.steps import finish
+from export.standin import metadata, standin_outputs, synthetic_outputs
 from export.tune import TuneError, config_files, from_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,8 +74,7 @@ def test_stand_in_sweep_smoke_run_and_tune_from_it(exported, tmp_path):
     out = tmp_path / "sweep"
     command = [sys.executable, "-m", "benchmarks.sweep", "--stand-in", "0,40",
                "--config", "1x1:1", "--concurrency", "1,2", "--requests", "4", "--warmup", "1",
-               "--generated", "160x120", "--compute-repeats", "2", "--no-plot",
-               "--out", str(out)]
+               "--generated", "160x120", "--compute-repeats", "2", "--out", str(out)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for heading in ("== In process, one thread", "== Efficiency", "== Per mask_rcnn instance"):
@@ -121,3 +120,20 @@ def test_stand_in_sweep_smoke_run_and_tune_from_it(exported, tmp_path):
     assert config.config.parameters["worker_threads"].string_value == "2"
     with pytest.raises(TuneError, match="the sweep measured 0, 40 ms"):
         from_sweep(out / "sweep.json", 10, repository)
+
+
+def test_export_standin_assembles_a_repository_around_the_stand_in(tmp_path, capsys):
+    from export.__main__ import main
+
+    assert main(["standin", "--repository", str(tmp_path / "repo"), "--latency-ms", "7",
+                 "--detections", "3", "--mask-resolution", "0"]) == 0
+    version = tmp_path / "repo" / MODEL_NAME / "1"
+    assert json.loads((version / "standin.json").read_text()) == {
+        "latency_ms": 7.0, "detections": 3, "mask_resolution": None}
+    assert (version / "model.py").read_text() == (ROOT / "export" / "standin.py").read_text()
+    assert (tmp_path / "repo" / PIPELINE_NAME / "config.pbtxt").is_file()
+    assert not list(tmp_path.glob(".repo*")), "the staging model file is left behind"
+    with pytest.raises(SystemExit):
+        main(["standin", "--repository", str(tmp_path / "other"), "--latency-ms", "-1"])
+    assert "--latency-ms: must be >= 0, got -1.0" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()

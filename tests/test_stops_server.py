@@ -16,7 +16,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from bls.contract.tensors import MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
-from server.launcher import TritonServer, live_members, shm_regions
+from server.launcher import TritonServer
+from server.processes import live_members, shm_regions
 
 pytestmark = pytest.mark.server
 

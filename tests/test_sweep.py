@@ -81,7 +81,6 @@ def test_sweep_smoke_run(exported, tmp_path):
         assert stages["model_ms"] >= r["breakdown"]["mask_rcnn"]["compute_ms"], r
     assert report["failures"] == {}
     assert report["recommendation"]["spec"] in ("1x1", "1x1:2,delay=1000")
-    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Each configuration was tuned before its server started: the second served two
     # pipeline_bls instances, the first one; the exported repository is untouched.
     first, second = (out / "triton-0.log").read_text(), (out / "triton-1.log").read_text()

@@ -1,4 +1,7 @@
-"""A stand-in mask_rcnn: plausible outputs after a chosen latency (a GPU's), as model.py."""
+"""A stand-in mask_rcnn: the real contract and plausible outputs, answered after a chosen
+latency (a GPU's) without a core or weights. ``python -m export standin`` assembles a repository
+around it: to size pipeline_bls for a GPU model on any machine (``benchmarks.sweep --stand-in``),
+or to carry a deployment's plumbing before the model is ready. This file is also its model.py."""
 
 import functools
 import json
@@ -9,7 +12,13 @@ import numpy as np
 
 
 def synthetic_outputs(n: int, height: int, width: int, m: int | None) -> dict[str, np.ndarray]:
-    """Outputs by field for a [3, height, width] input; masks [n, 1, m, m] unless m is None."""
+    """Make n plausible detections for a [3, height, width] input, seeded (the same each call).
+
+    Returns:
+        By field: boxes float32 [n, 4] inside the input, classes int64 [n] (COCO 1..90),
+        scores float32 [n] descending in [0.5, 1), image_size int64 [2], and unless m is
+        None masks float32 [n, 1, m, m], a Gaussian blob each.
+    """
     rng = np.random.default_rng(0)
     bw, bh = rng.uniform(0.05, 0.5, n) * width, rng.uniform(0.05, 0.5, n) * height
     x1, y1 = rng.uniform(0, width - bw), rng.uniform(0, height - bh)
@@ -27,7 +36,8 @@ def synthetic_outputs(n: int, height: int, width: int, m: int | None) -> dict[st
 
 @functools.cache
 def standin_outputs(names: tuple[str, ...], n: int, m: int | None, height: int, width: int):
-    """Outputs by contract name for an input size, cached: it costs nothing but its latency."""
+    """Give synthetic_outputs by contract name (``names``), cached per input size, so that
+    the stand-in costs nothing but its latency."""
     fields = synthetic_outputs(n, height, width, m)
     return {name: fields[name.rsplit("__", 1)[0]] for name in names}
 
@@ -55,7 +65,8 @@ class TritonPythonModel:
 
 
 def metadata(mask_resolution: int | None, min_size: int = 800, max_size: int = 1333):
-    """ModelMetadata of torchvision's Mask R-CNN (COCO names, RGB) with this mask size."""
+    """Describe the stand-in as torchvision's Mask R-CNN (COCO names, RGB) with this mask size
+    (None: no masks) and resize."""
     from bls.contract.metadata import ModelMetadata
     from export.torchvision_maskrcnn import COCO_CATEGORIES as NAMES
 
@@ -63,17 +74,33 @@ def metadata(mask_resolution: int | None, min_size: int = 800, max_size: int = 1
                          tuple(range(len(NAMES))))
 
 
-def make_repository(repository, detections, mask_resolution, min_size, max_size, latency_ms):
-    """Assemble ``repository`` with the stand-in as mask_rcnn, its settings in standin.json."""
+def make_repository(repository: Path, latency_ms: float, detections: int = 20,
+                    mask_resolution: int | None = 28, min_size: int = 800, max_size: int = 1333,
+                    overrides=None, execution_env=None) -> Path:
+    """(Re)build ``repository`` with the stand-in as mask_rcnn, its settings in standin.json.
+
+    Every other model is the real one (export.repository.assemble, with ``overrides`` and
+    ``execution_env`` as there); the stand-in answers ``detections`` detections with
+    [N, 1, M, M] masks (M = ``mask_resolution``, None: no masks) after ``latency_ms``.
+
+    Returns:
+        The repository's resolved path.
+    """
     import torch
+
     from export.repository import VERSION, assemble
     from export.torchscript import save
 
-    repository.mkdir(parents=True)
-    model = repository / "model.pt"  # TorchScript only to carry the metadata assemble reads
-    meta = metadata(mask_resolution, min_size, max_size)
-    save(torch.jit.script(torch.nn.Identity()), meta, model)
-    version = assemble(model, repository) / "mask_rcnn" / VERSION
+    repository = Path(repository)
+    repository.parent.mkdir(parents=True, exist_ok=True)
+    staging = repository.parent / f".{repository.name}.standin.pt"
+    try:  # TorchScript only to carry the metadata assemble reads
+        save(torch.jit.script(torch.nn.Identity()), metadata(mask_resolution, min_size, max_size),
+             staging)
+        repository = assemble(staging, repository, overrides, execution_env)
+    finally:
+        staging.unlink(missing_ok=True)
+    version = repository / "mask_rcnn" / VERSION
     (version / "model.py").write_text(Path(__file__).read_text())
     (version / "standin.json").write_text(json.dumps(
         {"latency_ms": latency_ms, "detections": detections, "mask_resolution": mask_resolution}))
