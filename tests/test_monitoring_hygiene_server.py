@@ -23,9 +23,9 @@ from bls.contract.tensors import MONITORING_NAME, MONITORING_OUTPUT
 from bls.monitoring.event import event_inputs
 from bls.monitoring.policy import Reason
 from client.metrics import scrape, value
-from export.repository import assemble
+from export.repository import assemble, parameters_override
 from server.launcher import TritonServer
-from tests.test_monitoring_server import monitoring_input, parameter, send_command
+from tests.test_monitoring_server import monitoring_input, send_command
 
 pytestmark = pytest.mark.server
 
@@ -37,10 +37,9 @@ QUEUE_MAX_BYTES = 64 * 1024
 @pytest.fixture(scope="module")
 def server(exported, tmp_path_factory):
     repository = assemble(exported.model_file, tmp_path_factory.mktemp("hygiene") / "repository", {
-        MONITORING_NAME: " ".join([
-            parameter("max_subscriptions", MAX_SUBSCRIPTIONS),
-            parameter("max_event_bytes", MAX_EVENT_BYTES),
-            parameter("queue_max_bytes", QUEUE_MAX_BYTES)]),
+        MONITORING_NAME: parameters_override(max_subscriptions=MAX_SUBSCRIPTIONS,
+                                             max_event_bytes=MAX_EVENT_BYTES,
+                                             queue_max_bytes=QUEUE_MAX_BYTES),
     })
     with TritonServer(repository, extra_args=("--model-control-mode", "explicit")) as running:
         with httpclient.InferenceServerClient(running.http_url) as client:

@@ -5,6 +5,7 @@ goals live in the script, never here: the smoke run checks that it works, not ho
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,7 +63,9 @@ def test_sweep_smoke_run(exported, tmp_path):
                "--latency-budget-ms", "600000", "--out", str(out)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "pipeline_bls vs ensemble" in done.stdout
+    # pipeline_bls against the ensemble at each point, a column of the table
+    verdicts = re.findall(r"^  rcnn 1x1t.* [+-]\d+\.\d% (PASS|MISS|~)$", done.stdout, re.M)
+    assert len(verdicts) == 2 * 2, done.stdout  # configurations x concurrency levels
     assert "== Recommendation" in done.stdout and "python -m export tune" in done.stdout
 
     report = json.loads((out / "sweep.json").read_text())
