@@ -78,12 +78,13 @@ def proc_kb(pid: int, name: str) -> dict[str, int]:
     return {k: int(v.split()[0]) * 1024 for k, _, v in fields if v.endswith("kB")}
 
 
-def processes(run_triton_pid: int, tritonserver_pid: int) -> list[dict]:
+def processes(run_triton_pid: int, tritonserver_pid: int | None) -> list[dict]:
     """Read what each live process of a server uses now.
 
     Returns:
         Per process: pid, name ("run_triton.sh", "stub:<model>" or its comm, e.g.
-        "tritonserver"), cpu_s (user + system), and proc_kb() of status and smaps_rollup
+        "tritonserver"; stubs are named once tritonserver_pid is known), cpu_s (user +
+        system), and proc_kb() of status and smaps_rollup
         (VmRSS, VmHWM, RssAnon, RssShmem, Pss, ...).
     """
     names = {pid: f"stub:{m}" for m, pids in stubs(tritonserver_pid).items() for pid in pids}
