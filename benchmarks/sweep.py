@@ -161,10 +161,10 @@ async def measure_point(server, client, config, target, c: int, args, first: int
     cpu0, client0 = cpu_seconds(server), time.process_time()
     run = await h.closed_loop(sender(client, target), c, args.requests, args.max_seconds, first)
     cpu1, client_cpu = cpu_seconds(server), time.process_time() - client0
-    expected = run["issued"] + sum(stats0.get(model, Counter())[k] for k in ("success", "fail"))
+    expected = run["issued"] + statistics.handled(stats0.get(model, Counter()))
     for _ in range(500):  # Triton counts a request when released, just after its answer
         stats1 = statistics.per_model(await client.get_inference_statistics(as_json=True))
-        if sum(stats1.get(model, Counter())[k] for k in ("success", "fail")) >= expected:
+        if statistics.handled(stats1.get(model, Counter())) >= expected:
             break
         await asyncio.sleep(0.01)
     breakdown = statistics.delta(stats0, stats1, PATHS[target.name])

@@ -38,6 +38,11 @@ def per_model(reply: dict) -> dict[str, Counter]:
     return out
 
 
+def handled(counts: Counter) -> int:
+    """Count the requests a per_model() entry has handled: success + fail (see above)."""
+    return counts["success"] + counts["fail"]
+
+
 def delta(before: dict[str, Counter], after: dict[str, Counter], models) -> dict[str, dict]:
     """Compare two per_model() readings.
 
@@ -50,7 +55,7 @@ def delta(before: dict[str, Counter], after: dict[str, Counter], models) -> dict
     for model in models:
         d = after.get(model, Counter()).copy()
         d.subtract(before.get(model, Counter()))
-        n, ok, runs = d["success"] + d["fail"], d["success"], d["executions"]
+        n, ok, runs = handled(d), d["success"], d["executions"]
         out[model] = {"requests": n, "failed": d["fail"], "executions": runs,
                       "queue_ms": d["queue_ns"] / n / 1e6 if n else 0.0,
                       "compute_ms": d["compute_ns"] / n / 1e6 if n else 0.0,

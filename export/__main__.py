@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "tune":
         return tune_cli.run(args)
-    from export.repository import assemble  # noqa: after argparse, so --help is instant
+    from export.repository import assemble, staged_model_file  # after argparse: fast --help
 
     if args.command in detectron2_cli.COMMANDS:
         return detectron2_cli.run(args, assemble, _overrides(getattr(args, "set", [])))
@@ -144,15 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"input: uint8 [3, H, W] {meta.channel_order}, shortest edge {meta.min_size}, "
           f"longest at most {meta.max_size}; {num_classes} classes")
     images = [p.read_bytes() for p in args.sample_image]
-    staging = args.repository.parent / f".{args.repository.name}.model.pt"
-    try:
+    with staged_model_file(args.repository) as staging:
         exporter.export_module(tvm.TorchvisionMaskRCNN(model), meta, staging, args.method, images)
         if args.output:
             args.output.parent.mkdir(parents=True, exist_ok=True)
             args.output.write_bytes(staging.read_bytes())
         repo = assemble(staging, args.repository, overrides, args.execution_env)
-    finally:
-        staging.unlink(missing_ok=True)
     print(f"wrote {repo / MODEL_NAME / '1' / 'model.pt'} (torch {meta.torch_version})")
     print(f"repository ready: {repo}")
     print(f"note: NVIDIA's Triton container loads this file with its own libtorch, which must "

@@ -157,16 +157,15 @@ def _export(args, assemble, overrides) -> int:
               "nothing was written", file=sys.stderr)
         return 1
     images = [p.read_bytes() for p in args.sample_image]
-    staging = args.repository.parent / f".{args.repository.name}.model.pt"
-    try:
+    from export.repository import staged_model_file
+
+    with staged_model_file(args.repository) as staging:
         d2.export(model, meta, staging, args.method, images, devices)
         if args.output:
             args.output.parent.mkdir(parents=True, exist_ok=True)
             args.output.write_bytes(staging.read_bytes())
         env = getattr(args, "execution_env", None)
         repo = assemble(staging, args.repository, overrides, *([env] if env else []))
-    finally:
-        staging.unlink(missing_ok=True)
     print(f"wrote {repo / MODEL_NAME / '1' / 'model.pt'} ({args.method}, verified on "
           f"{', '.join(devices)}; torch {meta.torch_version})")
     print(f"repository ready: {repo}")

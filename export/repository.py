@@ -17,7 +17,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -44,6 +46,21 @@ OPTIONAL_INPUTS = (MONITORING_NAME,)
 # Parameters that name a place on the serving machine, set by the operator at assembly
 # (`--set`), so they may be absolute paths.
 DEPLOYMENT_PATH_PARAMETERS = ("capture_dir",)
+
+
+@contextmanager
+def staged_model_file(repository: Path) -> Iterator[Path]:
+    """Give the path an export writes its model file to before assemble() takes it in.
+
+    Hidden beside ``repository`` (the same file system), and removed afterwards whatever
+    happens: assemble copies it into the repository.
+    """
+    repository = Path(repository)
+    staging = repository.parent / f".{repository.name}.model.pt"
+    try:
+        yield staging
+    finally:
+        staging.unlink(missing_ok=True)
 
 
 def parameters_override(**values) -> str:

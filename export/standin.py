@@ -88,18 +88,13 @@ def make_repository(repository: Path, latency_ms: float, detections: int = 20,
     """
     import torch
 
-    from export.repository import VERSION, assemble
+    from export.repository import VERSION, assemble, staged_model_file
     from export.torchscript import save
 
-    repository = Path(repository)
-    repository.parent.mkdir(parents=True, exist_ok=True)
-    staging = repository.parent / f".{repository.name}.standin.pt"
-    try:  # TorchScript only to carry the metadata assemble reads
+    with staged_model_file(repository) as staging:  # TorchScript only to carry the metadata
         save(torch.jit.script(torch.nn.Identity()), metadata(mask_resolution, min_size, max_size),
              staging)
         repository = assemble(staging, repository, overrides, execution_env)
-    finally:
-        staging.unlink(missing_ok=True)
     version = repository / "mask_rcnn" / VERSION
     (version / "model.py").write_text(Path(__file__).read_text())
     (version / "standin.json").write_text(json.dumps(
