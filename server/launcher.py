@@ -174,7 +174,14 @@ class TritonServer:
     def __enter__(self) -> "TritonServer":
         return self.start()
 
+    @property
+    def exited(self) -> bool:
+        """Whether run_triton.sh has exited on its own: started, not stopped, gone."""
+        return self.process is not None and self.process.poll() is not None
+
     def __exit__(self, *exc) -> None:
+        exited = self.exited
         self.stop()
-        if self._own_log and exc[0] is None:
+        # A server that died under its user: its log is the only account of why.
+        if self._own_log and exc[0] is None and not exited:
             self.log_path.unlink(missing_ok=True)

@@ -112,3 +112,5 @@ def server(exported):
 
     with TritonServer(exported.repository) as running:
         yield running
+        assert not running.exited, (f"the session's server died during the tests; its log: "
+                                    f"{running.log_path}")

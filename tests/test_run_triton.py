@@ -3,6 +3,7 @@ clean stop (model control off, nothing left running in its process group)."""
 
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -107,3 +108,18 @@ def test_start_refuses_model_control_and_stops_cleanly(exported, tmp_path):
     unloaded = sorted(set(re.findall(r"successfully unloaded '(\w+)'", log)))
     assert unloaded == models, (unloaded, models)
     assert "Found 0 live models" in log
+
+
+def test_a_server_that_died_under_its_user_keeps_its_log(exported):
+    with TritonServer(exported.repository) as server:
+        assert not server.exited
+        os.killpg(os.getpgid(server.pid), signal.SIGKILL)  # dies, as by the OOM killer
+        server.process.wait()
+        assert server.exited
+    try:
+        assert "run_triton.sh: ready" in server.log_path.read_text()  # kept, to tell why
+    finally:
+        server.log_path.unlink(missing_ok=True)
+    with TritonServer(exported.repository) as stopped:  # stopped by its user: removed
+        pass
+    assert not stopped.log_path.exists()
