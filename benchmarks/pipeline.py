@@ -75,7 +75,8 @@ def seed_pil_paste(masks: np.ndarray, boxes: np.ndarray, height: int, width: int
 
 
 PATHS = {"seed's PIL loop (baseline)": seed_pil_paste,  # ours: what pipeline_bls answers
-         "ours, rle (pipeline_bls)": HOST.encode_rle, "ours, dense": HOST.dense}
+         "ours, rle (pipeline_bls)": lambda *a: HOST.encode_rle(HOST.paste(*a)),
+         "ours, dense": lambda *a: HOST.dense(HOST.paste(*a))}
 
 
 def bench(height: int, width: int, repeats: int) -> dict:
@@ -89,7 +90,7 @@ def bench(height: int, width: int, repeats: int) -> dict:
     baseline = result["seed's PIL loop (baseline)"]["median_ms"]
     for r in result.values():
         r["speedup"] = baseline / r["median_ms"]
-    a, b = seed_pil_paste(*args).astype(bool), HOST.dense(*args).astype(bool)
+    a, b = seed_pil_paste(*args).astype(bool), HOST.dense(HOST.paste(*args)).astype(bool)
     iou = (a & b).sum(axis=(1, 2)) / np.maximum((a | b).sum(axis=(1, 2)), 1)
     return {"paths": result, "mean_iou_dense_vs_baseline": float(iou.mean())}
 

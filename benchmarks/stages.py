@@ -44,7 +44,7 @@ def one_pass(image: h.Image, module, meta) -> tuple[list[float], str, int, np.nd
     det = rescale(select(det, meta.score_threshold, limit), input_size, (height, width))
     t.append(time.perf_counter())
     if det.masks is not None and len(det):
-        mask_ops.encode_rle(det.masks, det.boxes, height, width)
+        mask_ops.encode_rle(mask_ops.paste(det.masks, det.boxes, height, width))
     t.append(time.perf_counter())
     build_answer(det, (height, width), meta, MaskFormat.NONE)
     t.append(time.perf_counter())

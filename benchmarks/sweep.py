@@ -21,7 +21,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpc_aio
 
 from benchmarks import harness as h
-from bls.backend.metrics import DURATION_METRIC, OUTCOMES, REQUESTS_METRIC, STAGES
+from bls.backend.metrics import (CPU_METRIC, CPU_STAGES, DURATION_METRIC, OUTCOMES,
+                                 REQUESTS_METRIC, STAGES)
 from bls.backend.process import keep_freed_memory
 from bls.contract.parameters import PIPELINE_PARAMETERS, RequestOptions
 from bls.contract.tensors import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, PIPELINE_NAME,
@@ -39,6 +40,12 @@ TARGETS = {"bls": PIPELINE_NAME, "ensemble": ENSEMBLE_NAME, "bare": MODEL_NAME}
 PATHS = {"bls": (PIPELINE_NAME, MODEL_NAME), "bare": (MODEL_NAME,),
          "ensemble": (PREPROCESS_NAME, MODEL_NAME, POSTPROCESS_NAME)}
 STAGES_KEY = "pipeline_bls stages"  # Point.breakdown key of stage_means()
+# The targets of an instant model (docs/benchmarks.md): pipeline_bls's throughput against
+# the ensemble's, by concurrency (at least); paired c=1 latency over the in-process compute
+# (at most, ms); its stub's CPU per image over the compute at the top concurrency (at most,
+# ms); throughput at the top concurrency against cores x the in-process rate (at least).
+VS_ENSEMBLE = {1: 1.05, 4: 1.2, 8: 1.2}
+OVER_COMPUTE_MS, STUB_OVER_COMPUTE_MS, EFFICIENCY = 2.5, 1.0, 0.75
 SPEC = re.compile(r"(?P<m>[1-9]\d*)x(?P<t>\d+)(?::(?P<b>[1-9]\d*))?(?P<extra>(?:,[a-z]+=\d+)*)")
 KEYS = {"workers": "worker_threads", "delay": "delay_us", "batch": "max_batch_size",
         "stages": "stage_instances"}
@@ -137,13 +144,15 @@ def cpu_seconds(server) -> Counter:
 
 
 def stage_means(before: dict, after: dict) -> dict[str, float]:
-    """pipeline_bls's own metrics between two scrapes: mean ms per request of each stage."""
+    """pipeline_bls's own metrics between two scrapes: mean ms per request of each stage,
+    wall and (``<stage>_cpu_ms``) its thread's CPU."""
     def delta(name, **labels):
         return value(after, name, **labels) - value(before, name, **labels)
 
     n = sum(delta(REQUESTS_METRIC, outcome=o) for o in OUTCOMES)
     return {"requests": n} | {f"{s}_ms": delta(DURATION_METRIC, stage=s) / n / 1000 if n else 0.0
-                              for s in STAGES}
+                              for s in STAGES} | {
+        f"{s}_cpu_ms": delta(CPU_METRIC, stage=s) / n / 1000 if n else 0.0 for s in CPU_STAGES}
 
 
 def sender(client, target):
@@ -168,8 +177,12 @@ async def measure_point(server, client, config, target, c: int, args, first: int
             break
         await asyncio.sleep(0.01)
     breakdown = statistics.delta(stats0, stats1, PATHS[target.name])
-    if scraped is not None:
-        after = await asyncio.to_thread(scrape, server.metrics_url)
+    if scraped is not None:  # pipeline_bls flushes its counts every 250 ms
+        for _ in range(100):
+            after = await asyncio.to_thread(scrape, server.metrics_url)
+            if stage_means(scraped, after)["requests"] >= run["issued"]:
+                break
+            await asyncio.sleep(0.05)
         breakdown[STAGES_KEY] = stage_means(scraped, after)
     s, n, secs = h.summary(run["latencies"]), len(run["latencies"]), max(run["seconds"], 1e-9)
     server_cpu = cpu1.total() - cpu0.total()
@@ -278,23 +291,40 @@ def print_efficiency(points: list, configs: list, cores: int, compute: dict) -> 
                 "efficiency": p.throughput / ideal, "over_compute_ms": over}
         verdicts, instant = [], p.target == "bls" and config.standin_ms == 0
         if instant and p.concurrency == 1:
-            item["latency_target_met"] = over <= 5.0
-            verdicts.append(f"c1 latency <= compute + 5 ms: {h.verdict(over <= 5.0)}")
+            item["latency_target_met"] = over <= OVER_COMPUTE_MS
+            verdicts.append(f"c1 latency <= compute + {OVER_COMPUTE_MS:g} ms: "
+                            f"{h.verdict(over <= OVER_COMPUTE_MS)}")
         if instant and p.concurrency == top >= cores:
-            item["throughput_target_met"] = item["efficiency"] >= 0.85
-            verdicts.append(f"c{top} >= 85 % of cores x rate: "
-                            f"{h.verdict(item['efficiency'] >= 0.85)}")
+            stub_over = p.cpu_ms_per_image.get(PIPELINE_NAME, float("nan")) - compute_ms
+            item["stub_over_compute_ms"] = stub_over
+            item["stub_cpu_target_met"] = stub_over <= STUB_OVER_COMPUTE_MS
+            item["throughput_target_met"] = item["efficiency"] >= EFFICIENCY
+            verdicts.append(f"c{top} >= {EFFICIENCY:.0%} of cores x rate: "
+                            f"{h.verdict(item['efficiency'] >= EFFICIENCY)}")
+            verdicts.append(f"stub CPU {stub_over:+.1f} ms <= compute + "
+                            f"{STUB_OVER_COMPUTE_MS:g}: {h.verdict(stub_over <= STUB_OVER_COMPUTE_MS)}")
+            stages = p.breakdown.get(STAGES_KEY, {})
+            in_stub = sum(stages.get(f"{s}_cpu_ms", 0.0) for s in CPU_STAGES)
+            item["stub_compute_ms"] = in_stub  # prepare + finish, the stub's thread CPU
+            item["stub_serving_ms"] = p.cpu_ms_per_image.get(PIPELINE_NAME, 0.0) - in_stub
         report.append(item)
         rows.append([p.config, p.target, p.concurrency, h.fmt(p.throughput, 1),
                      h.fmt(compute_ms, 1), h.fmt(ideal, 1), f"{item['efficiency']:.0%}",
                      f"{over:+.1f}", "; ".join(verdicts)])
     print(h.table(["configuration", "target", "conc", "img/s", "compute ms", "ideal",
                    "efficiency", "over", "targets (instant model)"], rows, left=2))
-    print(f"\n  CPU ms per image by process at concurrency {top}:")
+    print(f"\n  CPU ms per image by process at concurrency {top} (share of the cores' time):")
     for p in (q for q in points if q.concurrency == top and q.target != "bare"):
         cpu = sorted(p.cpu_ms_per_image.items(), key=lambda kv: -kv[1])
+        share = p.throughput / 1000 / cores  # ms of CPU per image -> share of all cores
         print(f"  - {p.config}, {p.target}: "
-              + ", ".join(f"{k} {v:.1f}" for k, v in cpu if v >= 0.05))
+              + ", ".join(f"{k} {v:.1f} ({v * share:.0%})" for k, v in cpu if v >= 0.05)
+              + f"; cores busy {sum(cpu_ms for _, cpu_ms in cpu) * share:.0%}")
+    for item in (r for r in report if "stub_compute_ms" in r):
+        print(f"  - {item['config']}, pipeline_bls's stub: prepare + finish on its threads "
+              f"{item['stub_compute_ms']:.1f} ms per image (in process, alone: "
+              f"{item['compute_ms']:.1f}), the rest (reading, the model call, the send, "
+              f"threads) {item['stub_serving_ms']:.1f}")
     return {"in_process": compute, "efficiency": report}
 
 
@@ -360,11 +390,14 @@ def print_results(points: list, configs: list, args) -> dict:
         ens = by_key.get((p.config, "ensemble", p.concurrency))
         if p.target != "bls" or not ens or not ens.throughput:
             return ""
-        more = p.throughput / ens.throughput - 1
-        return f"{more:+.1%} " + ("PASS" if more >= 0 else "~" if more > -0.03 else "MISS")
+        ratio = p.throughput / ens.throughput
+        goal = next((VS_ENSEMBLE[c] for c in sorted(VS_ENSEMBLE, reverse=True)
+                     if p.concurrency >= c), 1.0)
+        return (f"{ratio:.2f}x " + ("PASS" if ratio >= goal else "~" if ratio > goal - 0.03
+                                    else "MISS") + f" (>= {goal:g}x)")
 
     print("\n== Sweep: closed-loop gRPC (asyncio); throughput = answered / wall time; vs ensemble "
-          "(infer_pipeline): target pipeline_bls >= ensemble, ~: a miss within 3 % (noise)")
+          "(infer_pipeline): pipeline_bls / ensemble against its target, ~: a miss within 0.03x")
     print(h.table(["configuration", "target", "conc", "n", "err", "img/s", "p50 ms", "p90 ms",
                    "p99 ms", "srv CPU ms/img", "srv cores", "load", "vs ensemble"], [
         [p.config, p.target, p.concurrency, p.answered, p.errors, h.fmt(p.throughput, 2),

@@ -17,10 +17,13 @@ from bls.errors import InvalidInput
 from bls.pipeline import device as device_ops
 from bls.pipeline.steps import finish
 from bls.pipeline import image as image_ops
-from bls.pipeline.masks import dense_masks, paste_windows
+from bls.backend.adapter import ModelInstance
+from bls.contract.tensors import MaskFormat
+from bls.pipeline.answer import build_answer
+from bls.pipeline.instances import Instances
 from bls.testing import TritonDouble, model_config_dict
 from export import samples
-from tests.test_masks import random_case
+from tests.test_masks import decode_polygons, pasted_dense, random_case, tie_case
 
 CPU = torch.device("cpu")
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
@@ -41,7 +44,7 @@ def test_paste_and_rle_match_the_numpy_path(seed, height, width):
     rng = np.random.default_rng(seed)
     masks, boxes = random_case(rng, 30, height, width)
     pasted = device_ops.paste(torch.from_numpy(masks), boxes, height, width)
-    expected = dense_masks(paste_windows(masks, boxes, height, width), height, width)
+    expected = pasted_dense(masks, boxes, height, width)
     got = pasted.to(torch.uint8).numpy()
     assert (got != expected).sum(axis=(1, 2)).max() <= 2  # float ties at 0.5 only
     # The RLE is exactly pycocotools' encoding of the pasted masks.
@@ -77,6 +80,119 @@ def test_parse_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device is visible"):
             device_ops.parse_device("cuda")
+
+
+@pytest.mark.parametrize("mask_format", [MaskFormat.DENSE, MaskFormat.BOX, MaskFormat.POLYGON])
+def test_device_formats_are_the_one_pasted_mask(mask_format):
+    """On the device too, every format is read from the one paste: dense, box crops and
+    polygons decode to the RLE's pixels, threshold ties included."""
+    height, width = 64, 80
+    masks, boxes = tie_case(4, height=height, width=width)
+    instances = Instances(boxes, np.linspace(0.99, 0.5, len(boxes)).astype(np.float32),
+                          np.ones(len(boxes), np.int64), torch.from_numpy(masks))
+    ops, meta = device_ops.DeviceOps(CPU), samples_meta()
+    rle = decoded(build_answer(instances, (height, width), meta, MaskFormat.RLE, ops=ops)
+                  ["masks_rle"], height, width).astype(bool)
+    answer = build_answer(instances, (height, width), meta, mask_format, ops=ops)
+    if mask_format is MaskFormat.DENSE:
+        got = answer["masks"].astype(bool)
+    elif mask_format is MaskFormat.BOX:
+        got, offset = np.zeros_like(rle), 0
+        for i, (x0, y0, w, h) in enumerate(answer["mask_windows"].tolist()):
+            got[i, y0:y0 + h, x0:x0 + w] = answer["masks_box"][offset:offset + w * h].reshape(h, w)
+            offset += w * h
+    else:
+        got = np.stack([decode_polygons(__import__("json").loads(text), height, width)
+                        for text in answer["masks_polygon"]])
+    np.testing.assert_array_equal(got, rle)
+
+
+def samples_meta():
+    from export.standin import metadata
+
+    return metadata(28)
+
+
+class Recorder:
+    """pb_utils.Tensor.from_dlpack as the stub's, recording what it was handed."""
+
+    def __init__(self, pb_utils):
+        self.pb, self.given = pb_utils, []
+
+    def from_dlpack(self, name, value):
+        self.given.append(value)
+        return self.pb.Tensor.from_dlpack(name, value)
+
+
+def test_model_tensors_cross_by_dlpack_as_tensors_not_capsules():
+    """python_backend orders the producer's CUDA stream before it reads a tensor handed
+    with __dlpack__, and takes a bare capsule as it is (pb_tensor.cc FromDLPack): so
+    pipeline_bls hands the tensor, both to mask_rcnn and back from its outputs."""
+    double = TritonDouble()
+    ops = device_ops.DeviceOps(CPU)
+    image = torch.arange(3 * 4 * 5, dtype=torch.uint8).reshape(3, 4, 5)
+    recorder = Recorder(double.module)
+    tensor = ops.model_tensor(type("pb", (), {"Tensor": recorder})(), MODEL_INPUT.name, image)
+    [given] = recorder.given
+    assert isinstance(given, torch.Tensor) and hasattr(given, "__dlpack__")
+    np.testing.assert_array_equal(tensor.as_numpy(), image.numpy())
+    back = ops.from_model(tensor)  # the output's own __dlpack__, as the stub's Tensor has
+    assert isinstance(back, torch.Tensor) and torch.equal(back, image)
+    with pytest.raises(Exception, match="must be a DLPack capsule or have `__dlpack__`"):
+        double.module.Tensor.from_dlpack("x", [1, 2, 3])
+
+
+def test_cuda_means_the_gpu_triton_assigned_to_the_instance(monkeypatch):
+    """device=cuda is model_instance_device_id's GPU; cuda:N is N whatever Triton assigned."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert device_ops.parse_device("cuda", ModelInstance("pipeline_bls_0_2", "GPU", 2)) == \
+        torch.device("cuda", 2)
+    assert device_ops.parse_device("cuda:1", ModelInstance("x", "GPU", 3)) == torch.device("cuda", 1)
+    assert device_ops.parse_device("cuda") == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match=r"cuda:5 is not visible \(4 CUDA devices\)"):
+        device_ops.parse_device("cuda", ModelInstance("x", "GPU", 5))
+
+
+def test_the_adapter_hands_the_instance_to_the_handler():
+    from bls.backend.adapter import python_model
+
+    seen = []
+
+    class Handler:
+        def __init__(self, pb_utils, config, instance):
+            seen.append(instance)
+
+        def execute(self, requests):
+            return []
+
+        def finalize(self):
+            pass
+
+    model = python_model(None, Handler)()
+    model.initialize({"model_config": "{}", "model_instance_kind": "GPU",
+                      "model_instance_device_id": "3", "model_instance_name": "m_0_3"})
+    assert seen == [ModelInstance("m_0_3", "GPU", 3)]
+
+
+def test_pipeline_bls_works_on_its_instance_gpu(monkeypatch, exported):
+    """The orchestrator resolves device=cuda with the instance Triton hands to initialize."""
+    import bls.pipeline.device as device_module
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(device_module, "use_device", lambda device: None)
+    double = TritonDouble()
+    config = model_config_dict(exported.repository / PIPELINE_NAME / "config.pbtxt")
+    config["parameters"]["device"] = {"string_value": "cuda"}
+    with double.installed():
+        model = double.load_model(exported.repository / PIPELINE_NAME, config,
+                                  instance_kind="GPU", device_id=1)
+        assert model.handler.ops.device == torch.device("cuda", 1)
+        assert double.module.TRITONSERVER_MEMORY_GPU == \
+            model.handler.ops.preferred_memory(double.module).preferred_memory_type
+        assert model.handler.ops.preferred_memory(double.module).preferred_device_id == 1
+        model.finalize()
 
 
 def expected_answer(torchscript, meta, data, options):

@@ -72,6 +72,29 @@ def test_mask_rcnn_runner_equals_the_torchscript_module(double, exported, torchs
     assert failed.has_error() and failed.error().message().startswith("mask_rcnn: RuntimeError")
 
 
+def test_mask_rcnn_runner_crosses_by_dlpack_with_tensors_not_capsules(double, exported, images,
+                                                                       monkeypatch):
+    """The input is read through the request tensor's own __dlpack__ and the outputs are
+    handed as torch tensors: python_backend orders the CUDA streams for those, not for a
+    bare capsule (pb_tensor.cc FromDLPack)."""
+    from bls.pipeline.steps import prepare
+    from bls.testing import api
+
+    handed, read = [], []
+    real_dlpack, real_from = api.Tensor.__dlpack__, api.Tensor.from_dlpack
+    monkeypatch.setattr(api.Tensor, "__dlpack__",
+                        lambda self, stream=None: read.append(self.name()) or real_dlpack(self))
+    monkeypatch.setattr(api.Tensor, "from_dlpack", staticmethod(
+        lambda name, value: handed.append(type(value).__name__) or real_from(name, value)))
+    model_dir = exported.repository / MODEL_NAME
+    runner = double.load_model(model_dir, model_config_dict(model_dir / "configs" / "embedded.pbtxt"))
+    model_input = prepare(images["tall.png"], exported.meta).model_input
+    [served] = double.execute(runner, [double.request({MODEL_INPUT.name: model_input})])
+    assert not served.has_error(), served.error().message()
+    assert read == [MODEL_INPUT.name]
+    assert handed == ["Tensor"] * len(exported.meta.outputs), handed  # torch.Tensor each
+
+
 @pytest.mark.parametrize("model,config_file", [
     ("preprocess", "config.pbtxt"), ("postprocess", "config.pbtxt"),
     (MODEL_NAME, "configs/embedded.pbtxt"), ("pipeline_bls", "config.pbtxt")])

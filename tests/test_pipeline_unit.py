@@ -2,11 +2,12 @@
 bls.testing double, with BLS routed to the exported TorchScript file in process.
 
 The double behaves like the stub where these tests look: requests unusable once execute
-returns, response senders that close before they serialise, one persistent loop whose
-default executor (6 threads, as on this 2-core machine) serves ``async_exec``, BLS
-refused in finalize. So the lifecycle and isolation promises are checked here without a
-server; the same paths run against the real server in test_server.py,
-test_reliability_server.py and test_stops_server.py."""
+returns, response senders that close before they serialise, BLS refused in finalize, and
+it records which calls are IPC round trips in the stub. So the lifecycle and isolation
+promises are checked here without a server; the same paths run against the real server
+in test_server.py, test_reliability_server.py and test_stops_server.py. pipeline_bls
+counts its metrics in memory and flushes them every 250 ms: ``flushed(model)`` waits for
+a flush before a test reads them."""
 
 import json
 import threading
@@ -27,7 +28,6 @@ from bls.testing import TRITONSERVER_MEMORY_CPU, TritonDouble, TritonError, mode
 from tests.test_models_unit import assert_same_answer
 
 CALLS = "pipeline_monitoring_calls_total"
-STUB_EXECUTOR_THREADS = 6  # min(32, cpus + 4) on the 2-core machines this runs on
 
 
 def image_tensor(data: bytes) -> np.ndarray:
@@ -61,8 +61,7 @@ def double(torchscript):
     def mask_rcnn(inputs, _params):
         return torchscript(inputs[MODEL_INPUT.name])
 
-    with TritonDouble({MODEL_NAME: mask_rcnn}, executor_threads=STUB_EXECUTOR_THREADS
-                      ).installed() as d:
+    with TritonDouble({MODEL_NAME: mask_rcnn}).installed() as d:
         yield d
 
 
@@ -98,6 +97,11 @@ def model_calls(double):
     return [c for c in double.calls if c.model_name == MODEL_NAME]
 
 
+def flushed(model):
+    """Wait until what pipeline_bls counted so far is in the double's metrics."""
+    assert model.handler.counters.wait_flushed(5), "the metrics were not flushed in 5 s"
+
+
 # --------------------------------------------------------------------------- answers
 def test_a_batch_with_bad_requests_answers_each_on_its_own(double, load, reference, images,
                                                           exported):
@@ -129,6 +133,7 @@ def test_a_batch_with_bad_requests_answers_each_on_its_own(double, load, referen
     assert calls[0].requested_output_names() == [s.name for s in exported.meta.outputs]
     assert calls[0].preferred_memory.preferred_memory_type == TRITONSERVER_MEMORY_CPU
     assert [t.name() for t in calls[0].inputs()] == [MODEL_INPUT.name]
+    flushed(model)
     assert double.metric(REQUESTS_METRIC, outcome="ok") == 2
     assert double.metric(REQUESTS_METRIC, outcome="invalid") == 3
     spent = {stage: double.metric(DURATION_METRIC, stage=stage) for stage in STAGES}
@@ -153,6 +158,7 @@ def test_an_answer_holds_only_the_outputs_the_client_asked_for(double, load, ima
     np.testing.assert_array_equal(got["scores"], expected["scores"])
     assert list(got["masks_rle"]) == list(expected["masks_rle"])
     assert len(outputs_of(everything)) == len(PIPELINE_OUTPUTS)
+    flushed(model)
     assert double.metric(UNSENT_METRIC) == 0
 
 
@@ -215,6 +221,7 @@ def test_model_errors_map_to_codes_a_client_can_act_on(double, load, images):
         [response] = double.execute(model, [request(double, images["scene.jpg"])])
         assert response.error().code() == TritonError.UNAVAILABLE, message
         assert response.error().message() == f"pipeline_bls: mask_rcnn is unavailable: {message}"
+    flushed(model)
     assert double.metric(REQUESTS_METRIC, outcome="failed") == 1
     assert double.metric(REQUESTS_METRIC, outcome="unavailable") == 3
 
@@ -235,6 +242,7 @@ def test_a_timeout_is_answered_unavailable_and_holds_its_slot_until_the_model_le
     assert response.error().code() == TritonError.UNAVAILABLE
     assert response.error().message() == ("pipeline_bls: mask_rcnn did not answer within "
                                           "mask_rcnn_timeout_us=1500000")
+    flushed(model)
     assert double.metric(REQUESTS_METRIC, outcome="timeout") == 1
     # The call still runs in mask_rcnn: the one slot stays taken, the next execute waits.
     nxt = request(double, images["scene.jpg"])
@@ -248,23 +256,61 @@ def test_a_timeout_is_answered_unavailable_and_holds_its_slot_until_the_model_le
     assert not nxt.sender.responses[0].has_error()
 
 
-def test_cancellation_is_read_from_the_sender_after_execute_returned(double, load, images,
-                                                                     torchscript):
-    gate = Gate(lambda inputs, _: torchscript(inputs[MODEL_INPUT.name]))
-    double.models[MODEL_NAME] = gate
+def test_cancellation_is_read_once_from_the_sender_before_the_model_call(double, load,
+                                                                        images, monkeypatch):
+    """The client gives up while its image is being prepared, after execute returned: its
+    request never reaches mask_rcnn. The check is read from the sender (the request is
+    released by then), once per request: it is an IPC round trip in the stub."""
+    entered, opened = threading.Semaphore(0), threading.Event()
+    real_prepare = bls.orchestration.orchestrator.prepare
+
+    def gated_prepare(*args):
+        entered.release()
+        assert opened.wait(60), "the test never opened the gate"
+        return real_prepare(*args)
+
+    monkeypatch.setattr(bls.orchestration.orchestrator, "prepare", gated_prepare)
     model = load()
     cancelled, live = request(double, images["scene.jpg"]), request(double, images["tall.png"])
     model.execute([cancelled, live])  # returns at once; the requests are released now
     double.release([cancelled, live])
-    assert gate.entered.acquire(timeout=30) and gate.entered.acquire(timeout=30)
-    double.cancel(cancelled)  # the client gives up while mask_rcnn works
-    gate.open()
+    assert entered.acquire(timeout=30) and entered.acquire(timeout=30)
+    double.cancel(cancelled)
+    opened.set()
     double.wait_closed([cancelled, live])
     [first], [second] = cancelled.sender.responses, live.sender.responses
     assert first.error().code() == TritonError.CANCELLED
-    assert first.error().message() == "pipeline_bls: cancelled: before the postprocess"
+    assert first.error().message() == "pipeline_bls: cancelled: before the mask_rcnn call"
     assert not second.has_error()
+    assert len(model_calls(double)) == 1, "the cancelled request reached mask_rcnn"
+    checks = [kind for kind, _ in double.round_trips if kind == "is_cancelled"]
+    assert len(checks) == 2, f"{len(checks)} cancellation checks for 2 requests"
+    flushed(model)
     assert double.metric(REQUESTS_METRIC, outcome="cancelled") == 1
+
+
+def test_a_request_is_carried_by_one_thread_with_three_round_trips(double, load, images):
+    """Each request's path, in the stub's IPC round trips: one cancellation check, the BLS
+    call, the send, all on the one thread that carries it; metric counts reach the
+    backend from the metrics thread, never from a request's thread."""
+    model = load()
+    requests = [request(double, images[name]) for name in ("scene.jpg", "tall.png", "gray.png")]
+    model.execute(requests)
+    double.wait_closed(requests)
+    flushed(model)
+    by_thread: dict[str, list[str]] = {}
+    for kind, thread in double.round_trips:
+        by_thread.setdefault(thread, []).append(kind)
+    job_threads = {t: kinds for t, kinds in by_thread.items() if "-job" in t}
+    assert job_threads, by_thread
+    for thread, kinds in job_threads.items():
+        assert len(kinds) % 3 == 0 and kinds == ["is_cancelled", "exec", "send"] * (
+            len(kinds) // 3), f"{thread}: {kinds}"
+    assert sum(len(k) for k in job_threads.values()) == 3 * len(requests)
+    metric_threads = {t for t, kinds in by_thread.items() if "metric" in kinds}
+    assert metric_threads <= {"pipeline_bls-metrics", threading.current_thread().name}, \
+        metric_threads  # the test thread loaded the model: its start-time gauge
+    assert double.metric(REQUESTS_METRIC, outcome="ok") == len(requests)
 
 
 def test_a_send_that_fails_is_counted_and_spares_its_neighbours(double, load, images):
@@ -277,6 +323,7 @@ def test_a_send_that_fails_is_counted_and_spares_its_neighbours(double, load, im
         double.execute(model, requests)
     assert not requests[0].sender.responses[0].has_error()
     assert requests[2].sender.responses[0].error().code() == TritonError.INVALID_ARG
+    flushed(model)
     assert double.metric(UNSENT_METRIC) == 1
 
 
@@ -404,19 +451,21 @@ def test_events_carry_the_answer_and_monitoring_changes_no_answer(double, monito
 
 
 def test_a_hung_monitoring_holds_no_answer(double, load, images):
-    """Monitoring never answers: more requests than the stub's executor has threads are
-    all answered, each in its own time. (Sending events with async_exec, as before, held
-    one executor thread per event, and the seventh answer waited for them.)"""
+    """Monitoring never answers: three times as many requests as pipeline_bls has job
+    threads are all answered, each in its own time. (Events sent from the threads that
+    answer, as once with async_exec, held one thread per event, and the answer after
+    them waited.)"""
     gate = Gate(lambda inputs, params: {MONITORING_OUTPUT.name: np.zeros(0, dtype=object)})
     double.models[MONITORING_NAME] = gate
-    # Fewer model-call threads than requests too: events may hold none of them either.
     model = load(max_in_flight_requests=4,
                  **{POLICY_PARAMETER: json.dumps({"sample_rate": 1.0})})
-    count = 2 * STUB_EXECUTOR_THREADS
+    count = 3 * model.handler.max_in_flight_requests
     for _ in range(count):
         [response] = double.execute(model, [request(double, images["tall.png"])], timeout=20)
         assert not response.has_error()
+    flushed(model)
     assert double.metric(CALLS, outcome="ok") == 0  # monitoring has acknowledged nothing
+    assert gate.entered.acquire(timeout=5), "no event reached monitoring"
     gate.open()  # the first event, held past timeout_ms, counts as late; the rest are ok
     wait_for(lambda: (double.metric(CALLS, outcome="timeout"),
                       double.metric(CALLS, outcome="ok")) == (1, count - 1))
@@ -430,6 +479,7 @@ def test_events_that_do_not_fit_are_dropped_late_ones_and_leftovers_counted(doub
                                                   "timeout_ms": 50})})
     for _ in range(4):
         double.execute(model, [request(double, images["tall.png"])])
+    flushed(model)
     assert double.metric(CALLS, outcome="dropped") == 2
     gate.open()
     wait_for(lambda: double.metric(CALLS, outcome="timeout") == 1)  # acknowledged late
@@ -451,4 +501,5 @@ def test_captures_over_their_bound_go_without_the_image(double, load, images):
     double.execute(model, [request(double, images["tall.png"])])
     wait_for(lambda: len(events) == 1)
     assert events[0]["image"].shape == (0,) and events[0]["predictions"].shape == (0,)
+    flushed(model)
     assert double.metric("pipeline_monitoring_captures_skipped_total") == 1

@@ -64,7 +64,8 @@ def test_sweep_smoke_run(exported, tmp_path):
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # pipeline_bls against the ensemble at each point, a column of the table
-    verdicts = re.findall(r"^  rcnn 1x1t.* [+-]\d+\.\d% (PASS|MISS|~)$", done.stdout, re.M)
+    verdicts = re.findall(r"^  rcnn 1x1t.* \d+\.\d\dx (PASS|MISS|~) \(>= 1(\.05)?x\)$", done.stdout,
+                          re.M)
     assert len(verdicts) == 2 * 2, done.stdout  # configurations x concurrency levels
     assert "== Recommendation" in done.stdout and "python -m export tune" in done.stdout
 

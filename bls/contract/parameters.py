@@ -238,7 +238,8 @@ PIPELINE_PARAMETERS = config_parameters(
     Parameter("mask_rcnn_timeout_us", whole(0), 0,
               "longest wait for mask_rcnn's answer, microseconds (0: none); past it "
               "the request is answered UNAVAILABLE"),
-    Parameter("worker_threads", whole(1), 2, "decode, resize and paste threads"),
+    Parameter("worker_threads", whole(1), 2,
+              "requests decoded, resized or pasted at once (the CPU stages' bound)"),
     Parameter("max_in_flight_requests", whole(1), None,
               "requests one instance works on at once (default 2 x max_batch_size); "
               "the rest wait in Triton's queue"),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import threading
 
+from bls.backend.adapter import ModelInstance
 from bls.backend.metrics import ModelStart
 from bls.backend.responses import error_response
 from bls.contract.metadata import ModelMetadata
@@ -44,7 +45,7 @@ class MonitoringService:
         ValueError: a config parameter is unknown or malformed (the model fails to load).
     """
 
-    def __init__(self, pb_utils, model_config: dict):
+    def __init__(self, pb_utils, model_config: dict, instance: ModelInstance | None = None):
         self.pb = pb_utils
         settings = MonitorSettings.from_config(model_config)
         meta = ModelMetadata.from_model_config(model_config)

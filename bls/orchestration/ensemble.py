@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bls.backend.adapter import ModelInstance
 from bls.backend.metrics import ModelStart
 from bls.backend.process import configure_process
 from bls.backend.request import parse_options, request_image
@@ -24,7 +25,7 @@ from bls.pipeline.steps import finish, prepare
 class PreprocessStep:
     """preprocess (ensemble step 1): ``image`` -> ``MODEL_INPUT`` and ``original_size``."""
 
-    def __init__(self, pb_utils, model_config: dict):
+    def __init__(self, pb_utils, model_config: dict, instance: ModelInstance | None = None):
         self.pb = pb_utils
         self.meta = ModelMetadata.from_model_config(model_config)
         values = PREPROCESS_PARAMETERS.read_config(model_config)
@@ -55,7 +56,7 @@ class PostprocessStep:
     """postprocess (ensemble step 3): mask_rcnn's outputs and ``original_size`` -> the
     answer, refused past ``max_answer_bytes``."""
 
-    def __init__(self, pb_utils, model_config: dict):
+    def __init__(self, pb_utils, model_config: dict, instance: ModelInstance | None = None):
         self.pb = pb_utils
         self.meta = ModelMetadata.from_model_config(model_config)
         values = POSTPROCESS_PARAMETERS.read_config(model_config)

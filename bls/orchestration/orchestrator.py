@@ -6,47 +6,53 @@
 Request lifecycle, as Triton's Python backend defines it (its README; Triton 2.51):
 Triton releases the requests when ``execute`` returns. So ``execute`` reads everything a
 request holds (the image bytes, the parameters, the response sender), answers a malformed
-request at once, and hands the rest to this model's own event loop as plain data
-(``Job``). Each job is answered on its own, through its response sender, when it is
-ready; cancellation is read from the sender, which stays valid after the release.
+request at once, and hands the rest to a pool as plain data (``Job``), as python_backend's
+decoupled example (square_model.py) does. Cancellation is read from the sender, which
+stays valid after the release.
 
-Threads, and what each may hold:
+Threads (docs/architecture.md draws them):
 - Triton's thread runs ``execute``; it blocks while ``max_in_flight_requests`` jobs are
   held, so further requests wait in Triton's queue, not here.
-- One asyncio loop (its own thread) runs the jobs. BLS ``async_exec`` runs on the loop's
-  default executor, which has one thread per job that can be held: a model call never
-  waits for a thread.
-- ``worker_threads`` threads decode, resize, paste and encode.
-- Monitoring events have their own thread and bounded queue (bls/orchestration/sender.py): a hung or
-  dead monitoring model can hold nothing that an answer needs.
+- One pool thread carries a job from start to end: prepare, the blocking BLS call to
+  mask_rcnn, finish, the send. The pool has a thread per job that can be held, so a job
+  never waits for a thread; ``worker_threads`` bounds how many are in the CPU stages
+  (prepare, finish) at once.
+- With ``mask_rcnn_timeout_us`` set, the BLS call runs on a thread of its own, so the job
+  can stop waiting for it.
+- Metric counts go to the backend from one thread of their own (bls/backend/metrics.py
+  CounterBuffer), monitoring events from another, behind a bounded queue
+  (bls/orchestration/sender.py): a hung or dead monitoring model holds nothing an answer
+  needs.
 
-Every accepted request gets exactly one final response: ``Reply`` sends at most once and
-is claimed by whoever answers first (its job, or ``finalize`` when the job cannot finish).
+A job's IPC round trips to the backend: one cancellation check before the model call, the
+BLS call, the send. Every accepted request gets exactly one final response: ``Reply``
+sends at most once and is claimed by whoever answers first (its job, or ``finalize``
+when the job cannot finish).
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any
 
-from bls.backend.metrics import ModelStart, MonitoringCalls, RequestMetrics
+from bls.backend.adapter import ModelInstance
+from bls.backend.metrics import CounterBuffer, ModelStart, MonitoringCalls, RequestMetrics
 from bls.backend.process import configure_process
 from bls.backend.request import parse_options, request_image
 from bls.backend.responses import code_name, error_response, output_response
-from bls.orchestration.sender import EventSender
 from bls.contract.metadata import ModelMetadata
 from bls.contract.parameters import PIPELINE_PARAMETERS, RequestOptions
 from bls.contract.tensors import MODEL_INPUT, MODEL_NAME, PIPELINE_NAME
 from bls.errors import Cancelled, ModelTimeout, Unavailable, model_call_error
 from bls.monitoring.policy import MonitoringPolicy
-from bls.pipeline.steps import finish, prepare
+from bls.orchestration.sender import EventSender
 from bls.pipeline.host import HOST
 from bls.pipeline.image import decode_limits
+from bls.pipeline.steps import finish, prepare
 
 # How long finalize waits for jobs still held before answering them UNAVAILABLE. Triton
 # itself waits for every open response sender before it unloads a model (Triton 2.51), so
@@ -78,7 +84,7 @@ class Reply:
             return first
 
     def cancelled(self) -> bool:
-        """Whether the client cancelled; False when the sender cannot tell."""
+        """Whether the client cancelled (an IPC round trip); False when the sender cannot tell."""
         try:
             return bool(self._sender.is_cancelled())
         except Exception:  # the sender cannot tell: carry on, the send will say
@@ -93,8 +99,8 @@ class Reply:
             self._sender.send(response, flags=self._pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             return True
         except Exception as e:
+            self._unsent.increment(1)
             try:
-                self._unsent.increment(1)
                 self._pb.Logger.log_error(f"{PIPELINE_NAME}: answer not sent: "
                                           f"{type(e).__name__}: {e}")
             except Exception:
@@ -109,19 +115,21 @@ class Job:
     Attributes:
         data: the encoded image.
         started: its perf_counter at execute.
-        outputs: the outputs the client asked for; () for all.
+        outputs: the outputs the client asked for.
         seconds: wall seconds by stage (bls/backend/metrics.py STAGES).
-        model_call: the BLS future while it outlives the answer (after a timeout), so
-            its slot stays taken until mask_rcnn lets go.
+        cpu_seconds: its thread's CPU seconds by stage (CPU_STAGES).
+        model_call: the BLS call's future while it outlives the answer (after a
+            timeout), so the job's slot stays taken until mask_rcnn lets go.
     """
 
     data: bytes
     options: RequestOptions
     reply: Reply
     started: float
-    outputs: tuple[str, ...] = ()  # the outputs the client asked for; () = all
+    outputs: tuple[str, ...] = ()
     seconds: dict[str, float] = field(default_factory=dict)
-    model_call: Any = None
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    model_call: Future | None = None
 
 
 class PipelineOrchestrator:
@@ -131,12 +139,13 @@ class PipelineOrchestrator:
         pb_utils: ``triton_python_backend_utils``, or bls.testing's double.
         model_config: the config as Triton hands it to ``initialize`` (a dict); its
             parameters are read strictly (bls/contract/parameters.py PIPELINE_PARAMETERS).
+        instance: which instance this is; ``device: cuda`` means its GPU.
 
     Raises:
         InvalidInput: a config parameter is unknown or malformed (the model fails to load).
     """
 
-    def __init__(self, pb_utils, model_config: dict):
+    def __init__(self, pb_utils, model_config: dict, instance: ModelInstance | None = None):
         self.pb = pb_utils
         values = PIPELINE_PARAMETERS.read_config(model_config)
         self.meta = ModelMetadata.from_model_config(model_config)
@@ -152,24 +161,25 @@ class PipelineOrchestrator:
         self.max_in_flight_requests = values["max_in_flight_requests"] or 2 * max(batch, 1)
         self.output_names = [spec.name for spec in self.meta.outputs]
         self.ops = HOST  # where the image and mask work runs (bls/pipeline/host.py)
+        on_thread_start = None
         if values["device"]:
-            from bls.pipeline.device import DeviceOps, parse_device  # torch: device only
+            from bls.pipeline.device import DeviceOps, parse_device, use_device  # torch
 
-            self.ops = DeviceOps(parse_device(values["device"]))
-        self.metrics = RequestMetrics(pb_utils)
+            device = parse_device(values["device"], instance or ModelInstance())
+            self.ops = DeviceOps(device)
+            on_thread_start = lambda: use_device(device)  # noqa: E731
+        self.counters = CounterBuffer(on_error=self._log_error)
+        self.metrics = RequestMetrics(pb_utils, self.counters)
         self.started = ModelStart(pb_utils, PIPELINE_NAME)
-        self.monitoring_calls = MonitoringCalls(pb_utils)
+        self.monitoring_calls = MonitoringCalls(pb_utils, self.counters)
         self.events = (EventSender(pb_utils, self.policy, self.monitoring_calls)
                        if self.policy.enabled else None)
-        self.workers = ThreadPoolExecutor(values["worker_threads"],
-                                          thread_name_prefix=f"{PIPELINE_NAME}-worker")
-        self.model_calls = ThreadPoolExecutor(self.max_in_flight_requests,
-                                              thread_name_prefix=f"{PIPELINE_NAME}-model")
-        self.loop = asyncio.new_event_loop()
-        self.loop.set_default_executor(self.model_calls)  # where async_exec runs
-        self._loop_thread = threading.Thread(target=self.loop.run_forever,
-                                             name=f"{PIPELINE_NAME}-loop", daemon=True)
-        self._loop_thread.start()
+        self.cpu_slots = threading.BoundedSemaphore(values["worker_threads"])
+        self.jobs = ThreadPoolExecutor(self.max_in_flight_requests, f"{PIPELINE_NAME}-job",
+                                       on_thread_start)
+        self.model_calls = (ThreadPoolExecutor(self.max_in_flight_requests,
+                                               f"{PIPELINE_NAME}-model-call", on_thread_start)
+                            if self.timeout_us else None)
         self._cv = threading.Condition()
         self._slots = 0  # jobs started and not let go (answered and model call ended)
         self._held: set[Job] = set()  # jobs not answered yet
@@ -196,7 +206,12 @@ class PipelineOrchestrator:
             job = Job(b"", RequestOptions(self.meta.score_threshold), reply,
                       time.perf_counter())
             try:
-                job.data, job.options, job.outputs = self._read(request)
+                job.data = request_image(self.pb, request)
+                job.options = parse_options(request.parameters(), self.meta.score_threshold,
+                                            self.forwarded_headers)
+                # The answer carries only these: with Python 3.12's stub, a response
+                # holding an output the client did not ask for kills the stub (2.51).
+                job.outputs = tuple(request.requested_output_names())
                 self._start(job)
             except Exception as e:
                 self._conclude(job, None, e)
@@ -208,14 +223,6 @@ class PipelineOrchestrator:
         except Exception:  # logging must not be what breaks an answer
             pass
 
-    def _read(self, request) -> tuple[bytes, RequestOptions, tuple[str, ...]]:
-        data = request_image(self.pb, request)
-        options = parse_options(request.parameters(), self.meta.score_threshold,
-                                self.forwarded_headers)
-        # The answer carries only these: with Python 3.12's stub, a response holding an
-        # output the client did not ask for kills the stub (Triton 2.51).
-        return data, options, tuple(request.requested_output_names())
-
     def _start(self, job: Job) -> None:
         """Take a slot (waiting while max_in_flight_requests are taken) and run the job."""
         with self._cv:
@@ -225,74 +232,65 @@ class PipelineOrchestrator:
                 raise Unavailable(f"{PIPELINE_NAME} is stopping")
             self._slots += 1
             self._held.add(job)
-        asyncio.run_coroutine_threadsafe(self._serve(job), self.loop)
+        self.jobs.submit(self._run, job)
 
     # ------------------------------------------------------------------ one job
-    async def _serve(self, job: Job) -> None:
+    def _run(self, job: Job) -> None:
+        """Carry one job from its image to its answer, on this one thread. Never raises."""
         try:
-            answer = await self._compute_answer(job)
-        except asyncio.CancelledError:  # the loop is being stopped under it
-            self._conclude(job, None, Unavailable(f"{PIPELINE_NAME} is stopping"))
-            raise
+            answer = self._compute_answer(job)
         except Exception as e:
             self._conclude(job, None, e)
         else:
             self._conclude(job, answer, None)
 
-    async def _compute_answer(self, job: Job) -> dict:
+    def _compute_answer(self, job: Job) -> dict:
         """The pipeline's answer arrays for one job; each stage's wall time goes into
-        ``job.seconds`` (bls/backend/metrics.py)."""
-        loop = asyncio.get_running_loop()
+        ``job.seconds``, the CPU stages' thread time into ``job.cpu_seconds``
+        (bls/backend/metrics.py)."""
         mark = time.perf_counter()
-        prepared = await loop.run_in_executor(self.workers, prepare, job.data, self.meta,
-                                              self.limits, self.resize, self.ops)
+        with self.cpu_slots:
+            cpu = time.thread_time()
+            prepared = prepare(job.data, self.meta, self.limits, self.resize, self.ops)
+            job.cpu_seconds["prepare"] = time.thread_time() - cpu
         job.seconds["prepare"], mark = time.perf_counter() - mark, time.perf_counter()
         # A cancelled (or disconnected) client's request goes no further: the model call
-        # is the expensive part.
+        # is the expensive part. The one cancellation check of a job (an IPC round trip).
         if job.reply.cancelled():
             raise Cancelled(f"before the {MODEL_NAME} call")
-        outputs = await self._call_model(job, prepared.model_input)
+        outputs = self._call_model(job, prepared.model_input)
         job.seconds["model"], mark = time.perf_counter() - mark, time.perf_counter()
-        if job.reply.cancelled():
-            raise Cancelled("before the postprocess")
-        answer = await loop.run_in_executor(self.workers, finish, outputs,
-                                            prepared.original_size, self.meta, job.options,
-                                            self.max_answer_bytes, self.ops)
+        with self.cpu_slots:
+            cpu = time.thread_time()
+            answer = finish(outputs, prepared.original_size, self.meta, job.options,
+                            self.max_answer_bytes, self.ops)
+            job.cpu_seconds["finish"] = time.thread_time() - cpu
         job.seconds["finish"] = time.perf_counter() - mark
         return answer
 
-    async def _call_model(self, job: Job, model_input) -> dict:
-        """numpy in and out on the host; or, on a device, torch tensors both ways by DLPack
-        (on a GPU nothing crosses to the host). Raises what the client should see
-        (bls/errors.py model_call_error)."""
-        pb, device = self.pb, self.ops.device
-        on_gpu = device is not None and device.type == "cuda"
-        if device is None:
-            tensor = pb.Tensor(MODEL_INPUT.name, model_input)
-        else:
-            from torch.utils.dlpack import to_dlpack
-
-            tensor = pb.Tensor.from_dlpack(MODEL_INPUT.name, to_dlpack(model_input))
+    def _call_model(self, job: Job, model_input) -> dict:
+        """Call mask_rcnn through BLS: numpy in and out on the host; or, on a device, torch
+        tensors both ways by DLPack (on a GPU nothing crosses to the host). Raises what
+        the client should see (bls/errors.py model_call_error)."""
+        pb, ops = self.pb, self.ops
         request = pb.InferenceRequest(
-            model_name=MODEL_NAME, requested_output_names=self.output_names, inputs=[tensor],
-            timeout=self.timeout_us,
-            # mask_rcnn on a GPU (libtorch, KIND_GPU) answers in GPU memory: the numpy
-            # path asks for its outputs on the host, the cuda path on its GPU.
-            preferred_memory=pb.PreferredMemory(
-                pb.TRITONSERVER_MEMORY_GPU if on_gpu else pb.TRITONSERVER_MEMORY_CPU,
-                device.index or 0 if on_gpu else 0))
+            model_name=MODEL_NAME, requested_output_names=self.output_names,
+            inputs=[ops.model_tensor(pb, MODEL_INPUT.name, model_input)],
+            timeout=self.timeout_us, preferred_memory=ops.preferred_memory(pb))
         try:
-            call = asyncio.ensure_future(request.async_exec())
-            if self.timeout_us:
+            if self.model_calls is None:
+                response = request.exec()
+            else:
                 # Triton 2.51 does not enforce a BLS timeout on a model without dynamic
                 # batching, so it is enforced here.
-                done, _ = await asyncio.wait({call}, timeout=self.timeout_us / 1e6)
-                if not done:
+                call = self.model_calls.submit(request.exec)
+                try:
+                    response = call.result(timeout=self.timeout_us / 1e6)
+                except FutureTimeout:
                     job.model_call = call
                     raise ModelTimeout(f"{MODEL_NAME} did not answer within "
-                                       f"mask_rcnn_timeout_us={self.timeout_us}")
-            response = await call
-        except (ModelTimeout, asyncio.CancelledError):
+                                       f"mask_rcnn_timeout_us={self.timeout_us}") from None
+        except ModelTimeout:
             raise
         except Exception as e:  # the call itself failed: the stub refuses BLS while
             # it finalizes, or its IPC failed
@@ -302,14 +300,8 @@ class PipelineOrchestrator:
         if response.has_error():
             error = response.error()
             raise model_call_error(MODEL_NAME, code_name(pb, error.code()), error.message())
-        tensors = {name: pb.get_output_tensor_by_name(response, name)
-                   for name in self.output_names}
-        if device is None:
-            return {name: t.as_numpy() for name, t in tensors.items()}
-        import torch
-
-        return {name: torch.from_dlpack(t.to_dlpack()).to(device)
-                for name, t in tensors.items()}
+        return {name: ops.from_model(pb.get_output_tensor_by_name(response, name))
+                for name in self.output_names}
 
     def _conclude(self, job: Job, answer: dict | None, error: Exception | None) -> None:
         """Answer the job once (if nobody has), count it, let its slot go, then offer
@@ -330,10 +322,7 @@ class PipelineOrchestrator:
         if answer is None:
             response = error_response(self.pb, error, PIPELINE_NAME)
         job.seconds["total"] = time.perf_counter() - job.started
-        try:  # before the send, so a client that has its answer reads it counted
-            self.metrics.record(error, job.seconds)
-        except Exception as e:  # never holds back the answer
-            self._log_error(f"request metrics not recorded: {e}")
+        self.metrics.record(error, job.seconds, job.cpu_seconds)  # in memory (CounterBuffer): no IPC
         sent = job.reply.send(response)
         self._let_go(job)
         if sent and answer is not None and self.events is not None:
@@ -346,9 +335,8 @@ class PipelineOrchestrator:
                 return
             self._held.discard(job)
             self._cv.notify_all()
-        call = job.model_call
-        if call is not None and not call.done():
-            self.loop.call_soon_threadsafe(call.add_done_callback, lambda _: self._free_slot())
+        if job.model_call is not None:
+            job.model_call.add_done_callback(lambda _: self._free_slot())
         else:
             self._free_slot()
 
@@ -375,7 +363,8 @@ class PipelineOrchestrator:
         """Stop the model: drain or answer the jobs held, then stop the threads.
 
         Waits up to DRAIN_S for the jobs still held, answers any left UNAVAILABLE (the
-        client may retry elsewhere) and counts the monitoring events left behind."""
+        client may retry elsewhere), counts the monitoring events left behind and
+        flushes the counters."""
         deadline = time.monotonic() + DRAIN_S
         with self._cv:
             self._stopping = True
@@ -389,16 +378,10 @@ class PipelineOrchestrator:
                 f"{DRAIN_S:g} s"))
         if self.events is not None:
             self.events.close()
-
-        def cancel_then_stop():  # tasks still waiting on a model call are all answered
-            for task in asyncio.all_tasks(self.loop):
-                task.cancel()
-            self.loop.call_soon(self.loop.stop)
-
-        self.loop.call_soon_threadsafe(cancel_then_stop)
-        self._loop_thread.join(timeout=2)
-        self.workers.shutdown(wait=False, cancel_futures=True)
-        self.model_calls.shutdown(wait=False, cancel_futures=True)
+        self.counters.close()
+        self.jobs.shutdown(wait=False, cancel_futures=True)
+        if self.model_calls is not None:
+            self.model_calls.shutdown(wait=False, cancel_futures=True)
 
     def held(self) -> int:
         """The number of jobs accepted and not answered yet."""

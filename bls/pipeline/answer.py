@@ -3,8 +3,10 @@
 The outputs are bls/contract/tensors.py PIPELINE_OUTPUTS, built from Instances in
 original pixels.
 
-Masks are pasted and encoded by the strategy ``ops`` (HOST, or a DeviceOps for rle and
-dense); polygons and box crops are traced on the host (bls/pipeline/masks.py).
+Each detection's mask is pasted once by the strategy ``ops`` (HOST, or a DeviceOps) and
+every format is encoded from that one binary mask, so rle, dense, box and polygon decode
+to the same pixels, at threshold ties too; polygons are traced and box crops cut on the
+host (bls/pipeline/masks.py).
 """
 
 from __future__ import annotations
@@ -148,32 +150,32 @@ def build_answer(instances: Instances, original_size: tuple[int, int], meta: Mod
         "mask_windows": np.zeros((0, 4), np.int64),
     }
     masks, boxes = instances.masks, instances.boxes
-    if masks is not None and n:
+    if masks is not None and n and mask_format is not MaskFormat.NONE:
+        pasted = ops.paste(masks, boxes, height, width)  # once: every format reads it
         if mask_format is MaskFormat.RLE:
-            values["masks_rle"] = ops.encode_rle(masks, boxes, height, width)
+            values["masks_rle"] = ops.encode_rle(pasted)
         elif mask_format is MaskFormat.DENSE:
-            values["masks"] = ops.dense(masks, boxes, height, width)
+            values["masks"] = ops.dense(pasted)
         elif mask_format is MaskFormat.BOX:
             values["masks_box"], values["mask_windows"] = mask_ops.crops(
-                mask_ops.iter_windows(ops.host_masks(masks), boxes, height, width))
+                ops.windows(pasted, boxes))
         elif mask_format is MaskFormat.POLYGON:
             values["masks_polygon"] = _polygon_texts(
-                ops.host_masks(masks), boxes, original_size, polygon_tolerance,
-                known_bytes, max_answer_bytes)
+                ops.windows(pasted, boxes), n, polygon_tolerance, known_bytes,
+                max_answer_bytes)
     return {spec.name: _as_array(values[spec.name], spec.numpy_dtype) for spec in PIPELINE_OUTPUTS}
 
 
-def _polygon_texts(masks: np.ndarray, boxes: np.ndarray, original_size: tuple[int, int],
-                   tolerance: float, fixed_bytes: int, max_answer_bytes: int | None
-                   ) -> list[bytes]:
-    """Each mask's polygons as JSON, traced one window at a time, refused as soon as the
-    answer passes ``max_answer_bytes``."""
+def _polygon_texts(windows, n: int, tolerance: float, fixed_bytes: int,
+                   max_answer_bytes: int | None) -> list[bytes]:
+    """Each of the n masks' polygons as JSON, traced one window at a time, refused as
+    soon as the answer passes ``max_answer_bytes``."""
     texts, total = [], fixed_bytes
-    for window in mask_ops.iter_windows(masks, boxes, *original_size):
+    for window in windows:
         text = json.dumps(mask_ops.polygons(window, tolerance), separators=(",", ":")).encode()
         total += len(text) + LENGTH_PREFIX_BYTES
         if max_answer_bytes is not None and total > max_answer_bytes:
-            raise _too_large(total, f"polygons of the first {len(texts) + 1} of {len(boxes)} "
+            raise _too_large(total, f"polygons of the first {len(texts) + 1} of {n} "
                                     f"masks alone", max_answer_bytes)
         texts.append(text)
     return texts

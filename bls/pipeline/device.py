@@ -21,27 +21,49 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from bls.contract.metadata import ModelMetadata
 from bls.pipeline import image as image_ops
 from bls.pipeline.host import PreparedImage
-from bls.pipeline.masks import MASK_THRESHOLD, encode_runs
+from bls.pipeline.masks import MASK_THRESHOLD, MaskWindow, encode_runs, window_bounds
 
 # Bound on the float32 grid_sample output per chunk, as detectron2's GPU_MEM_LIMIT.
 CHUNK_BYTES = 1 << 30
 _JPEG = b"\xff\xd8\xff"
 
 
-def parse_device(text: str | None) -> torch.device | None:
+def parse_device(text: str | None, instance=None) -> torch.device | None:
     """Read the ``device`` config parameter: empty -> None (the numpy path).
 
+    Args:
+        text: ``cpu``, ``cuda`` (the GPU Triton assigned to the instance) or ``cuda:N``
+            (that one, whatever Triton assigned), or empty.
+        instance: the model instance (bls/backend/adapter.py ModelInstance); its
+            ``device_id`` is the GPU of ``cuda``.
+
     Raises:
-        ValueError: not cpu, cuda or cuda:N, or cuda without a visible device.
+        ValueError: not cpu, cuda or cuda:N, or a CUDA device that is not visible.
     """
     if not text:
         return None
     device = torch.device(text)
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"config parameter device={text!r}: must be cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type == "cpu":
+        return device
+    if not torch.cuda.is_available():
         raise ValueError(f"config parameter device={text!r}: no CUDA device is visible")
+    if device.index is None:
+        device = torch.device("cuda", getattr(instance, "device_id", 0))
+    if device.index >= torch.cuda.device_count():
+        raise ValueError(f"config parameter device={text!r}: cuda:{device.index} is not "
+                         f"visible ({torch.cuda.device_count()} CUDA devices)")
     return device
+
+
+def use_device(device: torch.device) -> None:
+    """Make ``device`` the calling thread's current CUDA device (nothing for the CPU).
+
+    pipeline_bls's threads call it when they start: python_backend takes the current
+    device's stream when it imports a GPU tensor by DLPack (pb_tensor.cc FromDLPack)."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
 
 
 def prepare(data: bytes, meta: ModelMetadata, limits: image_ops.DecodeLimits,
@@ -156,6 +178,27 @@ class DeviceOps:
         """
         return PreparedImage(*prepare(data, meta, limits, self.device))
 
+    def model_tensor(self, pb_utils, name: str, model_input: torch.Tensor):
+        """The BLS input tensor ``name`` for the model input, by DLPack, without a copy.
+
+        The tensor itself, not ``to_dlpack(tensor)``: for an object with ``__dlpack__``
+        python_backend makes its stream wait for the producer's stream and synchronises
+        it (pb_tensor.cc FromDLPack), so mask_rcnn never reads the image before decode
+        and resize have finished on the GPU; a bare capsule is taken as it is."""
+        return pb_utils.Tensor.from_dlpack(name, model_input)
+
+    def preferred_memory(self, pb_utils):
+        """Where the BLS call asks for the model's outputs: this GPU, or host memory."""
+        if self.device.type == "cuda":
+            return pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_GPU,
+                                            self.device.index)
+        return pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
+
+    def from_model(self, tensor) -> torch.Tensor:
+        """A BLS output tensor as a torch tensor on the device (the tensor's own
+        ``__dlpack__``, as python_backend documents; no copy where it already is)."""
+        return torch.from_dlpack(tensor).to(self.device)
+
     def to_host(self, value: torch.Tensor) -> np.ndarray:
         """Copy a model output tensor to a numpy array."""
         return value.cpu().numpy()
@@ -164,17 +207,29 @@ class DeviceOps:
         """Reshape the masks output to float [N, M, M] on the device, where it stays."""
         return value.reshape(-1, mask_resolution, mask_resolution)
 
-    def host_masks(self, masks: torch.Tensor) -> np.ndarray:
-        """Copy float [N, M, M] masks to float32 [N, M, M] on the host (polygon, box)."""
-        return masks.float().cpu().numpy()
+    def paste(self, masks: torch.Tensor, boxes: np.ndarray, height: int, width: int
+              ) -> torch.Tensor:
+        """Paste the masks once, on the device (paste); every format encodes this.
 
-    def encode_rle(self, masks: torch.Tensor, boxes: np.ndarray, height: int, width: int
-                   ) -> list[bytes]:
-        """Paste on the device and encode as COCO compressed RLE, as HostOps.encode_rle."""
-        return encode_rle(paste(masks, boxes, height, width))
+        Returns:
+            bool [N, height, width] on the device.
+        """
+        return paste(masks, boxes, height, width)
 
-    def dense(self, masks: torch.Tensor, boxes: np.ndarray, height: int, width: int
-              ) -> np.ndarray:
-        """Paste on the device into uint8 [N, height, width] on the host, as HostOps.dense."""
-        return paste(masks, boxes, height, width).to(torch.uint8).cpu().numpy()
+    def encode_rle(self, pasted: torch.Tensor) -> list[bytes]:
+        """The pasted masks as COCO compressed RLE; only run boundaries leave the device."""
+        return encode_rle(pasted)
 
+    def dense(self, pasted: torch.Tensor) -> np.ndarray:
+        """The pasted masks as uint8 [N, height, width] on the host."""
+        return pasted.to(torch.uint8).cpu().numpy()
+
+    def windows(self, pasted: torch.Tensor, boxes: np.ndarray):
+        """The pasted masks one MaskWindow at a time, each window copied to the host."""
+        height, width = pasted.shape[1:]
+        for mask, (x_lo, y_lo, x_hi, y_hi) in zip(
+                pasted, window_bounds(boxes, height, width).tolist()):
+            if x_hi <= x_lo or y_hi <= y_lo:
+                yield MaskWindow(0, 0, np.zeros((0, 0), bool))
+            else:
+                yield MaskWindow(y_lo, x_lo, mask[y_lo:y_hi, x_lo:x_hi].cpu().numpy())

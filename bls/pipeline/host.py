@@ -72,6 +72,19 @@ class HostOps:
                 image_ops.resize_image(decoded, new_h, new_w), reverse)
         return PreparedImage(model_input, (height, width))
 
+    def model_tensor(self, pb_utils, name: str, model_input: np.ndarray):
+        """The BLS input tensor ``name`` for the model input (uint8 [3, h, w])."""
+        return pb_utils.Tensor(name, model_input)
+
+    def preferred_memory(self, pb_utils):
+        """Where the BLS call asks for the model's outputs: host memory. (mask_rcnn on a
+        GPU, libtorch KIND_GPU, answers in GPU memory unless asked.)"""
+        return pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
+
+    def from_model(self, tensor) -> np.ndarray:
+        """A BLS output tensor as this strategy keeps it: a numpy array."""
+        return tensor.as_numpy()
+
     def to_host(self, value) -> np.ndarray:
         """Return a model output as a numpy array (here it already is one)."""
         return np.asarray(value)
@@ -80,29 +93,28 @@ class HostOps:
         """Reshape the masks output to float32 [N, M, M] where this strategy pastes them."""
         return np.asarray(value, dtype=np.float32).reshape(-1, mask_resolution, mask_resolution)
 
-    def host_masks(self, masks: np.ndarray) -> np.ndarray:
-        """Return float32 [N, M, M] masks kept by keep_masks in host memory (here: as is)."""
-        return masks
-
-    def encode_rle(self, masks: np.ndarray, boxes: np.ndarray, height: int, width: int
-                   ) -> list[bytes]:
-        """Encode the pasted masks as COCO compressed RLE (bls/pipeline/masks.py encode_rle).
+    def paste(self, masks: np.ndarray, boxes: np.ndarray, height: int, width: int
+              ) -> mask_ops.ColumnRuns:
+        """Paste the masks once (bls/pipeline/masks.py paste); every format encodes this.
 
         Args:
             masks: float32 [N, M, M] mask-head probabilities.
             boxes: float32 [N, 4] x1, y1, x2, y2 in original-image pixels.
             height, width: the original image's size.
-
-        Returns:
-            N COCO compressed RLE counts strings.
         """
-        return mask_ops.encode_rle(masks, boxes, height, width)
+        return mask_ops.paste(masks, boxes, height, width)
 
-    def dense(self, masks: np.ndarray, boxes: np.ndarray, height: int, width: int
-              ) -> np.ndarray:
-        """Paste the masks, as encode_rle, into uint8 [N, height, width], 1 inside each."""
-        return mask_ops.dense_masks(mask_ops.paste_windows(masks, boxes, height, width),
-                                    height, width)
+    def encode_rle(self, pasted: mask_ops.ColumnRuns) -> list[bytes]:
+        """The pasted masks as N COCO compressed RLE counts strings."""
+        return mask_ops.encode_rle(pasted)
+
+    def dense(self, pasted: mask_ops.ColumnRuns) -> np.ndarray:
+        """The pasted masks as uint8 [N, height, width], 1 inside each."""
+        return mask_ops.dense_masks(pasted)
+
+    def windows(self, pasted: mask_ops.ColumnRuns, boxes: np.ndarray):
+        """The pasted masks one MaskWindow at a time, over their boxes' paste windows."""
+        return mask_ops.windows(pasted, boxes)
 
 
 HOST = HostOps()

@@ -1,16 +1,19 @@
-"""Paste mask-head probabilities into the image, only inside each box, and encode them.
+"""Paste mask-head probabilities into the image, once, and encode that one binary mask.
 
-As dense masks, COCO RLE, box crops (crops) or COCO polygons (polygons).
+As COCO RLE (encode_rle), dense masks (dense_masks), box crops (crops of windows) or COCO
+polygons (polygons of windows): every format is read from the same ``ColumnRuns``, so
+they decode to the same pixels, at threshold ties too.
 
 Semantics are detectron2's ``paste_masks_in_image`` (layers/mask_ops.py) as run on CPU:
 each [M, M] mask is sampled with ``grid_sample`` (bilinear, zero padding,
 align_corners=False) at the centres of the pixels of its box widened by one pixel,
 then thresholded at ``>= 0.5``. Pixels outside that window are 0.
 
-Dense masks: bilinear sampling is separable, so a window is ``Wy @ mask @ Wx.T`` with
-small [h, M] and [w, M] weight matrices: two BLAS calls per mask instead of an H x W grid
-per mask. RLE: computed from each column's M + 2 interpolation knots, without producing
-pixels at all (encode_rle), so its cost follows the boxes' widths, not their areas.
+How (paste): bilinear sampling is separable and linear between knots, so each image column
+of a mask's window is first interpolated along x to the M cell rows (M + 2 knots with the
+zero padding), then the rows at or above the threshold are found from those knots: where
+a segment crosses the threshold, the first (or last) pixel centre past the crossing starts
+(or ends) a run. Work is O(M) per column instead of O(pixels); the runs are the mask.
 """
 
 from __future__ import annotations
@@ -33,26 +36,6 @@ class MaskWindow:
     mask: np.ndarray
 
 
-def _sample_weights(start: int, stop: int, lo: np.float32, hi: np.float32, m: int) -> np.ndarray:
-    """Bilinear weights [stop - start, m] of pixel centres start+0.5.. over m cells that
-    span [lo, hi], zero outside (grid_sample's padding_mode='zeros')."""
-    centres = np.arange(start, stop, dtype=np.float32) + np.float32(0.5)
-    # The same float32 steps as detectron2 (normalise to [-1, 1]) and grid_sample
-    # (unnormalise with align_corners=False), so thresholds fall on the same pixels.
-    grid = (centres - lo) / (hi - lo) * np.float32(2) - np.float32(1)
-    src = ((grid + np.float32(1)) * np.float32(m) - np.float32(1)) / np.float32(2)
-    left = np.floor(src)
-    frac = src - left
-    left = left.astype(np.int64)
-    rows = np.arange(centres.size)
-    # Two padding columns (index -1 and m) absorb neighbours outside the mask.
-    weights = np.zeros((centres.size, m + 2), np.float32)
-    weights[rows, np.clip(left + 1, 0, m + 1)] = np.float32(1) - frac
-    right = np.clip(left + 2, 0, m + 1)
-    weights[rows, right] += np.where(right == left + 2, frac, np.float32(0))
-    return weights[:, 1:m + 1]
-
-
 def window_bounds(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     """Compute each box's paste window: detectron2's, the box widened by a pixel, clipped.
 
@@ -71,44 +54,57 @@ def window_bounds(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.concatenate([lo, np.maximum(hi, lo)], 1)
 
 
-def iter_windows(masks: np.ndarray, boxes: np.ndarray, height: int, width: int,
-                 threshold: float = MASK_THRESHOLD):
-    """Paste as paste_windows, one window at a time: only one window's pixels are held.
+@dataclass(frozen=True)
+class ColumnRuns:
+    """Hold N pasted binary masks of height x width as their runs down each image column.
 
-    Raises:
-        ValueError: masks are not [N, M, M] or boxes not [N, 4].
+    Run r of mask ``owner[r]`` sets rows ``start[r]`` to ``stop[r] - 1`` of column ``x[r]``.
+    Runs are ordered by mask, then column, then row, and never overlap; two may touch
+    (a run's stop is the next one's start), which encoders join and renderers fill.
+
+    Attributes:
+        owner, x, start, stop: int64 [R].
+        count: N, the number of masks (a mask may have no runs).
+        height, width: the image's size.
     """
-    if masks.ndim != 3 or masks.shape[1] != masks.shape[2] or len(masks) != len(boxes):
-        raise ValueError(f"expected masks [N, M, M] and boxes [N, 4], got "
-                         f"{masks.shape} and {boxes.shape}")
-    m = masks.shape[1]
-    boxes = boxes.astype(np.float32, copy=False)
-    masks = masks.astype(np.float32, copy=False)
-    for mask, (x1, y1, x2, y2), (x_lo, y_lo, x_hi, y_hi) in zip(
-            masks, boxes, window_bounds(boxes, height, width).tolist()):
+
+    owner: np.ndarray
+    x: np.ndarray
+    start: np.ndarray
+    stop: np.ndarray
+    count: int
+    height: int
+    width: int
+
+
+def windows(pasted: ColumnRuns, boxes: np.ndarray):
+    """Yield each pasted mask as a MaskWindow over its paste window (window_bounds), one
+    window's pixels at a time: what box crops and polygons are made of.
+
+    Args:
+        pasted: the masks, from paste.
+        boxes: float32 [N, 4] x1, y1, x2, y2, the boxes they were pasted with.
+    """
+    bounds = window_bounds(boxes, pasted.height, pasted.width).tolist()
+    first = np.searchsorted(pasted.owner, np.arange(pasted.count + 1))
+    for i, (x_lo, y_lo, x_hi, y_hi) in enumerate(bounds):
         if x_hi <= x_lo or y_hi <= y_lo:
             yield MaskWindow(0, 0, np.zeros((0, 0), bool))
             continue
-        wy = _sample_weights(y_lo, y_hi, y1, y2, m)
-        wx = _sample_weights(x_lo, x_hi, x1, x2, m)
-        probs = (wy @ mask) @ wx.T
-        yield MaskWindow(y_lo, x_lo, probs >= threshold)
+        runs = slice(first[i], first[i + 1])
+        yield MaskWindow(y_lo, x_lo, np.ascontiguousarray(_fill(
+            pasted.x[runs] - x_lo, pasted.start[runs] - y_lo, pasted.stop[runs] - y_lo,
+            x_hi - x_lo, y_hi - y_lo).T))
 
 
-def paste_windows(masks: np.ndarray, boxes: np.ndarray, height: int, width: int,
-                  threshold: float = MASK_THRESHOLD) -> list[MaskWindow]:
-    """Paste mask-head probabilities into an image of height x width, window by window.
-
-    Args:
-        masks: float [N, M, M] mask-head probabilities.
-        boxes: float32 [N, 4] x1, y1, x2, y2 in image pixels, non-empty.
-        height, width: the image's size.
-        threshold: a pixel is in the mask when its sampled probability is >= this.
-
-    Returns:
-        One MaskWindow per mask, its mask bool [h, w].
-    """
-    return list(iter_windows(masks, boxes, height, width, threshold))
+def _fill(column: np.ndarray, start: np.ndarray, stop: np.ndarray, columns: int, rows: int
+          ) -> np.ndarray:
+    """Render runs into bool [columns, rows] (column-major): +1 at each start, -1 at each
+    stop, summed down the column. (Starts are distinct, and so are stops.)"""
+    edges = np.zeros((columns, rows + 1), np.int8)
+    edges[column, start] += 1
+    edges[column, stop] -= 1
+    return np.cumsum(edges[:, :rows], axis=1, dtype=np.int8) > 0
 
 
 def crops(windows) -> tuple[np.ndarray, np.ndarray]:
@@ -187,13 +183,14 @@ def polygons(window: MaskWindow, tolerance: float = 0.0) -> list[list[float]]:
     return out
 
 
-def dense_masks(windows: list[MaskWindow], height: int, width: int) -> np.ndarray:
-    """Place pasted windows in full images: uint8 [N, height, width], 1 inside each mask."""
-    out = np.zeros((len(windows), height, width), np.uint8)
-    for i, w in enumerate(windows):
-        h, wd = w.mask.shape
-        out[i, w.y0:w.y0 + h, w.x0:w.x0 + wd] = w.mask
-    return out
+def dense_masks(pasted: ColumnRuns) -> np.ndarray:
+    """Render the pasted masks into full images: uint8 [N, height, width], 1 inside each."""
+    n, height, width = pasted.count, pasted.height, pasted.width
+    edges = np.zeros((n, width, height + 1), np.int8)
+    edges[pasted.owner, pasted.x, pasted.start] += 1  # starts are distinct, and so are stops
+    edges[pasted.owner, pasted.x, pasted.stop] -= 1
+    inside = np.cumsum(edges[:, :, :height], axis=2, dtype=np.int8) > 0
+    return np.ascontiguousarray(inside.transpose(0, 2, 1)).view(np.uint8)
 
 
 def _column_profiles(masks: np.ndarray, boxes: np.ndarray, width: int):
@@ -230,35 +227,34 @@ def _column_profiles(masks: np.ndarray, boxes: np.ndarray, width: int):
     return owner, x, profiles
 
 
-def encode_rle(masks: np.ndarray, boxes: np.ndarray, height: int, width: int,
-               threshold: float = MASK_THRESHOLD) -> list[bytes]:
-    """Encode as COCO RLE the masks paste_windows would paste, without producing their pixels.
+def paste(masks: np.ndarray, boxes: np.ndarray, height: int, width: int,
+          threshold: float = MASK_THRESHOLD) -> ColumnRuns:
+    """Paste mask-head probabilities into an image of height x width, as runs per column.
 
-    The counts are what ``pycocotools.mask.encode`` gives for them. Along a column the
-    bilinear value is linear between the M cell rows (zero one cell beyond), so the
-    rows at or above the threshold are found from the M + 2 knots of each column: where
-    a segment crosses the threshold, the first (or last) pixel centre past the crossing
-    starts (or ends) a run. Work is O(M) per column instead of O(pixels); a pixel whose
-    value ties the threshold to float precision may fall either side.
+    Along a column the bilinear value is linear between the M cell rows (zero one cell
+    beyond), so the rows at or above the threshold are found from the M + 2 knots of each
+    column. A pixel whose value ties the threshold to float precision may fall either
+    side of detectron2's grid_sample; every format then reads the same side (ColumnRuns).
 
     Args:
         masks: float [N, M, M] mask-head probabilities.
-        boxes: float32 [N, 4] x1, y1, x2, y2 in image pixels, as for paste_windows.
+        boxes: float32 [N, 4] x1, y1, x2, y2 in image pixels.
         height, width: the image's size.
         threshold: a pixel is in the mask when its sampled probability is >= this.
 
     Returns:
-        N COCO compressed RLE counts strings.
+        The N masks as ColumnRuns.
 
     Raises:
         ValueError: masks are not [N, M, M] or boxes not [N, 4].
     """
     if masks.ndim != 3 or masks.shape[1] != masks.shape[2] or len(masks) != len(boxes):
         raise ValueError(f"expected masks [N, M, M] and boxes [N, 4], got "
-                         f"{masks.shape} and {boxes.shape}")
+                         f"{masks.shape} and {np.shape(boxes)}")
     n, m = masks.shape[:2]
     if n == 0:
-        return []
+        empty = np.zeros(0, np.int64)
+        return ColumnRuns(empty, empty, empty, empty, 0, height, width)
     boxes = boxes.astype(np.float32, copy=False)
     owner, x, profiles = _column_profiles(masks.astype(np.float32, copy=False), boxes, width)
     # Knots -1..M of each column; the two outer ones are 0, below any threshold > 0, so
@@ -280,8 +276,28 @@ def encode_rle(masks: np.ndarray, boxes: np.ndarray, height: int, width: int,
     y = (u + 0.5) * (y2 - y1) / m + y1 - 0.5  # ... in image rows (pixel centres at ints)
     row = np.where(b > a, np.ceil(y), np.floor(y) + 1)  # run start / exclusive end
     # detectron2 pastes inside the box widened by a pixel; nothing outside it is set.
-    row = np.clip(row, np.maximum(np.floor(y1) - 1, 0), np.minimum(np.ceil(y2) + 1, height))
-    return encode_runs(x[col] * height + row.astype(np.int64), who, n, height, width)
+    row = np.clip(row, np.maximum(np.floor(y1) - 1, 0),
+                  np.minimum(np.ceil(y2) + 1, height)).astype(np.int64)
+    start, stop = row[0::2], row[1::2]
+    keep = stop > start  # a crossing between two pixel centres sets no pixel
+    return ColumnRuns(who[0::2][keep], x[col][0::2][keep], start[keep], stop[keep], n,
+                      height, width)
+
+
+def encode_rle(pasted: ColumnRuns) -> list[bytes]:
+    """Encode the pasted masks as COCO compressed RLE, without producing their pixels.
+
+    The counts are what ``pycocotools.mask.encode`` gives for dense_masks(pasted).
+
+    Returns:
+        N COCO compressed RLE counts strings.
+    """
+    if pasted.count == 0:
+        return []
+    position = np.stack([pasted.x * pasted.height + pasted.start,
+                         pasted.x * pasted.height + pasted.stop], 1).reshape(-1)
+    return encode_runs(position, np.repeat(pasted.owner, 2), pasted.count, pasted.height,
+                       pasted.width)
 
 
 def encode_runs(position: np.ndarray, owner: np.ndarray, n: int, height: int, width: int

@@ -32,6 +32,12 @@ TRITON_STRING_TO_NUMPY = {
 }
 
 
+def _round_trip(double: "TritonDouble | None", kind: str) -> None:
+    """Record a call that is a blocking IPC round trip to the backend in the real stub."""
+    if double is not None:
+        double._round_trip(kind)
+
+
 class TritonModelException(Exception):
     """Raised, as by the real module, when the API is misused.
 
@@ -92,12 +98,36 @@ class Tensor:
         array = self._array if self._array.flags.writeable else self._array.copy()
         return array.__dlpack__()
 
+    def __dlpack__(self, stream=None):
+        """The DLPack protocol, as the stub's Tensor: a capsule, as ``to_dlpack``;
+        ``stream`` is for a GPU tensor's consumer (the double has none)."""
+        return self.to_dlpack()
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        """(kDLCPU, 0): the double keeps every tensor in host memory."""
+        return (1, 0)
+
     @staticmethod
-    def from_dlpack(name: str, capsule) -> "Tensor":
-        """Make a Tensor from a DLPack capsule, through torch, in host memory."""
+    def from_dlpack(name: str, tensor) -> "Tensor":
+        """Make a Tensor from a DLPack capsule or an object with ``__dlpack__`` and
+        ``__dlpack_device__`` (the stub's rule, pb_tensor.cc), through torch, in host memory.
+
+        Raises:
+            TritonModelException: an empty name, or neither of those, with the stub's
+                messages.
+        """
         import torch
 
-        return Tensor(name, torch.utils.dlpack.from_dlpack(capsule).numpy())
+        if name == "":
+            raise TritonModelException("Tensor name cannot be an empty string.")
+        is_capsule = type(tensor).__name__ == "PyCapsule"
+        if not is_capsule and not (hasattr(tensor, "__dlpack__")
+                                   and hasattr(tensor, "__dlpack_device__")):
+            raise TritonModelException(
+                "Provided tensor is not supported. Tensor must be a DLPack capsule or have "
+                "`__dlpack__` and `__dlpack_device__` attributes")
+        value = torch.utils.dlpack.from_dlpack(tensor)
+        return Tensor(name, value.cpu().numpy())
 
 
 class PreferredMemory:
@@ -168,6 +198,7 @@ class InferenceResponseSender:
         if flags == 0 and response is None:
             raise TritonModelException("Inference Response object must be provided when "
                                        "the response flags is set to zero.")
+        _round_trip(self._double, "send")
         self._check_outputs(response)
         self._accept(response, flags)
         failure = self._double._send_failure(response, flags) if self._double else None
@@ -220,6 +251,7 @@ class InferenceResponseSender:
 
     def is_cancelled(self) -> bool:
         """Whether the client cancelled; asks the response factory, so valid after execute."""
+        _round_trip(self._double, "is_cancelled")
         return self._request is not None and self._request.cancelled
 
     def _abort(self, response: InferenceResponse) -> None:
@@ -298,6 +330,7 @@ class InferenceRequest:
     def is_cancelled(self) -> bool:
         """Whether the client cancelled the request."""
         self._usable("is_cancelled")
+        _round_trip(self._double, "is_cancelled")
         return self.cancelled
 
     def request_id(self) -> str:
@@ -313,6 +346,7 @@ class InferenceRequest:
         """
         if self._double is None:
             raise TritonModelException("BLS needs the module of an installed TritonDouble")
+        _round_trip(self._double, "exec")
         return self._double._route(self, decoupled)
 
     def async_exec(self, decoupled: bool = False) -> asyncio.Future:
@@ -336,6 +370,7 @@ class Metric:
 
     def increment(self, value: float) -> None:
         """Add ``value`` to a counter; TritonError for another kind or a negative value."""
+        _round_trip(self.family._double, "metric")
         if self.family.kind != MetricFamily.COUNTER:
             raise TritonError(f"{self.family.name}: increment on a non-counter")
         if value < 0:
@@ -344,12 +379,14 @@ class Metric:
 
     def set(self, value: float) -> None:
         """Set a gauge; TritonError for another kind."""
+        _round_trip(self.family._double, "metric")
         if self.family.kind != MetricFamily.GAUGE:
             raise TritonError(f"{self.family.name}: set on a non-gauge")
         self._value = value
 
     def observe(self, value: float) -> None:
         """Record an observation of a histogram; TritonError for another kind."""
+        _round_trip(self.family._double, "metric")
         if self.family.kind != MetricFamily.HISTOGRAM:
             raise TritonError(f"{self.family.name}: observe on a non-histogram")
         self.observations.append(value)

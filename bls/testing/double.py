@@ -66,6 +66,9 @@ class TritonDouble:
         self.models: dict[str, ModelCallable] = dict(models or {})
         self.calls: list[InferenceRequest] = []
         self.metrics: dict[str, api.MetricFamily] = {}
+        # (kind, thread name) of every call that is a blocking IPC round trip to the
+        # backend in the real stub: send, is_cancelled, exec, metric.
+        self.round_trips: list[tuple[str, str]] = []
         self.executor_threads = executor_threads or min(32, (os.cpu_count() or 1) + 4)
         self.module = self._build_module()
         self._configs: dict[int, tuple[Any, dict]] = {}  # id(model) -> (model, config)
@@ -102,7 +105,7 @@ class TritonDouble:
 
     # ------------------------------------------------------------------ model lifecycle
     def load_model(self, model_dir: Path, config: dict | None = None, version: str = "1",
-                   instance_kind: str = "CPU"):
+                   instance_kind: str = "CPU", device_id: int = 0):
         """Import ``model_dir/<version>/model.py`` and ``initialize`` its TritonPythonModel.
 
         Its folder goes first on sys.path during the import, as the stub does.
@@ -112,6 +115,7 @@ class TritonDouble:
             config: the model config as a dict (default: ``model_dir/config.pbtxt``).
             version: the version folder.
             instance_kind: ``model_instance_kind`` in ``initialize``'s args.
+            device_id: ``model_instance_device_id`` there (the instance's GPU).
 
         Returns:
             The initialized model.
@@ -128,10 +132,10 @@ class TritonDouble:
         finally:
             sys.path.remove(str(version_dir))
         return self.initialize(module.TritonPythonModel(), config, model_dir, version,
-                               instance_kind)
+                               instance_kind, device_id)
 
     def initialize(self, model, config: dict, model_dir: Path | None = None,
-                   version: str = "1", instance_kind: str = "CPU"):
+                   version: str = "1", instance_kind: str = "CPU", device_id: int = 0):
         """Register ``model`` with its config and call its ``initialize`` as Triton does.
 
         ``model`` is any TritonPythonModel-like object; ``execute`` uses its config's
@@ -147,7 +151,8 @@ class TritonDouble:
                 model.initialize({
                     "model_config": json.dumps(config), "model_name": config["name"],
                     "model_repository": str(model_dir or ""), "model_version": version,
-                    "model_instance_kind": instance_kind, "model_instance_device_id": "0",
+                    "model_instance_kind": instance_kind,
+                    "model_instance_device_id": str(device_id),
                     "model_instance_name": self._instance_name(config),
                 })
             finally:
@@ -311,6 +316,10 @@ class TritonDouble:
         return metric.value() if metric else 0.0
 
     # ------------------------------------------------------------------ internals
+    def _round_trip(self, kind: str) -> None:
+        with self._lock:
+            self.round_trips.append((kind, threading.current_thread().name))
+
     def _config_of(self, model) -> dict:
         entry = self._configs.get(id(model))
         if entry is None:

@@ -12,7 +12,6 @@ import os
 import torch
 import torchvision  # noqa: F401  registers torchvision::nms and roi_align, which the models call
 import triton_python_backend_utils as pb_utils
-from torch.utils.dlpack import from_dlpack, to_dlpack
 
 from bls.backend.metrics import ModelStart
 from bls.contract.parameters import RUNNER_PARAMETERS
@@ -46,11 +45,14 @@ class TritonPythonModel:
         for request in requests:
             try:
                 image = pb_utils.get_input_tensor_by_name(request, self.input_name)
-                # DLPack: the input is read where Triton put it, without a copy.
+                # DLPack both ways, tensors rather than capsules: python_backend then
+                # orders the streams (pb_tensor.cc FromDLPack), so nothing is read on the
+                # GPU before its producer wrote it. The input is read where Triton put
+                # it, without a copy.
                 with torch.inference_mode():
-                    outputs = self.model(from_dlpack(image.to_dlpack()).to(self.device))
+                    outputs = self.model(torch.from_dlpack(image).to(self.device))
                 responses.append(pb_utils.InferenceResponse([
-                    pb_utils.Tensor.from_dlpack(name, to_dlpack(t.contiguous()))
+                    pb_utils.Tensor.from_dlpack(name, t.contiguous())
                     for name, t in zip(self.output_names, outputs)]))
             except Exception as e:  # this request fails alone; the next ones still run
                 responses.append(pb_utils.InferenceResponse(
