@@ -11,7 +11,7 @@ IMAGES ?=
 # quickly downloaded, else seeded random ones (demo/walkthrough.py).
 CHECKPOINT ?=
 
-.PHONY: setup demo test bench clean FORCE
+.PHONY: setup demo test bench gpu-check clean FORCE
 setup: $(STAMP)
 # A named PYTHON always goes through envs/setup.sh, which remakes a venv of another version.
 $(STAMP): requirements.txt envs/setup.sh $(if $(PYTHON),FORCE)
@@ -27,6 +27,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.pipeline $(BENCH_ARGS)
+
+# On a GPU machine: the CUDA tests, served device=cuda answers against references, and the
+# real model's speed in fp32 and fp16 (benchmarks/gpu_check.py). Without a GPU it says so.
+gpu-check: $(STAMP)
+	$(PY) -m benchmarks.gpu_check $(foreach i,$(IMAGES),$(addprefix --image ,$(if \
+	    $(wildcard $(i)/.),$(wildcard $(i)/*.jp*g $(i)/*.png),$(i)))) \
+	    --json build/gpu-check/gpu_check.json $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf build .triton

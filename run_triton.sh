@@ -116,9 +116,11 @@ WATCHDOG_PID=""
 CONTAINER_NAME=""
 stop() {
   trap - INT TERM EXIT
+  local deaths=0
   if [[ -n "$WATCHDOG_PID" ]]; then  # first, so it does not take the shutdown for deaths
     kill -TERM "$WATCHDOG_PID" 2>/dev/null || true
-    wait "$WATCHDOG_PID" 2>/dev/null || true
+    wait "$WATCHDOG_PID" 2>/dev/null || deaths=$?
+    (( deaths == 10 )) || deaths=0  # server/watchdog.py DEATHS_SEEN: a stub died
   fi
   if [[ -n "$CONTAINER_NAME" ]]; then
     docker stop -t 30 "$CONTAINER_NAME" >/dev/null 2>&1 || true
@@ -126,6 +128,22 @@ stop() {
   if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
     echo "run_triton.sh: stopping tritonserver (pid $SERVER_PID)" >&2
     kill -TERM "$SERVER_PID" 2>/dev/null || true
+    if (( deaths )); then
+      # Triton 2.51 keeps the instance of a stub that died with requests in it (their
+      # clients were answered) until it exits, and its exit timeout would wait 30 s for
+      # it. Once no live stub is left, every model has drained and unloaded: 3 s more
+      # for tritonserver to close, then it is stopped.
+      while kill -0 "$SERVER_PID" 2>/dev/null \
+            && ps -o stat= --ppid "$SERVER_PID" 2>/dev/null | grep -qv '^Z'; do
+        sleep 0.2
+      done
+      for _ in $(seq 15); do kill -0 "$SERVER_PID" 2>/dev/null && sleep 0.2; done
+      if kill -0 "$SERVER_PID" 2>/dev/null; then
+        echo "run_triton.sh: every model has unloaded; stopping tritonserver, which still" \
+             "waits for the instance of a stub that died" >&2
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+      fi
+    fi
     wait "$SERVER_PID" 2>/dev/null || true
   fi
   # Shared-memory regions of stubs that died before the server could remove them.

@@ -29,7 +29,7 @@ from bls.contract.tensors import (ENSEMBLE_NAME, MODEL_INPUT, MODEL_NAME, PIPELI
                                   POSTPROCESS_NAME, PREPROCESS_NAME)
 from bls.pipeline.steps import finish, prepare
 from client import statistics
-from client.metrics import scrape, value
+from client.metrics import scrape, scrape_until, value
 from export import standin
 from export.tune import TuneOptions, describe, tune
 from server.launcher import ServerFailed
@@ -178,11 +178,8 @@ async def measure_point(server, client, config, target, c: int, args, first: int
         await asyncio.sleep(0.01)
     breakdown = statistics.delta(stats0, stats1, PATHS[target.name])
     if scraped is not None:  # pipeline_bls flushes its counts every 250 ms
-        for _ in range(100):
-            after = await asyncio.to_thread(scrape, server.metrics_url)
-            if stage_means(scraped, after)["requests"] >= run["issued"]:
-                break
-            await asyncio.sleep(0.05)
+        after = await asyncio.to_thread(scrape_until, server.metrics_url, lambda now: stage_means(
+            scraped, now)["requests"] >= run["issued"])
         breakdown[STAGES_KEY] = stage_means(scraped, after)
     s, n, secs = h.summary(run["latencies"]), len(run["latencies"]), max(run["seconds"], 1e-9)
     server_cpu = cpu1.total() - cpu0.total()

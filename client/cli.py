@@ -1,12 +1,14 @@
 """python -m client infer PATH...: send images to the served pipeline, print what it
-found, write COCO results and overlays. (python -m client watch: see client/watch.py.)
+found, write COCO results and overlays. (python -m client watch: see client/watch.py;
+python -m client probe: client/probe.py.)
 
   python -m client infer photos/ --protocol grpc --concurrency 4 --out build/client
   python -m client infer a.jpg b.png --url 127.0.0.1:8000 --score-threshold 0.3
 
 Requests go out through tritonclient's asyncio clients (http.aio / grpc.aio), at most
 --concurrency at a time. A request answered UNAVAILABLE (a model not ready, a server
-stopping, a timeout; README "Error codes") or refused by a closed connection is retried,
+stopping, a timeout; README "Error codes"), INTERNAL "Stub process ... is not healthy."
+(a stub died or is being reloaded) or refused by a closed connection is retried,
 --retries times at most, after 0.25 s, 0.5 s, 1 s, ... (at most 4 s, with jitter). A
 failed image is reported with the server's message and counted; the run goes on, and
 the exit status is 1 if any image failed (2: no images or no server).
@@ -197,13 +199,17 @@ NO_RETRY = Retry(attempts=1)
 def retryable(error: Exception) -> bool:
     """Tell whether ``error`` is worth retrying: the request itself was fine.
 
-    That is UNAVAILABLE (gRPC status, or HTTP 503 as Triton maps it) and connections
-    refused or dropped (README, "Error codes").
+    That is UNAVAILABLE (gRPC status, or HTTP 503 as Triton maps it), the backend's own
+    INTERNAL "Stub process '...' is not healthy." (a stub died with the request in it, or
+    the request reached it while it is reloaded: Triton 2.51 says nothing more
+    retryable), and connections refused or dropped (README, "Error codes").
     """
     from tritonclient.utils import InferenceServerException
 
     if isinstance(error, InferenceServerException):
-        return str(error.status()) in ("StatusCode.UNAVAILABLE", "503")
+        return str(error.status()) in ("StatusCode.UNAVAILABLE", "503") or (
+            str(error.status()) in ("StatusCode.INTERNAL", "500")
+            and "is not healthy" in (error.message() or ""))
     return isinstance(error, ConnectionError) or \
         type(error).__name__ in ("ClientConnectorError", "ServerDisconnectedError",
                                  "ClientOSError")
@@ -505,6 +511,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--retries", type=int, default=Retry.attempts - 1,
                    help="retries of a request answered UNAVAILABLE, with backoff "
                         f"(default {Retry.attempts - 1}; 0: none)")
+    sub.add_parser("probe", help="is pipeline_bls answering? (client/probe.py; exit 1 if not)",
+                   add_help=False)
     w = sub.add_parser("watch", help="live statistics and alerts from the monitoring model "
                                      "(gRPC stream)")
     w.add_argument("--url", default=DEFAULT_URLS["grpc"], help="gRPC HOST:PORT (default "
@@ -587,6 +595,11 @@ def describe_model(model: ServedModel) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``python -m client``; return the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["probe"]:  # its own parser: the same file runs alone (client/probe.py)
+        from client.probe import main as probe
+
+        return probe(argv[1:])
     args = parse_args(argv)
     if args.command == "watch":
         from client.watch import watch

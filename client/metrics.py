@@ -9,7 +9,9 @@ found under its own name.)"""
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
+from typing import Callable
 
 Samples = dict[tuple[str, frozenset], float]
 _SAMPLE = re.compile(r"^([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)$")
@@ -36,3 +38,17 @@ def scrape(url: str, timeout: float = 10) -> Samples:
 def value(samples: Samples, name: str, **labels) -> float:
     """Look up one sample's value; 0 when absent (a counter not yet created counts nothing)."""
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def scrape_until(url: str, ready: Callable[[Samples], bool], timeout: float = 5.0,
+                 interval: float = 0.05) -> Samples:
+    """Scrape until ``ready(samples)`` holds, or ``timeout`` s have passed: the last scrape.
+
+    pipeline_bls counts in memory and flushes its counters every 250 ms
+    (bls/backend/metrics.py), so a count can lag the answer it counts by that much."""
+    deadline = time.monotonic() + timeout
+    samples = scrape(url)
+    while not ready(samples) and time.monotonic() < deadline:
+        time.sleep(interval)
+        samples = scrape(url)
+    return samples

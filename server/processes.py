@@ -48,6 +48,23 @@ def stubs(server_pid: int) -> dict[str, set[int]]:
     return found
 
 
+def stub_regions(pids) -> dict[int, str]:
+    """Read the shared-memory region of each live stub in ``pids``, by pid.
+
+    A stub's command line is: stub, model.py, region name, ... (python_backend's
+    stub_launcher.cc); the name is a per-instance UUID under the server's prefix.
+    """
+    found = {}
+    for pid in pids:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile
+            continue
+        if len(argv) > 2 and argv[0].endswith(STUB):
+            found[pid] = argv[2].decode()
+    return found
+
+
 def shm_regions(run_triton_pid: int) -> list[Path]:
     """List the Python backend's shared-memory regions of one server in /dev/shm.
 

@@ -1,44 +1,65 @@
-"""python -m server.watchdog: reload a Python model whose stub process died.
+"""python -m server.watchdog: reload a Python model whose stub process died, in place.
 
 Triton 2.51's Python backend does not restart a dead stub: every request to that model
 fails with "Stub process '<model>_0_0' is not healthy." until the model is reloaded.
-run_triton.sh starts this beside the embedded server. It watches the server's stub
-processes and, when one vanishes, unloads and loads its model through the
-model-repository API, which the server restricts to a header only run_triton.sh and
-this process know (TRITON_ADMIN_HEADER / TRITON_ADMIN_KEY in the environment), so
-clients still cannot load or unload models.
+run_triton.sh starts this beside the embedded server. It looks at the server's stub
+processes every ``interval`` seconds (0.25) and, when one has died:
 
-While a model is reloaded, its requests fail with the not-healthy message (or "not
-found" during the moment it is unloaded); the other models keep serving.
+- reloads its model in place: a load of the model with its own config as an override
+  (the model-repository API, restricted to a header only run_triton.sh and this process
+  know: TRITON_ADMIN_HEADER / TRITON_ADMIN_KEY, so clients still cannot load or unload).
+  Triton builds the new instance while the model keeps its name, then swaps (measured
+  on 2.51: about 1.5 s); requests meanwhile get the backend's own INTERNAL "Stub process
+  ... is not healthy." within a second. An unload and load, as before, answered
+  NOT_FOUND ("unknown model") during the gap, which tells a client the model does not
+  exist. A plain load of an unchanged model does nothing.
+- removes the dead stub's shared-memory region from /dev/shm (its name is in the stub's
+  command line, a per-instance UUID, so no other instance's): Triton 2.51 keeps the
+  dead instance (and its mapping of the region) until the server exits when the stub
+  died with requests in it; the region's name goes at once, its memory with the server.
+
+The requests that were in the stub when it died are answered by the backend itself
+(pipeline_bls's ``execute`` returns only once its batch is answered: bls/orchestration/
+orchestrator.py). The dead stub stays a zombie child of tritonserver, which only
+tritonserver can reap (it does when the server exits).
+
+Exit status: 0, or DEATHS_SEEN (10) when a stub died while it watched; run_triton.sh then
+stops the server without waiting out its exit timeout for the dead instance.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
 import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
-from server.processes import stubs
+from server.processes import stub_regions, stubs
+
+DEATHS_SEEN = 10
 
 
-def _post(url: str, header: str, key: str, timeout: float) -> None:
-    request = urllib.request.Request(url, data=b"{}", method="POST",
+def _request(url: str, header: str, key: str, timeout: float, body: bytes | None = None) -> bytes:
+    request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET",
                                      headers={header: key, "Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as reply:
-        reply.read()
+        return reply.read()
 
 
 def reload(base_url: str, model: str, header: str, key: str, timeout: float = 600) -> None:
-    """Unload and load ``model`` (a plain load of an unchanged model is a no-op).
+    """Load ``model`` again with its own config, which makes Triton reload it in place.
 
     Raises:
         urllib.error.URLError: the server refused or did not answer.
     """
-    _post(f"{base_url}/v2/repository/models/{model}/unload", header, key, timeout)
-    _post(f"{base_url}/v2/repository/models/{model}/load", header, key, timeout)
+    config = _request(f"{base_url}/v2/models/{model}/config", header, key, timeout)
+    body = json.dumps({"parameters": {"config": config.decode()}}).encode()
+    _request(f"{base_url}/v2/repository/models/{model}/load", header, key, timeout, body)
 
 
 def alive(pid: int) -> bool:
@@ -57,7 +78,18 @@ def log(message: str) -> None:
     print(f"run_triton.sh watchdog: {message}", file=sys.stderr, flush=True)
 
 
-def watch(base_url: str, server_pid: int, header: str, key: str, interval: float = 1.0) -> None:
+def remove_region(name: str) -> int:
+    """Unlink the shared-memory region ``name`` from /dev/shm; its size in bytes (0: gone)."""
+    path = Path("/dev/shm") / name
+    try:
+        size = path.stat().st_blocks * 512
+        path.unlink()
+        return size
+    except FileNotFoundError:
+        return 0
+
+
+class Watchdog:
     """Reload each model whose stub dies, until the server exits.
 
     Args:
@@ -66,49 +98,72 @@ def watch(base_url: str, server_pid: int, header: str, key: str, interval: float
         header, key: the admin header and its value, for the model-repository API.
         interval: seconds between looks at the stub processes.
     """
-    known = stubs(server_pid)
-    log(f"watching {sum(len(p) for p in known.values())} stub processes of "
-        f"{len(known)} models (server pid {server_pid})")
-    while alive(server_pid):
-        time.sleep(interval)
-        now = stubs(server_pid)
-        dead = {model: pids - now.get(model, set()) for model, pids in known.items()}
-        for model, gone in dead.items():
-            if not gone:
-                continue
-            log(f"stub of model '{model}' died (pid {', '.join(map(str, sorted(gone)))}); "
-                "reloading it")
-            start = time.monotonic()
-            try:
-                reload(base_url, model, header, key)
-                log(f"model '{model}' reloaded in {time.monotonic() - start:.1f} s")
-            except (urllib.error.URLError, OSError) as e:
-                if not alive(server_pid):
-                    return
-                log(f"reloading model '{model}' failed: {e}; will retry")
-                continue
-        if any(dead.values()):
-            now = stubs(server_pid)
-        # Models whose stubs all failed to come back stay in `known`, so they are retried.
-        known = {model: now.get(model) or known[model] for model in known | now}
+
+    def __init__(self, base_url: str, server_pid: int, header: str, key: str,
+                 interval: float = 0.25):
+        self.base_url, self.server_pid = base_url, server_pid
+        self.header, self.key, self.interval = header, key, interval
+        self.deaths = 0
+        self.regions: dict[int, str] = {}  # stub pid -> its shared-memory region
+
+    def run(self) -> None:
+        known = self._look()
+        log(f"watching {sum(len(p) for p in known.values())} stub processes of "
+            f"{len(known)} models every {self.interval:g} s (server pid {self.server_pid})")
+        while alive(self.server_pid):
+            time.sleep(self.interval)
+            now = self._look()
+            dead = {model: pids - now.get(model, set()) for model, pids in known.items()}
+            for model, gone in dead.items():
+                if gone and not self._recover(model, gone):
+                    if not alive(self.server_pid):
+                        return
+            if any(dead.values()):
+                now = self._look()
+            # Models whose stubs all failed to come back stay in `known`: retried.
+            known = {model: now.get(model) or known[model] for model in known | now}
+
+    def _look(self) -> dict[str, set[int]]:
+        found = stubs(self.server_pid)
+        self.regions |= stub_regions(set().union(*found.values()) - set(self.regions))
+        return found
+
+    def _recover(self, model: str, gone: set[int]) -> bool:
+        """Reload ``model`` and remove the dead stubs' regions; False when the reload failed."""
+        self.deaths += len(gone)
+        log(f"stub of model '{model}' died (pid {', '.join(map(str, sorted(gone)))}); "
+            "reloading it in place")
+        start = time.monotonic()
+        try:
+            reload(self.base_url, model, self.header, self.key)
+        except (urllib.error.URLError, OSError) as e:
+            log(f"reloading model '{model}' failed: {e}; will retry")
+            self.deaths -= len(gone)
+            return False
+        removed = sum(remove_region(self.regions.pop(pid)) for pid in gone if pid in self.regions)
+        log(f"model '{model}' reloaded in {time.monotonic() - start:.1f} s; the dead stub's "
+            f"shared-memory region removed ({removed / 2**20:.0f} MiB)")
+        return True
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``python -m server.watchdog``; returns its exit status."""
+    """Run ``python -m server.watchdog``; returns its exit status (DEATHS_SEEN: stubs died)."""
     p = argparse.ArgumentParser(prog="python -m server.watchdog", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", required=True, help="the server's HTTP base URL, http://host:port")
     p.add_argument("--server-pid", type=int, required=True)
-    p.add_argument("--interval", type=float, default=1.0)
+    p.add_argument("--interval", type=float, default=0.25)
     args = p.parse_args(argv)
     header, key = os.environ.get("TRITON_ADMIN_HEADER"), os.environ.get("TRITON_ADMIN_KEY")
     if not header or not key:
         p.error("TRITON_ADMIN_HEADER and TRITON_ADMIN_KEY must be set in the environment")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # run_triton.sh's stop
+    watchdog = Watchdog(args.url.rstrip("/"), args.server_pid, header, key, args.interval)
     try:
-        watch(args.url.rstrip("/"), args.server_pid, header, key, args.interval)
+        watchdog.run()
     except KeyboardInterrupt:
         pass
-    return 0
+    return DEATHS_SEEN if watchdog.deaths else 0
 
 
 if __name__ == "__main__":

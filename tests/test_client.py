@@ -233,12 +233,15 @@ def test_overlay_names_never_collide(tmp_path):
     assert cli.overlay_names(paths) == ["a.0.overlay.png", "a.1.overlay.png", "b.overlay.png"]
 
 
-def test_only_unavailable_and_refused_connections_are_retried_with_bounded_backoff():
+def test_only_unavailable_dead_stubs_and_refused_connections_are_retried_with_bounded_backoff():
     from tritonclient.utils import InferenceServerException
 
     assert cli.retryable(InferenceServerException("x", status="StatusCode.UNAVAILABLE"))
     assert cli.retryable(InferenceServerException("x", status="503"))
     assert cli.retryable(ConnectionRefusedError())
+    dead = "Stub process 'pipeline_bls_0_1' is not healthy."  # Triton 2.51's own words
+    assert cli.retryable(InferenceServerException(dead, status="StatusCode.INTERNAL"))
+    assert cli.retryable(InferenceServerException(dead, status="500"))
     for status in ("StatusCode.INVALID_ARGUMENT", "400", "StatusCode.INTERNAL", "500",
                    "StatusCode.CANCELLED"):
         assert not cli.retryable(InferenceServerException("x", status=status)), status

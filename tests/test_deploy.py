@@ -105,7 +105,18 @@ def test_pods_probes_gpus_spread_and_scraping():
     assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
     assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert container["startupProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    # Liveness asks pipeline_bls itself (Triton's own endpoints stay green with a dead
+    # stub): the probe script from a ConfigMap of the chart, a copy of client/probe.py.
+    liveness = container["livenessProbe"]
+    assert liveness["exec"]["command"][:2] == ["python3", "/probe/probe.py"]
+    deadline = float(liveness["exec"]["command"][-1])
+    assert liveness["timeoutSeconds"] > deadline
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] + deadline <= 30
+    probe_map = by_kind(manifests, "ConfigMap")
+    assert probe_map["data"]["probe.py"].strip() == (ROOT / "client" / "probe.py").read_text().strip()
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["probe"]["configMap"]["name"] == probe_map["metadata"]["name"]
+    assert {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["probe"] == "/probe"
     for section in ("requests", "limits"):
         assert container["resources"][section]["nvidia.com/gpu"] == 1
     notes = pod["metadata"]["annotations"]
@@ -155,11 +166,9 @@ def test_rollout_never_drops_capacity_or_requests():
     sleep = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
     exit_timeout = int(next(a for a in container["args"] if a.startswith("--exit-timeout-secs="))
                        .split("=")[1])
-    # preStop, then Triton's wait for the models to unload, then pipeline_bls's own drain
-    # of what it still holds (bls/orchestration/orchestrator.py DRAIN_S), within the grace period.
-    from bls.orchestration.orchestrator import DRAIN_S
-
-    assert sleep > 0 and pod["terminationGracePeriodSeconds"] > sleep + exit_timeout + DRAIN_S
+    # preStop, then Triton's wait for the requests in flight and the models' unload (each
+    # pipeline_bls execute returns once its batch is answered), within the grace period.
+    assert sleep > 0 and pod["terminationGracePeriodSeconds"] > sleep + exit_timeout
     # A new repository path changes the pod template, which is what rolls the pods.
     first = deployment["spec"]["template"]["metadata"]["annotations"]
     second = by_kind(render({"modelRepository": {"volume": {"subPath": "releases/v2"}}}), "Deployment")

@@ -25,7 +25,7 @@ from tritonclient.utils import InferenceServerException
 from bls.contract.parameters import RequestOptions
 from bls.contract.tensors import MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
 from client import cli
-from client.metrics import scrape, value
+from client.metrics import scrape, scrape_until, value
 from export.repository import assemble, parameters_override
 from server.launcher import TritonServer
 
@@ -137,7 +137,9 @@ def test_a_model_that_cannot_serve_is_unavailable_and_a_timeout_has_its_own_outc
         assert error.status() == "StatusCode.UNAVAILABLE"
         assert error.message() == ("pipeline_bls: mask_rcnn did not answer within "
                                    "mask_rcnn_timeout_us=1")
-        assert outcome(server, "timeout") == before + 1
+        counted = scrape_until(server.metrics_url, lambda now: value(
+            now, "pipeline_requests_total", outcome="timeout") >= before + 1)
+        assert value(counted, "pipeline_requests_total", outcome="timeout") == before + 1
     assert grpc_infer(server, data).as_numpy("scores") is not None
 
 

@@ -258,9 +258,9 @@ def test_a_timeout_is_answered_unavailable_and_holds_its_slot_until_the_model_le
 
 def test_cancellation_is_read_once_from_the_sender_before_the_model_call(double, load,
                                                                         images, monkeypatch):
-    """The client gives up while its image is being prepared, after execute returned: its
-    request never reaches mask_rcnn. The check is read from the sender (the request is
-    released by then), once per request: it is an IPC round trip in the stub."""
+    """The client gives up while its image is being prepared: its request never reaches
+    mask_rcnn. The check is read from the sender, on the job's thread, once per request:
+    it is an IPC round trip in the stub."""
     entered, opened = threading.Semaphore(0), threading.Event()
     real_prepare = bls.orchestration.orchestrator.prepare
 
@@ -272,11 +272,12 @@ def test_cancellation_is_read_once_from_the_sender_before_the_model_call(double,
     monkeypatch.setattr(bls.orchestration.orchestrator, "prepare", gated_prepare)
     model = load()
     cancelled, live = request(double, images["scene.jpg"]), request(double, images["tall.png"])
-    model.execute([cancelled, live])  # returns at once; the requests are released now
-    double.release([cancelled, live])
+    running = threading.Thread(target=double.execute, args=(model, [cancelled, live]))
+    running.start()  # the requests are read; their jobs wait in prepare
     assert entered.acquire(timeout=30) and entered.acquire(timeout=30)
     double.cancel(cancelled)
     opened.set()
+    running.join(30)
     double.wait_closed([cancelled, live])
     [first], [second] = cancelled.sender.responses, live.sender.responses
     assert first.error().code() == TritonError.CANCELLED
@@ -328,45 +329,49 @@ def test_a_send_that_fails_is_counted_and_spares_its_neighbours(double, load, im
 
 
 # --------------------------------------------------------------------------- load and stops
-def test_execute_returns_while_answers_run_and_holds_at_max_in_flight(double, load, images,
-                                                                      torchscript):
-    gate = Gate(lambda inputs, _: torchscript(inputs[MODEL_INPUT.name]))
-    double.models[MODEL_NAME] = gate
-    model = load(max_in_flight_requests=2)
-    first = [request(double, images["scene.jpg"]), request(double, images["tall.png"])]
-    model.execute(first)  # returns: both started
-    third = request(double, images["gray.png"])
-    held = threading.Thread(target=model.execute, args=([third],))
-    held.start()
-    held.join(0.3)
-    assert held.is_alive(), "a third request was started beyond max_in_flight_requests=2"
-    assert model.handler.held() == 2
-    gate.open()
-    held.join(30)
-    double.wait_closed(first + [third])
-    assert all(not r.sender.responses[0].has_error() for r in first + [third])
-
-
-def test_finalize_answers_what_it_holds(double, load, images, torchscript, monkeypatch):
-    """Triton waits for open senders before it unloads a model, so this is the rare case;
-    still nothing may be left unanswered: UNAVAILABLE, so the client retries elsewhere."""
-    monkeypatch.setattr(bls.orchestration.orchestrator, "DRAIN_S", 0.3)
+def test_execute_returns_when_its_batch_is_answered_and_no_sooner(double, load, images,
+                                                                 torchscript):
+    """While execute has not returned, the backend answers its batch itself if the stub
+    dies ("Stub process ... is not healthy.", measured on 2.51); a request whose execute had
+    returned would get no answer at all. So execute waits for its batch's answers."""
     gate = Gate(lambda inputs, _: torchscript(inputs[MODEL_INPUT.name]))
     double.models[MODEL_NAME] = gate
     model = load()
-    held = [request(double, images["scene.jpg"]), request(double, images["tall.png"])]
-    model.execute(held)
-    assert gate.entered.acquire(timeout=30)
+    batch = [request(double, images["scene.jpg"]), request(double, images["tall.png"]),
+             request(double, b"junk")]
+    running = threading.Thread(target=model.execute, args=(batch,))
+    running.start()
+    assert gate.entered.acquire(timeout=30) and gate.entered.acquire(timeout=30)
+    running.join(0.3)
+    assert running.is_alive(), "execute returned before its batch was answered"
+    assert model.handler.held() == 2  # the junk one was answered in execute
+    assert batch[2].sender.final_sent and not batch[0].sender.final_sent
+    gate.open()
+    running.join(30)
+    assert not running.is_alive()
+    assert all(r.sender.final_sent for r in batch) and model.handler.held() == 0
+    assert not batch[0].sender.responses[0].has_error()
+
+
+def test_finalize_leaves_nothing_unanswered_and_a_late_call_sends_nothing(double, load, images,
+                                                                        torchscript, exported):
+    """Triton calls finalize once execute has returned: every request is answered then.
+    A model call that outlived its timeout may still run; when it ends it sends nothing,
+    and the counts are flushed by finalize itself."""
+    from bls.pipeline.steps import prepare
+
+    outputs = torchscript(prepare(images["scene.jpg"], exported.meta).model_input)
+    gate = Gate(lambda inputs, _: outputs)
+    double.models[MODEL_NAME] = gate
+    model = load(mask_rcnn_timeout_us=300_000)
+    held = request(double, images["scene.jpg"])
+    [response] = double.execute(model, [held])
+    assert response.error().code() == TritonError.UNAVAILABLE  # the timeout
     double.finalize(model)  # BLS is refused from now on, as in the stub
-    for r in held:  # in mask_rcnn still, or refused its call: UNAVAILABLE either way
-        [response] = r.sender.responses
-        assert response.error().code() == TritonError.UNAVAILABLE
-        assert response.error().message() in (
-            "pipeline_bls: pipeline_bls is unloading and the request did not finish within 0.3 s",
-            "pipeline_bls: pipeline_bls is stopping")
-    gate.open()  # the call that was in mask_rcnn ends; its answer is not sent twice
-    time.sleep(0.2)
-    assert all(len(r.sender.responses) == 1 for r in held)
+    assert double.metric(REQUESTS_METRIC, outcome="timeout") == 1  # flushed by finalize
+    gate.open()  # the call that was in mask_rcnn ends
+    time.sleep(0.3)
+    assert len(held.sender.responses) == 1, held.sender.summary()
 
 
 # --------------------------------------------------------------------------- parameters
@@ -503,3 +508,37 @@ def test_captures_over_their_bound_go_without_the_image(double, load, images):
     assert events[0]["image"].shape == (0,) and events[0]["predictions"].shape == (0,)
     flushed(model)
     assert double.metric("pipeline_monitoring_captures_skipped_total") == 1
+
+
+# --------------------------------------------------------------------------- probes
+def test_a_probe_is_answered_empty_without_the_model_or_monitoring(double, monitored, images):
+    """python -m client probe's request: answered by pipeline_bls itself (the image is not
+    read), no model call, no monitoring event though every request is monitored here,
+    counted apart from the traffic."""
+    model, events = monitored
+    [response] = double.execute(model, [request(double, b"", {"probe": True})])
+    out = outputs_of(response)
+    assert out["boxes"].shape == (0, 4) and out["image_size"].tolist() == [0, 0]
+    assert model_calls(double) == [] and events == []
+    flushed(model)
+    assert double.metric(REQUESTS_METRIC, outcome="probe") == 1
+    assert double.metric(REQUESTS_METRIC, outcome="ok") == 0
+    [bad] = double.execute(model, [request(double, b"", {"probe": "maybe"})])
+    assert bad.error().code() == TritonError.INVALID_ARG
+    assert "parameter 'probe': must be true or false, got 'maybe'" in bad.error().message()
+
+
+def test_a_probe_fails_while_a_stub_of_another_instance_is_dead(double, load, monkeypatch):
+    """Triton routes a probe to any instance, so each answers for all of them."""
+    import bls.orchestration.orchestrator as orchestrator
+
+    model = load()  # the test repository's pipeline_bls: instance_group count 2
+    monkeypatch.setattr(orchestrator, "live_instances", lambda: 2)
+    [ok] = double.execute(model, [request(double, b"", {"probe": True})])
+    assert not ok.has_error()
+    monkeypatch.setattr(orchestrator, "live_instances", lambda: 1)
+    [dead] = double.execute(model, [request(double, b"", {"probe": True})])
+    assert dead.error().code() == TritonError.UNAVAILABLE
+    assert dead.error().message() == (
+        "pipeline_bls: 1 of 2 pipeline_bls stub processes are dead (Triton 2.51 restarts "
+        "none): reload the model or restart the server")

@@ -16,7 +16,7 @@ from bls.contract.parameters import RequestOptions
 from bls.contract.tensors import (ENSEMBLE_NAME, PIPELINE_INPUT, PIPELINE_NAME, PIPELINE_OUTPUTS,
                                   MaskFormat)
 from client import statistics
-from client.metrics import scrape, value
+from client.metrics import scrape, scrape_until, value
 
 pytestmark = pytest.mark.server
 PROTOCOLS = {"http": httpclient, "grpc": grpcclient}
@@ -185,7 +185,10 @@ def test_batch_with_one_bad_image_answers_the_neighbours(server, reference, imag
             assert error is None, error
             assert_matches(answer_of(result, True), reference(payloads[i], RequestOptions(0.0)))
         # pipeline_bls's own counters tell the failure apart (Triton's say 4 successes).
-        counted = scrape(server.metrics_url)
+        counted = scrape_until(server.metrics_url, lambda now: sum(
+            value(now, REQUESTS_METRIC, outcome=o) - value(counted_before, REQUESTS_METRIC,
+                                                            outcome=o)
+            for o in ("ok", "invalid")) >= len(payloads))
         for outcome, expected in (("ok", 3), ("invalid", 1)):
             assert (value(counted, REQUESTS_METRIC, outcome=outcome)
                     - value(counted_before, REQUESTS_METRIC, outcome=outcome)) == expected

@@ -6,7 +6,8 @@ the statistics API) end at ``execute``'s return, not at the answer; and Triton 2
 a per-request error response as a success. These counters say what really happened:
 
   pipeline_requests_total{outcome}        ok | invalid | cancelled | unavailable |
-                                          timeout | failed (bls/errors.py)
+                                          timeout | failed (bls/errors.py); probe: a
+                                          health probe answered (python -m client probe)
   pipeline_responses_unsent_total         answers the backend refused to send (the
                                           client had gone, or the response could not
                                           be serialised); logged as well
@@ -40,7 +41,7 @@ from typing import Callable
 
 from bls.errors import classify
 
-OUTCOMES = ("ok", "invalid", "cancelled", "unavailable", "timeout", "failed")
+OUTCOMES = ("ok", "invalid", "cancelled", "unavailable", "timeout", "failed", "probe")
 STAGES = ("prepare", "model", "finish", "total")
 REQUESTS_METRIC = "pipeline_requests_total"
 DURATION_METRIC = "pipeline_request_duration_us"
@@ -174,16 +175,17 @@ class RequestMetrics:
         self.unsent = wrap(self.unsent_family.Metric(labels={}))
 
     def record(self, error: Exception | None, seconds: dict[str, float],
-               cpu_seconds: dict[str, float] | None = None) -> None:
+               cpu_seconds: dict[str, float] | None = None, probe: bool = False) -> None:
         """Count one answered request.
 
         Args:
             error: the exception it ended with, or None for an answer (bls/errors.py
-                classify gives its outcome).
+                classify gives its outcome; a probe answered is "probe").
             seconds: wall seconds by stage (STAGES) for the stages it went through.
             cpu_seconds: thread CPU seconds by stage (CPU_STAGES) for those it went through.
+            probe: the request was a health probe.
         """
-        self.requests[classify(error)[1]].increment(1)
+        self.requests["probe" if probe and error is None else classify(error)[1]].increment(1)
         for stage, value in seconds.items():
             self.durations[stage].increment(value * 1e6)
         for stage, value in (cpu_seconds or {}).items():

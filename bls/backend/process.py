@@ -1,4 +1,5 @@
-"""Process-wide settings of the models that run the pipeline's steps: ``configure_process``.
+"""Process-wide settings of the models that run the pipeline's steps: ``configure_process``;
+and what a stub can see of its model's other instances (``live_instances``).
 
 Those models are pipeline_bls, preprocess and postprocess. Keeping freed memory: a
 request allocates a few large blocks (the decoded image, PIL's 4-byte copy, the resized
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+from pathlib import Path
 from typing import Mapping
 
 from bls.contract.parameters import RESIZE_TORCH
@@ -63,3 +66,48 @@ def configure_process(values: Mapping) -> None:
         import torch
 
         torch.set_num_threads(1)
+
+
+def _argv(pid: int | str) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:  # gone meanwhile
+        return []
+
+
+def live_instances() -> int | None:
+    """Count the live stub processes of this process's model on this server, itself included.
+
+    Those are the processes with this one's parent (tritonserver) and this one's
+    model.py: python_backend starts a stub per instance with the command line stub,
+    model.py, shared-memory region, ... (stub_launcher.cc). A stub that died is a zombie
+    until tritonserver reaps it, and is not counted. None when this process is not a
+    stub (bls.testing's double, a script) or /proc cannot tell.
+    """
+    mine, parent = _argv("self"), os.getppid()
+    if len(mine) < 2 or not mine[0].endswith(b"triton_python_backend_stub"):
+        return None
+    count = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[1]) == parent and _argv(stat.parent.name)[:2] == mine[:2]:
+            count += 1
+    return max(count, 1)
+
+
+def configured_instances(model_config: Mapping) -> int | None:
+    """The number of instances a config asks for, where the config alone says: its
+    instance groups' counts, a KIND_GPU group's times its listed GPUs. None where it
+    cannot tell (a KIND_GPU group without a GPU list: one instance per visible GPU)."""
+    total = 0
+    for group in model_config.get("instance_group") or [{"count": 1}]:
+        count = int(group.get("count", 1))
+        if group.get("kind", "KIND_CPU") == "KIND_GPU":
+            if not group.get("gpus"):
+                return None
+            count *= len(group["gpus"])
+        total += count
+    return total

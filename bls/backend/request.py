@@ -100,4 +100,4 @@ def parse_options(parameters: str | Mapping[str, Any] | None,
     threshold = values["score_threshold"]
     return RequestOptions(default_score_threshold if threshold is None else threshold,
                           values["max_detections"], MaskFormat(values["mask_format"]),
-                          values["polygon_tolerance"])
+                          values["polygon_tolerance"], values["probe"])

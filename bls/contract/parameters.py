@@ -88,6 +88,16 @@ def flag(value: Any) -> bool:
     return value
 
 
+def flag(value: Any) -> bool:
+    """Parse a yes/no value: JSON true/false, or their text (case-insensitive)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if isinstance(value, str) else None
+    if text not in ("true", "false"):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return text == "true"
+
+
 def text(value: Any) -> str:
     """Parse text, stripped of surrounding whitespace."""
     if not isinstance(value, str):
@@ -241,8 +251,8 @@ PIPELINE_PARAMETERS = config_parameters(
     Parameter("worker_threads", whole(1), 2,
               "requests decoded, resized or pasted at once (the CPU stages' bound)"),
     Parameter("max_in_flight_requests", whole(1), None,
-              "requests one instance works on at once (default 2 x max_batch_size); "
-              "the rest wait in Triton's queue"),
+              "requests one instance works on at once, a model call that outlived "
+              "mask_rcnn_timeout_us included (default 2 x max_batch_size); the rest wait"),
     Parameter("monitoring_policy", text, "",
               "JSON (bls/monitoring/policy.py): when an answered request is also sent to "
               "monitoring; empty: never"),
@@ -289,6 +299,9 @@ RUNNER_PARAMETERS = config_parameters(
     Parameter("intra_op_threads", whole(0), 0,
               "torch intra-op threads per instance (0: torch's default)"),
     Parameter("model_file", text, "model.pt", "the TorchScript file in the version folder"),
+    Parameter("autocast", one_of("none", "float16", "bfloat16"), "none",
+              "run the model under torch.autocast with this dtype (float16 on a GPU); its "
+              "float outputs are handed on as FP32, as the contract says"),
 )
 
 # Python model name -> what it reads. The ensemble has no model.py.
@@ -314,6 +327,7 @@ class RequestOptions:
     max_detections: int | None = None
     mask_format: MaskFormat = MaskFormat.RLE
     polygon_tolerance: float = 0.0
+    probe: bool = False
 
 
 REQUEST_PARAMETERS = ParameterSet(PIPELINE_NAME, "parameter", (
@@ -327,4 +341,8 @@ REQUEST_PARAMETERS = ParameterSet(PIPELINE_NAME, "parameter", (
               RequestOptions.polygon_tolerance,
               "mask_format=polygon: simplify outlines to within this many pixels "
               "(Douglas-Peucker), in [0, 100]; default 0, exact"),
+    Parameter("probe", flag, RequestOptions.probe,
+              "true: a health probe (python -m client probe): answered empty by pipeline_bls "
+              "itself, no image read, no model call, no monitoring event; refused "
+              "UNAVAILABLE while a stub process of pipeline_bls is dead"),
 ))

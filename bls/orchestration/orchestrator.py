@@ -10,9 +10,16 @@ request at once, and hands the rest to a pool as plain data (``Job``), as python
 decoupled example (square_model.py) does. Cancellation is read from the sender, which
 stays valid after the release.
 
+``execute`` returns once every request of its batch has its answer. While it has not,
+the backend watches this stub: if the stub dies (OOM killer, a native crash), it answers
+each request of the batch "Stub process 'pipeline_bls_0_0' is not healthy." within about
+a second (measured on 2.51). A request whose ``execute`` had returned would get no answer
+at all (the backend forgets it; its client waits for its deadline). Further batches queue
+in Triton meanwhile, so more concurrency comes from more instances (instance_group).
+
 Threads (docs/architecture.md draws them):
-- Triton's thread runs ``execute``; it blocks while ``max_in_flight_requests`` jobs are
-  held, so further requests wait in Triton's queue, not here.
+- Triton's thread runs ``execute``; it hands its batch's jobs to the pool (blocking while
+  ``max_in_flight_requests`` are held) and waits for their answers.
 - One pool thread carries a job from start to end: prepare, the blocking BLS call to
   mask_rcnn, finish, the send. The pool has a thread per job that can be held, so a job
   never waits for a thread; ``worker_threads`` bounds how many are in the CPU stages
@@ -26,8 +33,8 @@ Threads (docs/architecture.md draws them):
 
 A job's IPC round trips to the backend: one cancellation check before the model call, the
 BLS call, the send. Every accepted request gets exactly one final response: ``Reply``
-sends at most once and is claimed by whoever answers first (its job, or ``finalize``
-when the job cannot finish).
+sends at most once; a job that fails answers with its error. Stops need no draining:
+Triton calls ``finalize`` once ``execute`` has returned, when every request is answered.
 """
 
 from __future__ import annotations
@@ -39,25 +46,24 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from bls.backend.adapter import ModelInstance
 from bls.backend.metrics import CounterBuffer, ModelStart, MonitoringCalls, RequestMetrics
-from bls.backend.process import configure_process
+from bls.backend.process import configure_process, configured_instances, live_instances
 from bls.backend.request import parse_options, request_image
 from bls.backend.responses import code_name, error_response, output_response
 from bls.contract.metadata import ModelMetadata
 from bls.contract.parameters import PIPELINE_PARAMETERS, RequestOptions
-from bls.contract.tensors import MODEL_INPUT, MODEL_NAME, PIPELINE_NAME
+from bls.contract.tensors import MODEL_INPUT, MODEL_NAME, PIPELINE_NAME, MaskFormat
 from bls.errors import Cancelled, ModelTimeout, Unavailable, model_call_error
 from bls.monitoring.policy import MonitoringPolicy
 from bls.orchestration.sender import EventSender
+from bls.pipeline.answer import build_answer
 from bls.pipeline.host import HOST
 from bls.pipeline.image import decode_limits
+from bls.pipeline.instances import Instances
 from bls.pipeline.steps import finish, prepare
-
-# How long finalize waits for jobs still held before answering them UNAVAILABLE. Triton
-# itself waits for every open response sender before it unloads a model (Triton 2.51), so
-# in practice nothing is left by then; this bounds the rare case where something is.
-DRAIN_S = 5.0
 
 
 class Reply:
@@ -160,6 +166,8 @@ class PipelineOrchestrator:
         self.batched = batch > 0
         self.max_in_flight_requests = values["max_in_flight_requests"] or 2 * max(batch, 1)
         self.output_names = [spec.name for spec in self.meta.outputs]
+        # How many stubs a probe expects alive (the most seen, at least the config's).
+        self.instances = configured_instances(model_config) or 1
         self.ops = HOST  # where the image and mask work runs (bls/pipeline/host.py)
         on_thread_start = None
         if values["device"]:
@@ -183,7 +191,6 @@ class PipelineOrchestrator:
         self._cv = threading.Condition()
         self._slots = 0  # jobs started and not let go (answered and model call ended)
         self._held: set[Job] = set()  # jobs not answered yet
-        self._stopping = False
 
     # ------------------------------------------------------------------ execute
     def execute(self, requests) -> None:
@@ -195,8 +202,10 @@ class PipelineOrchestrator:
         of a segmentation fault. Each request is handled on its own.
 
         Returns:
-            None: each request is answered by its own response sender.
+            None, once every request of the batch is answered, each by its own response
+            sender (see the module's docstring: why it waits).
         """
+        jobs = []
         for request in requests:
             try:
                 reply = Reply(self.pb, request.get_response_sender(), self.metrics.unsent)
@@ -206,15 +215,13 @@ class PipelineOrchestrator:
             job = Job(b"", RequestOptions(self.meta.score_threshold), reply,
                       time.perf_counter())
             try:
-                job.data = request_image(self.pb, request)
-                job.options = parse_options(request.parameters(), self.meta.score_threshold,
-                                            self.forwarded_headers)
-                # The answer carries only these: with Python 3.12's stub, a response
-                # holding an output the client did not ask for kills the stub (2.51).
-                job.outputs = tuple(request.requested_output_names())
+                job.data, job.options, job.outputs = self._read(request)
                 self._start(job)
+                jobs.append(job)
             except Exception as e:
                 self._conclude(job, None, e)
+        with self._cv:  # every job ends answered: _conclude never raises
+            self._cv.wait_for(lambda: not any(job in self._held for job in jobs))
         return None
 
     def _log_error(self, message: str) -> None:
@@ -223,13 +230,19 @@ class PipelineOrchestrator:
         except Exception:  # logging must not be what breaks an answer
             pass
 
+    def _read(self, request) -> tuple[bytes, RequestOptions, tuple[str, ...]]:
+        data = request_image(self.pb, request)
+        options = parse_options(request.parameters(), self.meta.score_threshold,
+                                self.forwarded_headers)
+        # The answer carries only these: with Python 3.12's stub, a response holding an
+        # output the client did not ask for kills the stub (Triton 2.51).
+        return data, options, tuple(request.requested_output_names())
+
     def _start(self, job: Job) -> None:
-        """Take a slot (waiting while max_in_flight_requests are taken) and run the job."""
+        """Take a slot (waiting while max_in_flight_requests are taken: a model call that
+        outlived its timeout keeps its slot) and run the job."""
         with self._cv:
-            while self._slots >= self.max_in_flight_requests and not self._stopping:
-                self._cv.wait()
-            if self._stopping:
-                raise Unavailable(f"{PIPELINE_NAME} is stopping")
+            self._cv.wait_for(lambda: self._slots < self.max_in_flight_requests)
             self._slots += 1
             self._held.add(job)
         self.jobs.submit(self._run, job)
@@ -248,6 +261,8 @@ class PipelineOrchestrator:
         """The pipeline's answer arrays for one job; each stage's wall time goes into
         ``job.seconds``, the CPU stages' thread time into ``job.cpu_seconds``
         (bls/backend/metrics.py)."""
+        if job.options.probe:
+            return self._probe()
         mark = time.perf_counter()
         with self.cpu_slots:
             cpu = time.thread_time()
@@ -267,6 +282,20 @@ class PipelineOrchestrator:
             job.cpu_seconds["finish"] = time.thread_time() - cpu
         job.seconds["finish"] = time.perf_counter() - mark
         return answer
+
+    def _probe(self) -> dict:
+        """Answer a health probe: empty, from this stub, on a job thread; UNAVAILABLE while
+        a stub of another instance is dead (Triton routes a probe to any instance, so
+        each answers for all: a dead one fails every request sent to it until reloaded)."""
+        live = live_instances()
+        self.instances = max(self.instances, live or 0)
+        if live is not None and live < self.instances:
+            raise Unavailable(f"{self.instances - live} of {self.instances} {PIPELINE_NAME} "
+                              f"stub processes are dead (Triton 2.51 restarts none): reload "
+                              f"the model or restart the server")
+        empty = Instances(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                          np.zeros(0, np.int64), None)
+        return build_answer(empty, (0, 0), self.meta, MaskFormat.NONE)
 
     def _call_model(self, job: Job, model_input) -> dict:
         """Call mask_rcnn through BLS: numpy in and out on the host; or, on a device, torch
@@ -292,10 +321,7 @@ class PipelineOrchestrator:
                                        f"mask_rcnn_timeout_us={self.timeout_us}") from None
         except ModelTimeout:
             raise
-        except Exception as e:  # the call itself failed: the stub refuses BLS while
-            # it finalizes, or its IPC failed
-            if self._stopping:
-                raise Unavailable(f"{PIPELINE_NAME} is stopping") from None
+        except Exception as e:  # the call itself failed: its IPC failed
             raise model_call_error(MODEL_NAME, "INTERNAL", f"{type(e).__name__}: {e}") from None
         if response.has_error():
             error = response.error()
@@ -322,10 +348,11 @@ class PipelineOrchestrator:
         if answer is None:
             response = error_response(self.pb, error, PIPELINE_NAME)
         job.seconds["total"] = time.perf_counter() - job.started
-        self.metrics.record(error, job.seconds, job.cpu_seconds)  # in memory (CounterBuffer): no IPC
+        # in memory (CounterBuffer): no IPC
+        self.metrics.record(error, job.seconds, job.cpu_seconds, job.options.probe)
         sent = job.reply.send(response)
         self._let_go(job)
-        if sent and answer is not None and self.events is not None:
+        if sent and answer is not None and self.events is not None and not job.options.probe:
             self._monitor(job, answer)
 
     def _let_go(self, job: Job) -> None:
@@ -360,22 +387,12 @@ class PipelineOrchestrator:
 
     # ------------------------------------------------------------------ stop
     def finalize(self) -> None:
-        """Stop the model: drain or answer the jobs held, then stop the threads.
+        """Stop the model's threads.
 
-        Waits up to DRAIN_S for the jobs still held, answers any left UNAVAILABLE (the
-        client may retry elsewhere), counts the monitoring events left behind and
-        flushes the counters."""
-        deadline = time.monotonic() + DRAIN_S
-        with self._cv:
-            self._stopping = True
-            self._cv.notify_all()
-            while self._held and time.monotonic() < deadline:
-                self._cv.wait(max(0.0, deadline - time.monotonic()))
-            left = list(self._held)
-        for job in left:
-            self._conclude(job, None, Unavailable(
-                f"{PIPELINE_NAME} is unloading and the request did not finish within "
-                f"{DRAIN_S:g} s"))
+        Triton calls it once ``execute`` has returned, so every request is answered by
+        then. What is left: a model call that outlived its timeout (its request answered
+        UNAVAILABLE long ago), the monitoring events still queued (counted ``abandoned``),
+        the counts not yet flushed (flushed now)."""
         if self.events is not None:
             self.events.close()
         self.counters.close()

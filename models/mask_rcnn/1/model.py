@@ -37,6 +37,7 @@ class TritonPythonModel:
         # Exported files are saved in eval mode; no .eval() here: a detectron2 scripted
         # module holds `training` as a constant and refuses it (as libtorch never calls it).
         self.model = torch.jit.load(path, map_location=self.device)
+        self.autocast = None if params["autocast"] == "none" else getattr(torch, params["autocast"])
         self.input_name = config["input"][0]["name"]
         self.output_names = [o["name"] for o in config["output"]]
 
@@ -49,10 +50,12 @@ class TritonPythonModel:
                 # orders the streams (pb_tensor.cc FromDLPack), so nothing is read on the
                 # GPU before its producer wrote it. The input is read where Triton put
                 # it, without a copy.
-                with torch.inference_mode():
+                with torch.inference_mode(), torch.autocast(
+                        self.device.type, self.autocast, enabled=self.autocast is not None):
                     outputs = self.model(torch.from_dlpack(image).to(self.device))
                 responses.append(pb_utils.InferenceResponse([
-                    pb_utils.Tensor.from_dlpack(name, t.contiguous())
+                    pb_utils.Tensor.from_dlpack(
+                        name, (t.float() if t.is_floating_point() else t).contiguous())
                     for name, t in zip(self.output_names, outputs)]))
             except Exception as e:  # this request fails alone; the next ones still run
                 responses.append(pb_utils.InferenceResponse(
