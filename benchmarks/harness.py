@@ -179,9 +179,10 @@ def session(module: str, argv, args=None, export_args=()):
 
 
 @contextmanager
-def serve(repository: Path, log: Path | None = None):
-    """An embedded TritonServer on free loopback ports, stopped whatever happens."""
-    server, start = TritonServer(repository, log=log), time.perf_counter()
+def serve(repository: Path, log: Path | None = None, extra_args: tuple[str, ...] = ()):
+    """An embedded TritonServer on free loopback ports (run_triton.sh ``extra_args``),
+    stopped whatever happens."""
+    server, start = TritonServer(repository, log=log, extra_args=extra_args), time.perf_counter()
     print(f"starting tritonserver (embedded) on {repository} ...", flush=True)
     try:
         server.start()

@@ -2,7 +2,7 @@
 bls.testing double, with BLS routed to the exported TorchScript file in process.
 
 The double behaves like the stub where these tests look: requests unusable once execute
-returns, response senders that close before they serialise, BLS refused in finalize, and
+returns, the stub's checks of the responses execute returns, BLS refused in finalize, and
 it records which calls are IPC round trips in the stub. So the lifecycle and isolation
 promises are checked here without a server; the same paths run against the real server
 in test_server.py, test_reliability_server.py and test_stops_server.py. pipeline_bls
@@ -18,7 +18,7 @@ import pytest
 
 import bls.orchestration.orchestrator
 import bls.backend.process
-from bls.backend.metrics import DURATION_METRIC, REQUESTS_METRIC, STAGES, UNSENT_METRIC
+from bls.backend.metrics import DURATION_METRIC, REQUESTS_METRIC, STAGES
 from bls.contract.parameters import MAX_ANSWER_BYTES, PIPELINE_PARAMETERS, RequestOptions
 from bls.contract.tensors import (MODEL_INPUT, MODEL_NAME, MONITORING_NAME, MONITORING_OUTPUT,
                                   PIPELINE_INPUT, PIPELINE_NAME, PIPELINE_OUTPUTS, MaskFormat,
@@ -93,6 +93,10 @@ def outputs_of(response):
     return {k: v[0] for k, v in values.items()}  # pipeline_bls is batched: dim 0 is 1
 
 
+def calls_of(double) -> int:
+    return len(model_calls(double))
+
+
 def model_calls(double):
     return [c for c in double.calls if c.model_name == MODEL_NAME]
 
@@ -106,7 +110,7 @@ def flushed(model):
 def test_a_batch_with_bad_requests_answers_each_on_its_own(double, load, reference, images,
                                                           exported):
     """Each request is read in execute (the double releases them when it returns, as
-    Triton does) and answered once, by its sender."""
+    Triton does) and answered once, each on its own."""
     model = load()
     requests = [
         request(double, images["scene.jpg"]),
@@ -143,7 +147,7 @@ def test_a_batch_with_bad_requests_answers_each_on_its_own(double, load, referen
 
 def test_an_answer_holds_only_the_outputs_the_client_asked_for(double, load, images,
                                                                 reference):
-    """With Python 3.12's stub, a sender's response holding an output the client did not
+    """With Python 3.12's stub, a response holding an output the client did not
     ask for kills the stub (measured on 2.51; the double refuses it as that crash)."""
     model = load()
     asked = ["scores", "masks_rle"]
@@ -158,18 +162,16 @@ def test_an_answer_holds_only_the_outputs_the_client_asked_for(double, load, ima
     np.testing.assert_array_equal(got["scores"], expected["scores"])
     assert list(got["masks_rle"]) == list(expected["masks_rle"])
     assert len(outputs_of(everything)) == len(PIPELINE_OUTPUTS)
-    flushed(model)
-    assert double.metric(UNSENT_METRIC) == 0
 
 
 def test_malformed_requests_are_answered_before_execute_returns(double, load, images):
     model = load()
     missing = double.request({"wrong_name": image_tensor(images["tall.png"])})
     misspelt = request(double, images["tall.png"], {"score_treshold": 0.1})
-    model.execute([missing, misspelt])  # straight, not through double.execute
-    for bad in (missing, misspelt):
-        assert bad.sender.final_sent, bad.sender.summary()
-        assert bad.sender.responses[0].error().code() == TritonError.INVALID_ARG
+    answers = model.execute([missing, misspelt])  # straight, not through double.execute
+    assert calls_of(double) == 0  # no job was started for them
+    for answer in answers:
+        assert answer.error().code() == TritonError.INVALID_ARG
 
 
 def test_zero_detections_answer_empty(double, load, empty_image, torchscript, exported):
@@ -246,21 +248,21 @@ def test_a_timeout_is_answered_unavailable_and_holds_its_slot_until_the_model_le
     assert double.metric(REQUESTS_METRIC, outcome="timeout") == 1
     # The call still runs in mask_rcnn: the one slot stays taken, the next execute waits.
     nxt = request(double, images["scene.jpg"])
-    waiting = threading.Thread(target=model.execute, args=([nxt],))
+    answered = []
+    waiting = threading.Thread(target=lambda: answered.extend(model.execute([nxt])))
     waiting.start()
     waiting.join(0.3)
     assert waiting.is_alive(), "execute took a slot that a timed-out call still holds"
     gate.open()
     waiting.join(30)
-    double.wait_closed([nxt])
-    assert not nxt.sender.responses[0].has_error()
+    assert len(answered) == 1 and not answered[0].has_error()
 
 
-def test_cancellation_is_read_once_from_the_sender_before_the_model_call(double, load,
+def test_cancellation_is_read_once_before_the_model_call(double, load,
                                                                         images, monkeypatch):
     """The client gives up while its image is being prepared: its request never reaches
-    mask_rcnn. The check is read from the sender, on the job's thread, once per request:
-    it is an IPC round trip in the stub."""
+    mask_rcnn. The check is read from the request (valid: execute waits for its jobs), on
+    the job's thread, once per request: it is an IPC round trip in the stub."""
     entered, opened = threading.Semaphore(0), threading.Event()
     real_prepare = bls.orchestration.orchestrator.prepare
 
@@ -272,14 +274,15 @@ def test_cancellation_is_read_once_from_the_sender_before_the_model_call(double,
     monkeypatch.setattr(bls.orchestration.orchestrator, "prepare", gated_prepare)
     model = load()
     cancelled, live = request(double, images["scene.jpg"]), request(double, images["tall.png"])
-    running = threading.Thread(target=double.execute, args=(model, [cancelled, live]))
+    answered = []
+    running = threading.Thread(target=lambda: answered.extend(
+        double.execute(model, [cancelled, live])))
     running.start()  # the requests are read; their jobs wait in prepare
     assert entered.acquire(timeout=30) and entered.acquire(timeout=30)
     double.cancel(cancelled)
     opened.set()
     running.join(30)
-    double.wait_closed([cancelled, live])
-    [first], [second] = cancelled.sender.responses, live.sender.responses
+    [first, second] = answered
     assert first.error().code() == TritonError.CANCELLED
     assert first.error().message() == "pipeline_bls: cancelled: before the mask_rcnn call"
     assert not second.has_error()
@@ -290,14 +293,15 @@ def test_cancellation_is_read_once_from_the_sender_before_the_model_call(double,
     assert double.metric(REQUESTS_METRIC, outcome="cancelled") == 1
 
 
-def test_a_request_is_carried_by_one_thread_with_three_round_trips(double, load, images):
-    """Each request's path, in the stub's IPC round trips: one cancellation check, the BLS
-    call, the send, all on the one thread that carries it; metric counts reach the
-    backend from the metrics thread, never from a request's thread."""
+def test_a_request_is_carried_by_one_thread_with_two_round_trips(double, load, images):
+    """Each request's path, in the stub's IPC round trips: one cancellation check and the
+    BLS call, on the one thread that carries it; the answers go back with execute's
+    return; metric counts reach the backend from the metrics thread, never from a
+    request's thread."""
     model = load()
     requests = [request(double, images[name]) for name in ("scene.jpg", "tall.png", "gray.png")]
-    model.execute(requests)
-    double.wait_closed(requests)
+    answers = double.execute(model, requests)
+    assert not any(a.has_error() for a in answers)
     flushed(model)
     by_thread: dict[str, list[str]] = {}
     for kind, thread in double.round_trips:
@@ -305,27 +309,14 @@ def test_a_request_is_carried_by_one_thread_with_three_round_trips(double, load,
     job_threads = {t: kinds for t, kinds in by_thread.items() if "-job" in t}
     assert job_threads, by_thread
     for thread, kinds in job_threads.items():
-        assert len(kinds) % 3 == 0 and kinds == ["is_cancelled", "exec", "send"] * (
-            len(kinds) // 3), f"{thread}: {kinds}"
-    assert sum(len(k) for k in job_threads.values()) == 3 * len(requests)
+        assert len(kinds) % 2 == 0 and kinds == ["is_cancelled", "exec"] * (
+            len(kinds) // 2), f"{thread}: {kinds}"
+    assert sum(len(k) for k in job_threads.values()) == 2 * len(requests)
+    assert not [k for k, _ in double.round_trips if k == "send"]  # returned, not sent
     metric_threads = {t for t, kinds in by_thread.items() if "metric" in kinds}
     assert metric_threads <= {"pipeline_bls-metrics", threading.current_thread().name}, \
         metric_threads  # the test thread loaded the model: its start-time gauge
     assert double.metric(REQUESTS_METRIC, outcome="ok") == len(requests)
-
-
-def test_a_send_that_fails_is_counted_and_spares_its_neighbours(double, load, images):
-    model = load()
-    double.fail_sends(lambda response, flags: not response.has_error()
-                      and outputs_of(response)["image_size"].tolist() == [330, 210])
-    requests = [request(double, images["scene.jpg"]), request(double, images["tall.png"]),
-                request(double, b"junk")]
-    with pytest.raises(AssertionError, match=r"request 1: 0 response\(s\).*lost"):
-        double.execute(model, requests)
-    assert not requests[0].sender.responses[0].has_error()
-    assert requests[2].sender.responses[0].error().code() == TritonError.INVALID_ARG
-    flushed(model)
-    assert double.metric(UNSENT_METRIC) == 1
 
 
 # --------------------------------------------------------------------------- load and stops
@@ -333,24 +324,24 @@ def test_execute_returns_when_its_batch_is_answered_and_no_sooner(double, load, 
                                                                  torchscript):
     """While execute has not returned, the backend answers its batch itself if the stub
     dies ("Stub process ... is not healthy.", measured on 2.51); a request whose execute had
-    returned would get no answer at all. So execute waits for its batch's answers."""
+    returned would get no answer at all. So execute waits for its batch's answers, and
+    returns them."""
     gate = Gate(lambda inputs, _: torchscript(inputs[MODEL_INPUT.name]))
     double.models[MODEL_NAME] = gate
     model = load()
     batch = [request(double, images["scene.jpg"]), request(double, images["tall.png"]),
              request(double, b"junk")]
-    running = threading.Thread(target=model.execute, args=(batch,))
+    answered = []
+    running = threading.Thread(target=lambda: answered.extend(model.execute(batch)))
     running.start()
     assert gate.entered.acquire(timeout=30) and gate.entered.acquire(timeout=30)
     running.join(0.3)
     assert running.is_alive(), "execute returned before its batch was answered"
     assert model.handler.held() == 2  # the junk one was answered in execute
-    assert batch[2].sender.final_sent and not batch[0].sender.final_sent
     gate.open()
     running.join(30)
-    assert not running.is_alive()
-    assert all(r.sender.final_sent for r in batch) and model.handler.held() == 0
-    assert not batch[0].sender.responses[0].has_error()
+    assert not running.is_alive() and model.handler.held() == 0
+    assert [a.has_error() for a in answered] == [False, False, True]
 
 
 def test_finalize_leaves_nothing_unanswered_and_a_late_call_sends_nothing(double, load, images,
@@ -371,7 +362,7 @@ def test_finalize_leaves_nothing_unanswered_and_a_late_call_sends_nothing(double
     assert double.metric(REQUESTS_METRIC, outcome="timeout") == 1  # flushed by finalize
     gate.open()  # the call that was in mask_rcnn ends
     time.sleep(0.3)
-    assert len(held.sender.responses) == 1, held.sender.summary()
+    assert len(held.sender.responses) == 1 and model.handler.held() == 0
 
 
 # --------------------------------------------------------------------------- parameters

@@ -161,8 +161,8 @@ def _stats(client, model):
 
 def test_batch_with_one_bad_image_answers_the_neighbours(server, reference, images):
     """Four requests sent together meet in one pipeline_bls execute (the test repository
-    waits up to 200 ms to form a batch); the bad one fails alone, and first: each request
-    is answered when it is ready, not when its batch is."""
+    waits up to 200 ms to form a batch); the bad one fails alone, its neighbours answered.
+    (execute returns the batch's answers together: bls/orchestration/orchestrator.py.)"""
     _, client = connect(server, "grpc")
     with client:
         payloads = [images["scene.jpg"], b"GIF89a truncated", images["tall.png"],
@@ -177,7 +177,6 @@ def test_batch_with_one_bad_image_answers_the_neighbours(server, reference, imag
         arrivals = [answers.get(timeout=300) for _ in payloads]
         results = {i: (r, e) for i, r, e in arrivals}
         after = _stats(client, PIPELINE_NAME)
-        assert arrivals[0][0] == 1, f"answers arrived in order {[a[0] for a in arrivals]}"
         result, error = results[1]
         assert result is None and "input 'image': cannot be decoded" in error.message()
         for i in (0, 2, 3):

@@ -1,16 +1,12 @@
 """pipeline_bls's own request metrics, on Triton's metrics port beside the nv_* ones.
 
-Why they exist: pipeline_bls answers each request by its response sender after
-``execute`` has returned, so Triton's statistics for it (nv_inference_compute_infer_*,
-the statistics API) end at ``execute``'s return, not at the answer; and Triton 2.51 counts
-a per-request error response as a success. These counters say what really happened:
+Why they exist: Triton 2.51 counts a per-request error response as a success, and its
+statistics say nothing of the stages inside pipeline_bls. These counters say what really
+happened:
 
   pipeline_requests_total{outcome}        ok | invalid | cancelled | unavailable |
                                           timeout | failed (bls/errors.py); probe: a
                                           health probe answered (python -m client probe)
-  pipeline_responses_unsent_total         answers the backend refused to send (the
-                                          client had gone, or the response could not
-                                          be serialised); logged as well
   pipeline_request_duration_us{stage}     sums, in microseconds, per stage:
       prepare  decode + resize (with the wait for a CPU slot, worker_threads)
       model    the mask_rcnn BLS call: its queue, its compute and the IPC both ways
@@ -47,7 +43,6 @@ REQUESTS_METRIC = "pipeline_requests_total"
 DURATION_METRIC = "pipeline_request_duration_us"
 CPU_METRIC = "pipeline_request_cpu_us"
 CPU_STAGES = ("prepare", "finish")
-UNSENT_METRIC = "pipeline_responses_unsent_total"
 # How stale a scraped count may be: 250 ms, well under Prometheus' scrape intervals.
 FLUSH_INTERVAL_S = 0.25
 
@@ -149,7 +144,7 @@ class BufferedCounter:
 
 
 class RequestMetrics:
-    """pipeline_bls's request counters: outcomes, stage durations and unsent answers.
+    """pipeline_bls's request counters: outcomes and stage durations.
 
     The families are kept on the instance, as the backend refuses to update a metric
     whose family was collected. ``pb_utils`` is passed in; ``buffer`` counts in memory
@@ -170,9 +165,6 @@ class RequestMetrics:
         self.cpu_family = family(CPU_METRIC, "pipeline_bls CPU time of its threads per "
                                  "stage, summed over requests, microseconds", family.COUNTER)
         self.cpu = {s: wrap(self.cpu_family.Metric(labels={"stage": s})) for s in CPU_STAGES}
-        self.unsent_family = family(UNSENT_METRIC, "pipeline_bls answers the backend refused "
-                                    "to send", family.COUNTER)
-        self.unsent = wrap(self.unsent_family.Metric(labels={}))
 
     def record(self, error: Exception | None, seconds: dict[str, float],
                cpu_seconds: dict[str, float] | None = None, probe: bool = False) -> None:

@@ -3,38 +3,25 @@
 ``pb_utils`` is passed in, so bls.testing's double tests this exactly as the stub runs it
 (models/pipeline_bls/1/model.py is a thin adapter).
 
-Request lifecycle, as Triton's Python backend defines it (its README; Triton 2.51):
-Triton releases the requests when ``execute`` returns. So ``execute`` reads everything a
-request holds (the image bytes, the parameters, the response sender), answers a malformed
-request at once, and hands the rest to a pool as plain data (``Job``), as python_backend's
-decoupled example (square_model.py) does. Cancellation is read from the sender, which
-stays valid after the release.
+``execute`` reads what each request holds (image bytes, parameters), answers a malformed
+one at once and hands the rest to a pool as plain data (``Job``), as python_backend's
+decoupled example (square_model.py) does; then it waits for its batch and returns the
+responses. Why it waits, and returns rather than sends (Triton 2.51, measured): while
+``execute`` has not returned, the backend answers the batch itself if the stub dies ("Stub
+process '...' is not healthy.", within about a second), where a request whose ``execute``
+had returned is never answered; and a stub that dies while its threads send responses
+through response senders can take tritonserver down with it (a lock_exception in the
+backend's send handler), which returned responses never did. Concurrency across batches
+comes from instances (instance_group; two by default).
 
-``execute`` returns once every request of its batch has its answer. While it has not,
-the backend watches this stub: if the stub dies (OOM killer, a native crash), it answers
-each request of the batch "Stub process 'pipeline_bls_0_0' is not healthy." within about
-a second (measured on 2.51). A request whose ``execute`` had returned would get no answer
-at all (the backend forgets it; its client waits for its deadline). Further batches queue
-in Triton meanwhile, so more concurrency comes from more instances (instance_group).
-
-Threads (docs/architecture.md draws them):
-- Triton's thread runs ``execute``; it hands its batch's jobs to the pool (blocking while
-  ``max_in_flight_requests`` are held) and waits for their answers.
-- One pool thread carries a job from start to end: prepare, the blocking BLS call to
-  mask_rcnn, finish, the send. The pool has a thread per job that can be held, so a job
-  never waits for a thread; ``worker_threads`` bounds how many are in the CPU stages
-  (prepare, finish) at once.
-- With ``mask_rcnn_timeout_us`` set, the BLS call runs on a thread of its own, so the job
-  can stop waiting for it.
-- Metric counts go to the backend from one thread of their own (bls/backend/metrics.py
-  CounterBuffer), monitoring events from another, behind a bounded queue
-  (bls/orchestration/sender.py): a hung or dead monitoring model holds nothing an answer
-  needs.
-
-A job's IPC round trips to the backend: one cancellation check before the model call, the
-BLS call, the send. Every accepted request gets exactly one final response: ``Reply``
-sends at most once; a job that fails answers with its error. Stops need no draining:
-Triton calls ``finalize`` once ``execute`` has returned, when every request is answered.
+Threads (docs/architecture.md draws them): Triton's runs ``execute``; one pool thread
+carries a job through prepare, the blocking BLS call to mask_rcnn and finish
+(``worker_threads`` of them in prepare or finish at once); a model call runs on a thread of
+its own only when ``mask_rcnn_timeout_us`` is set. Metric counts reach the backend from
+their own thread (bls/backend/metrics.py CounterBuffer), monitoring events from another
+behind a bounded queue (bls/orchestration/sender.py). A job's IPC round trips: one
+cancellation check and the BLS call; the answers go back with ``execute``'s return.
+``finalize`` comes after ``execute`` returned, when nothing is left to answer.
 """
 
 from __future__ import annotations
@@ -45,8 +32,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-
-import numpy as np
+from typing import Any, Callable
 
 from bls.backend.adapter import ModelInstance
 from bls.backend.metrics import CounterBuffer, ModelStart, MonitoringCalls, RequestMetrics
@@ -55,73 +41,27 @@ from bls.backend.request import parse_options, request_image
 from bls.backend.responses import code_name, error_response, output_response
 from bls.contract.metadata import ModelMetadata
 from bls.contract.parameters import PIPELINE_PARAMETERS, RequestOptions
-from bls.contract.tensors import MODEL_INPUT, MODEL_NAME, PIPELINE_NAME, MaskFormat
+from bls.contract.tensors import MODEL_INPUT, MODEL_NAME, PIPELINE_NAME
 from bls.errors import Cancelled, ModelTimeout, Unavailable, model_call_error
 from bls.monitoring.policy import MonitoringPolicy
 from bls.orchestration.sender import EventSender
-from bls.pipeline.answer import build_answer
+from bls.pipeline.answer import empty_answer
 from bls.pipeline.host import HOST
 from bls.pipeline.image import decode_limits
-from bls.pipeline.instances import Instances
 from bls.pipeline.steps import finish, prepare
-
-
-class Reply:
-    """Send the one final response of one request, through the sender read in ``execute``.
-
-    ``claim()`` once, then ``send``; thread-safe.
-
-    Args:
-        sender: the request's response sender.
-        unsent_metric: the counter of answers the backend refused to send.
-    """
-
-    def __init__(self, pb_utils, sender, unsent_metric):
-        self._pb = pb_utils
-        self._sender = sender
-        self._unsent = unsent_metric
-        self._lock = threading.Lock()
-        self.claimed = False
-
-    def claim(self) -> bool:
-        """True for the first caller only: it must send."""
-        with self._lock:
-            first, self.claimed = not self.claimed, True
-            return first
-
-    def cancelled(self) -> bool:
-        """Whether the client cancelled (an IPC round trip); False when the sender cannot tell."""
-        try:
-            return bool(self._sender.is_cancelled())
-        except Exception:  # the sender cannot tell: carry on, the send will say
-            return False
-
-    def send(self, response) -> bool:
-        """Send ``response`` with the final flag; True if the backend took it.
-
-        A send that fails (the backend marks the sender closed before it serialises, so
-        it cannot be retried) is logged and counted: nothing is lost silently."""
-        try:
-            self._sender.send(response, flags=self._pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-            return True
-        except Exception as e:
-            self._unsent.increment(1)
-            try:
-                self._pb.Logger.log_error(f"{PIPELINE_NAME}: answer not sent: "
-                                          f"{type(e).__name__}: {e}")
-            except Exception:
-                pass
-            return False
 
 
 @dataclass(eq=False)  # hashed by identity: held in a set
 class Job:
-    """Hold one accepted request as plain data, valid after Triton released the request.
+    """Hold one accepted request as plain data, and its response once answered.
 
     Attributes:
         data: the encoded image.
+        cancelled: the request's ``is_cancelled`` (an IPC round trip; valid while
+            ``execute`` waits for the job).
         started: its perf_counter at execute.
         outputs: the outputs the client asked for.
+        response: its InferenceResponse, once answered.
         seconds: wall seconds by stage (bls/backend/metrics.py STAGES).
         cpu_seconds: its thread's CPU seconds by stage (CPU_STAGES).
         model_call: the BLS call's future while it outlives the answer (after a
@@ -130,9 +70,10 @@ class Job:
 
     data: bytes
     options: RequestOptions
-    reply: Reply
+    cancelled: Callable[[], bool]
     started: float
     outputs: tuple[str, ...] = ()
+    response: Any = None
     seconds: dict[str, float] = field(default_factory=dict)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
     model_call: Future | None = None
@@ -193,36 +134,29 @@ class PipelineOrchestrator:
         self._held: set[Job] = set()  # jobs not answered yet
 
     # ------------------------------------------------------------------ execute
-    def execute(self, requests) -> None:
-        """Read every request, answer the malformed ones, start the rest.
+    def execute(self, requests) -> list:
+        """Read every request, answer the malformed ones, run the rest; return the answers.
 
-        Never raises. If execute raises, the backend answers every request of the batch
-        with that error, and for a request whose sender has already sent its final
-        response it deletes the response factory a second time: Triton 2.51 then dies
-        of a segmentation fault. Each request is handled on its own.
+        Never raises: the backend would answer every request of the batch with that
+        error. Each request is answered on its own.
 
         Returns:
-            None, once every request of the batch is answered, each by its own response
-            sender (see the module's docstring: why it waits).
+            One response per request, in order, once every job of the batch is answered.
         """
         jobs = []
         for request in requests:
-            try:
-                reply = Reply(self.pb, request.get_response_sender(), self.metrics.unsent)
-            except Exception as e:  # no sender: nothing can answer this request
-                self._log_error(f"no response sender: {type(e).__name__}: {e}")
-                continue
-            job = Job(b"", RequestOptions(self.meta.score_threshold), reply,
+            job = Job(b"", RequestOptions(self.meta.score_threshold), lambda: False,
                       time.perf_counter())
+            jobs.append(job)
             try:
                 job.data, job.options, job.outputs = self._read(request)
+                job.cancelled = request.is_cancelled
                 self._start(job)
-                jobs.append(job)
             except Exception as e:
                 self._conclude(job, None, e)
         with self._cv:  # every job ends answered: _conclude never raises
             self._cv.wait_for(lambda: not any(job in self._held for job in jobs))
-        return None
+        return [job.response for job in jobs]
 
     def _log_error(self, message: str) -> None:
         try:
@@ -271,7 +205,7 @@ class PipelineOrchestrator:
         job.seconds["prepare"], mark = time.perf_counter() - mark, time.perf_counter()
         # A cancelled (or disconnected) client's request goes no further: the model call
         # is the expensive part. The one cancellation check of a job (an IPC round trip).
-        if job.reply.cancelled():
+        if self._cancelled(job):
             raise Cancelled(f"before the {MODEL_NAME} call")
         outputs = self._call_model(job, prepared.model_input)
         job.seconds["model"], mark = time.perf_counter() - mark, time.perf_counter()
@@ -283,19 +217,24 @@ class PipelineOrchestrator:
         job.seconds["finish"] = time.perf_counter() - mark
         return answer
 
+    @staticmethod
+    def _cancelled(job: Job) -> bool:
+        try:
+            return bool(job.cancelled())
+        except Exception:  # it cannot tell: carry on
+            return False
+
     def _probe(self) -> dict:
-        """Answer a health probe: empty, from this stub, on a job thread; UNAVAILABLE while
-        a stub of another instance is dead (Triton routes a probe to any instance, so
-        each answers for all: a dead one fails every request sent to it until reloaded)."""
+        """Answer a health probe (client/probe.py): empty; UNAVAILABLE while the stub of
+        another instance is dead (Triton routes a probe to any instance, so each answers
+        for all: a dead one fails every request routed to it until it is reloaded)."""
         live = live_instances()
         self.instances = max(self.instances, live or 0)
         if live is not None and live < self.instances:
             raise Unavailable(f"{self.instances - live} of {self.instances} {PIPELINE_NAME} "
                               f"stub processes are dead (Triton 2.51 restarts none): reload "
                               f"the model or restart the server")
-        empty = Instances(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
-                          np.zeros(0, np.int64), None)
-        return build_answer(empty, (0, 0), self.meta, MaskFormat.NONE)
+        return empty_answer(self.meta)
 
     def _call_model(self, job: Job, model_input) -> dict:
         """Call mask_rcnn through BLS: numpy in and out on the host; or, on a device, torch
@@ -330,30 +269,27 @@ class PipelineOrchestrator:
                 for name in self.output_names}
 
     def _conclude(self, job: Job, answer: dict | None, error: Exception | None) -> None:
-        """Answer the job once (if nobody has), count it, let its slot go, then offer
-        the monitoring event. Never raises (see execute)."""
+        """Answer the job, count it, let its slot go, then offer the monitoring event.
+        Never raises (see execute)."""
         try:
-            self._conclude_once(job, answer, error)
+            if answer is not None:
+                try:
+                    job.response = output_response(self.pb, answer, self.batched, job.outputs)
+                except Exception as e:  # an answer that cannot be built is a bug: INTERNAL
+                    answer, error = None, e
+            if answer is None:
+                job.response = error_response(self.pb, error, PIPELINE_NAME)
+            job.seconds["total"] = time.perf_counter() - job.started
+            self.metrics.record(error, job.seconds, job.cpu_seconds, job.options.probe)
+            self._let_go(job)
+            if answer is not None and self.events is not None and not job.options.probe:
+                self._monitor(job, answer)
         except Exception as e:  # a bug here must still not escape into execute
             self._log_error(f"while answering: {type(e).__name__}: {e}")
-
-    def _conclude_once(self, job: Job, answer: dict | None, error: Exception | None) -> None:
-        if not job.reply.claim():
-            return
-        if answer is not None:
-            try:
-                response = output_response(self.pb, answer, self.batched, job.outputs)
-            except Exception as e:  # an answer that cannot be built is a bug: INTERNAL
-                answer, error = None, e
-        if answer is None:
-            response = error_response(self.pb, error, PIPELINE_NAME)
-        job.seconds["total"] = time.perf_counter() - job.started
-        # in memory (CounterBuffer): no IPC
-        self.metrics.record(error, job.seconds, job.cpu_seconds, job.options.probe)
-        sent = job.reply.send(response)
-        self._let_go(job)
-        if sent and answer is not None and self.events is not None and not job.options.probe:
-            self._monitor(job, answer)
+            if job.response is None:
+                job.response = self.pb.InferenceResponse(error=self.pb.TritonError(
+                    f"{PIPELINE_NAME}: {type(e).__name__}: {e}"))
+            self._let_go(job)
 
     def _let_go(self, job: Job) -> None:
         """The job is answered; its slot is free once its model call has ended too."""

@@ -187,3 +187,10 @@ def _as_array(value, dtype: np.dtype) -> np.ndarray:
         out[:] = value
         return out
     return np.ascontiguousarray(value, dtype=dtype)
+
+
+def empty_answer(meta: ModelMetadata) -> dict[str, np.ndarray]:
+    """The answer without detections, of a 0 x 0 image: what a health probe is answered."""
+    nothing = Instances(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                        np.zeros(0, np.int64), None)
+    return build_answer(nothing, (0, 0), meta, MaskFormat.NONE)
