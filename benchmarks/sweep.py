@@ -35,7 +35,8 @@ from export.tune import TuneOptions, describe, tune
 from server.launcher import ServerFailed
 
 DEFAULT_CONFIGS = ("1x2", "2x1", "1x2:2", "2x1:2")
-STANDIN_CONFIGS = ("1x1:1,workers=1", "1x1:1", "1x1:2,workers=1", "1x1:2")
+# The first is the repository as shipped: 2 pipeline_bls instances, the ensemble's steps 1.
+STANDIN_CONFIGS = ("1x1:2,stages=1", "1x1:1", "1x1:2,workers=1,stages=1", "1x1:4,stages=1")
 TARGETS = {"bls": PIPELINE_NAME, "ensemble": ENSEMBLE_NAME, "bare": MODEL_NAME}
 PATHS = {"bls": (PIPELINE_NAME, MODEL_NAME), "bare": (MODEL_NAME,),
          "ensemble": (PREPROCESS_NAME, MODEL_NAME, POSTPROCESS_NAME)}

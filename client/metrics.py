@@ -52,3 +52,21 @@ def scrape_until(url: str, ready: Callable[[Samples], bool], timeout: float = 5.
         time.sleep(interval)
         samples = scrape(url)
     return samples
+
+
+def scrape_settled(url: str, prefix: str = "pipeline_", quiet_s: float = 0.3,
+                   timeout: float = 10.0) -> Samples:
+    """Scrape until the samples named ``prefix``... of two scrapes ``quiet_s`` apart agree
+    (the counts a flush was still to bring are in), or ``timeout`` s have passed."""
+    def mine(samples: Samples) -> Samples:
+        return {k: v for k, v in samples.items() if k[0].startswith(prefix)}
+
+    deadline = time.monotonic() + timeout
+    samples = scrape(url)
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        again = scrape(url)
+        if mine(again) == mine(samples):
+            return again
+        samples = again
+    return samples

@@ -25,7 +25,7 @@ from tritonclient.utils import InferenceServerException
 from bls.contract.parameters import RequestOptions
 from bls.contract.tensors import MODEL_NAME, PIPELINE_INPUT, PIPELINE_NAME
 from client import cli
-from client.metrics import scrape, scrape_until, value
+from client.metrics import scrape, scrape_settled, scrape_until, value
 from export.repository import assemble, parameters_override
 from server.launcher import TritonServer
 
@@ -116,7 +116,7 @@ def test_dense_answers_over_the_bound_are_refused_naming_size_bound_and_way_out(
 
 # --------------------------------------------------------------------------- 4: error codes
 def outcome(server, name: str) -> float:
-    return value(scrape(server.metrics_url), "pipeline_requests_total", outcome=name)
+    return value(scrape_settled(server.metrics_url), "pipeline_requests_total", outcome=name)
 
 
 def test_a_model_that_cannot_serve_is_unavailable_and_a_timeout_has_its_own_outcome(

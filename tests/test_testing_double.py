@@ -27,6 +27,12 @@ def setup(double, model, decoupled=False):
     return double.initialize(model, config)
 
 
+def bls(pb, model, **kwargs):
+    """A BLS request with the arguments the stub requires (inputs, outputs, model)."""
+    return pb.InferenceRequest(**{"inputs": [], "requested_output_names": [],
+                                  "model_name": model} | kwargs)
+
+
 def values(response):
     return {t.name(): t.as_numpy().tolist() for t in response.output_tensors()}
 
@@ -98,10 +104,10 @@ def test_async_exec_waits_for_a_thread_of_the_loops_default_executor(threads, an
 
     class Toy:
         async def execute(self, requests):
-            self.held = [asyncio.ensure_future(pb.InferenceRequest(model_name="hang")
+            self.held = [asyncio.ensure_future(bls(pb, "hang")
                                                .async_exec()) for _ in range(2)]
             try:
-                await asyncio.wait_for(pb.InferenceRequest(model_name="fast").async_exec(), 0.5)
+                await asyncio.wait_for(bls(pb, "fast").async_exec(), 0.5)
                 self.answered = True
             except asyncio.TimeoutError:
                 self.answered = False
@@ -271,9 +277,13 @@ def test_an_execute_that_raises_answers_every_open_request_with_the_stubs_error(
             return super().execute(requests)
 
     model = setup(double, Async() if is_async else Plain())
+    frames = f"  {__file__}({Plain.execute.__code__.co_firstlineno + 2}): execute\n"
+    if is_async:  # pybind11 names the frames from the deepest out
+        frames += f"  {__file__}({Async.execute.__code__.co_firstlineno + 1}): execute\n"
     for response in double.execute(model, [double.request({}), double.request({})]):
-        assert response.error().message() == \
-            "Failed to process the request(s) for model 'toy_0_0', message: ValueError: boom"
+        assert response.error().message() == (  # the stub's words (tests/test_conformance.py)
+            "Failed to process the request(s) for model 'toy_0', message: ValueError: boom"
+            f"\n\nAt:\n{frames}")
         assert response.error().code() == TritonError.INTERNAL
     with pytest.raises(TritonModelException, match="Response sender has been closed"):
         model.senders[1].send(pb.InferenceResponse([]), FINAL)
@@ -296,7 +306,7 @@ def test_returned_responses_are_checked_as_the_stub_does():
     model.count = 2
     [refused] = double.execute(model, [double.request({})])
     assert refused.error().message() == (
-        "Failed to process the request(s) for model 'toy_0_0', message: Number of "
+        "Failed to process the request(s) for model 'toy_0', message: Number of "
         "InferenceResponse objects do not match the number of InferenceRequest objects. "
         "InferenceRequest(s) size is:1, and InferenceResponse(s) size is:2")
 
@@ -325,7 +335,7 @@ def test_a_decoupled_async_execute_runs_in_the_background():
     failing = double.request({}, request_id="boom")
     double.execute(model, [failing])
     eventually(lambda: failing.released)
-    assert "ValueError: lost in the background" in Logger.messages[-1][1]
+    assert "ValueError: lost in the background" in double.logged[-1][1]
     with pytest.raises(AssertionError, match="request 0: 0 response"):
         double.wait_closed([failing], 0.1)  # the stub only logs it: the client waits
     double.close()
@@ -361,7 +371,7 @@ def test_bls_is_refused_in_initialize_and_finalize_and_the_loop_stops_first():
 
     def attempt():
         try:
-            pb.InferenceRequest(model_name="echo").exec()
+            bls(pb, "echo").exec()
         except pb.TritonModelException as e:
             return str(e)
 
@@ -382,7 +392,7 @@ def test_bls_is_refused_in_initialize_and_finalize_and_the_loop_stops_first():
     assert (model.in_initialize, model.in_execute, model.in_finalize) == \
         (BLS_REFUSED, None, BLS_REFUSED)
     assert model.loop_running is False and len(double.calls) == 1
-    with pytest.raises(RuntimeError, match=r"double.execute\(toy_0_0\) after double.finalize"):
+    with pytest.raises(RuntimeError, match=r"double.execute\(toy_0\) after double.finalize"):
         double.execute(model, [double.request({})])
     double.close()
 
@@ -394,17 +404,17 @@ def test_bls_errors_come_back_as_the_real_server_reports_them():
     double = TritonDouble({"broken": broken, "two": lambda *_: {"a": np.ones(1), "b": np.zeros(1)},
                            "slow": lambda *_: time.sleep(0.05) or {"a": np.ones(1)}})
     pb = double.module
-    missing = pb.InferenceRequest(model_name="absent").exec().error()
-    assert missing.message() == "Failed for execute the inference request. Model 'absent' " \
-                                "is not ready."
+    missing = bls(pb, "absent").exec().error()
+    assert missing.message() == ("Model absent - Error when running inference: Failed for "
+                                 "execute the inference request. Model 'absent' is not ready.")
     assert missing.code() == TritonError.INTERNAL
-    raised = pb.InferenceRequest(model_name="broken", parameters={"n": 3}).exec().error()
+    raised = bls(pb, "broken", parameters={"n": 3}).exec().error()
     assert (raised.message(), raised.code()) == ("bad input 3", TritonError.INTERNAL)
-    unknown = pb.InferenceRequest(model_name="two", requested_output_names=["c"]).exec().error()
+    unknown = bls(pb, "two", requested_output_names=["c"]).exec().error()
     assert unknown.code() == TritonError.INVALID_ARG and "['c']" in unknown.message()
-    picked = pb.InferenceRequest(model_name="two", requested_output_names=["b"]).exec()
+    picked = bls(pb, "two", requested_output_names=["b"]).exec()
     assert values(picked) == {"b": [0.0]}
-    late = pb.InferenceRequest(model_name="slow", timeout=1).exec()  # 1 us: not enforced
+    late = bls(pb, "slow", timeout=1).exec()  # 1 us: not enforced
     assert not late.has_error()
 
 
@@ -417,11 +427,11 @@ def test_decoupled_bls_streams_each_output_dict_then_the_final_flag():
     double = TritonDouble({"list": lambda *_: [{"i": np.array([0])}, {"i": np.array([1])}],
                            "one": lambda *_: {"i": np.array([7])}, "stream": stream})
     pb = double.module
-    listed = list(pb.InferenceRequest(model_name="list").exec(decoupled=True))
+    listed = list(bls(pb, "list").exec(decoupled=True))
     assert [values(r) for r in listed] == [{"i": [0]}, {"i": [1]}, {}]
-    [one] = pb.InferenceRequest(model_name="one").exec(decoupled=True)
+    [one] = bls(pb, "one").exec(decoupled=True)
     assert values(one) == {"i": [7]}
-    streamed = list(pb.InferenceRequest(model_name="stream", parameters={"n": 2})
+    streamed = list(bls(pb, "stream", parameters={"n": 2})
                     .exec(decoupled=True))
     assert [values(r) for r in streamed[:2]] == [{"i": [0]}, {"i": [1]}]
     assert streamed[2].error().message() == "stream broke" and len(streamed) == 3
@@ -450,19 +460,34 @@ def test_config_helpers_and_error_codes_match_the_real_module():
     assert E("x").code() == E.INTERNAL and E("x", E.NOT_FOUND).code() == 2
 
 
-def test_metrics_are_read_back_by_family_and_labels():
+def test_metrics_follow_the_stubs_rules_and_are_read_back_by_family_and_labels():
+    """As measured on 2.51: a gauge also takes increment; set and observe on a counter are
+    refused with the backend's message; a negative increment of a counter, and an operation
+    on a metric whose family object was collected, kill tritonserver (the second by the
+    timing of the collection): refused here as the crashes they would be."""
     double = TritonDouble()
     pb = double.module
-    counter = pb.MetricFamily("calls", "calls", pb.MetricFamily.COUNTER)
-    counter.Metric({"outcome": "ok"}).increment(2)
-    pb.MetricFamily("calls", "calls", pb.MetricFamily.COUNTER).Metric({"outcome": "ok"}) \
-        .increment(1)  # same name and labels: the same metric
-    histogram = pb.MetricFamily("ms", "ms", pb.MetricFamily.HISTOGRAM).Metric({}, [1, 10])
-    histogram.observe(3)
+    family = pb.MetricFamily
+    counters, gauges = family("calls", "calls", family.COUNTER), family("g", "g", family.GAUGE)
+    counters.Metric({"outcome": "ok"}).increment(2)
+    again = family("calls", "calls", family.COUNTER)
+    again.Metric({"outcome": "ok"}).increment(1)  # same name and labels: the same metric
+    histograms = family("ms", "ms", family.HISTOGRAM)
+    histograms.Metric({}, [1, 10]).observe(3)
+    gauge = gauges.Metric({})
+    gauge.set(-3)
+    gauge.increment(1)
     assert double.metric("calls", outcome="ok") == 3 and double.metric("calls") == 0
-    assert double.metric("ms") == 1
-    with pytest.raises(TritonError, match="counters only go up"):
-        counter.Metric({"outcome": "ok"}).increment(-1)
+    assert double.metric("ms") == 1 and double.metric("g") == -2
+    with pytest.raises(TritonModelException, match=r"^Failed to set metric value: Failed to "
+                       r"process the request for model '', message: "
+                       r"TRITONSERVER_METRIC_KIND_COUNTER does not support Set$"):
+        counters.Metric({"outcome": "ok"}).set(5)
+    with pytest.raises(AssertionError, match="dies of it"):
+        counters.Metric({"outcome": "ok"}).increment(-1)
+    orphan = family("orphan", "orphan", family.COUNTER).Metric({})  # its family is collected
+    with pytest.raises(AssertionError, match="'MetricFamily' has been deleted"):
+        orphan.increment(1)
 
 
 def test_load_model_imports_model_py_with_its_folder_and_reads_the_config(tmp_path):
@@ -505,7 +530,7 @@ def test_load_model_imports_model_py_with_its_folder_and_reads_the_config(tmp_pa
         assert double.execute(model, [request]) is None
         double.wait_closed([request], 1)
     assert MODULE_NAME not in sys.modules or sys.modules[MODULE_NAME] is not double.module
-    assert model.name == "toy_0_0" and model.dtype is np.float32
+    assert model.name == "toy_0" and model.dtype is np.float32
     assert [values(r) for r in request.sender.responses] == [{"y": [6.0]}, {"y": [6.0]}]
     assert request.sender.final_sent
 
@@ -524,3 +549,40 @@ def test_execute_raising_after_a_final_response_is_the_crash_it_is_on_the_server
         model = double.initialize(SendsThenRaises(), {"name": "toy"})
         with pytest.raises(AssertionError, match="segmentation fault"):
             double.execute(model, [double.request({})])
+
+
+# --------------------------------------------------------------------------- as the stub
+def test_bls_requests_take_the_stubs_arguments_and_nothing_else():
+    pb = TritonDouble().module
+    with pytest.raises(TypeError):
+        pb.InferenceRequest(model_name="hang")  # inputs and outputs are required
+    with pytest.raises(TypeError):
+        bls(pb, "m", timout=5)  # a misspelt keyword is an error, not ignored
+
+
+def test_what_crosses_the_backend_arrives_as_the_stub_delivers_it():
+    """BYTES as bytes (text in UTF-8), and a copy: the caller's array is not shared."""
+    seen = {}
+    double = TritonDouble({"m": lambda inputs, _: seen.update(inputs) or {"y": inputs["t"]}})
+    pb = double.module
+    sent = np.array(["é", b"\xff"], dtype=object)
+    answer = bls(pb, "m", inputs=[pb.Tensor("t", sent)]).exec()
+    assert seen["t"].tolist() == ["é".encode(), b"\xff"]
+    assert values(answer) == {"y": ["é".encode(), b"\xff"]}
+    original = np.array([1, 2])
+    request = double.request({"x": original})
+    request.inputs()[0].as_numpy()[0] = 9  # the model's copy, not the test's
+    assert original.tolist() == [1, 2]
+    with pytest.raises(TypeError, match="must be bytes or str, got int"):
+        double.request({"t": np.array([3], dtype=object)})
+
+
+def test_each_double_keeps_its_own_log_and_the_stubs_levels():
+    first, second = TritonDouble(), TritonDouble()
+    first.module.Logger.log("one", first.module.Logger.LogLevel.WARNING)
+    first.module.Logger.log_error("two")
+    assert [(level.name, text) for level, text in first.logged] == [("WARNING", "one"),
+                                                                   ("ERROR", "two")]
+    assert second.logged == [] and Logger.messages == []
+    with pytest.raises(TypeError):
+        second.module.Logger.log("text level", "warn")

@@ -10,8 +10,10 @@ the TritonDouble that built the module (bls/testing/double.py).
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
@@ -71,8 +73,32 @@ class TritonError(Exception):
         return self._code
 
 
+def wire_copy(array: np.ndarray) -> np.ndarray:
+    """An array as the other side of the backend's shared memory reads it: a copy, and a
+    BYTES (object or text) array's elements as ``bytes``, text in UTF-8, as the stub
+    deserializes BYTES tensors.
+
+    Raises:
+        TypeError: an element the backend cannot serialise as BYTES.
+    """
+    array = np.asarray(array)
+    if array.dtype.kind not in "OUS":
+        return array.copy()
+    out = np.empty(array.shape, dtype=np.object_)
+    for index, value in np.ndenumerate(array):
+        if isinstance(value, (bytes, bytearray, np.bytes_)):
+            out[index] = bytes(value)
+        elif isinstance(value, str):
+            out[index] = value.encode()
+        else:
+            raise TypeError(f"a BYTES tensor element must be bytes or str, got "
+                            f"{type(value).__name__}")
+    return out
+
+
 class Tensor:
-    """A named tensor, as pb_utils.Tensor; text arrays become object (bytes) arrays."""
+    """A named tensor, as pb_utils.Tensor; text arrays become object arrays. What a model
+    reads from a request or a BLS response crossed the backend: ``wire_copy``."""
 
     def __init__(self, name: str, array: Any):
         array = np.asarray(array)
@@ -282,16 +308,24 @@ class InferenceRequest:
 
     _double: "TritonDouble | None" = None  # set on the subclass each double installs
 
-    def __init__(self, model_name: str = "", inputs: list[Tensor] | None = None,
-                 requested_output_names: list[str] | None = None, request_id: str = "",
-                 timeout: int = 0, preferred_memory: PreferredMemory | None = None,
-                 parameters: Mapping[str, Any] | str | None = None, **_ignored):
+    def __init__(self, request_id: str = "", correlation_id: int | str = 0, *,
+                 inputs: list[Tensor], requested_output_names: list[str], model_name: str,
+                 model_version: int = -1, flags: int = 0, timeout: int = 0,
+                 preferred_memory: PreferredMemory | None = None, trace: Any = None,
+                 parameters: Mapping[str, Any] | str | None = None):
+        """The stub's signature (pb_stub.cc): ``inputs``, ``requested_output_names`` and
+        ``model_name`` are required; anything else is a TypeError, as there."""
+        for name, value in (("inputs", inputs), ("requested_output_names",
+                                                 requested_output_names),
+                            ("model_name", model_name)):
+            if value is None:
+                raise TypeError(f"InferenceRequest(): {name} must not be None")
         self.model_name = model_name
-        self._inputs = list(inputs or [])
-        self._requested_output_names = list(requested_output_names or [])
+        self._inputs = list(inputs)
+        self._requested_output_names = list(requested_output_names)
         self._request_id = request_id
         self.timeout = timeout  # not enforced: Triton does not without dynamic batching
-        self.preferred_memory = preferred_memory
+        self.preferred_memory = preferred_memory or PreferredMemory()
         if isinstance(parameters, str):
             parameters = json.loads(parameters)
         self._parameters = dict(parameters or {})
@@ -312,8 +346,8 @@ class InferenceRequest:
         return self._inputs
 
     def requested_output_names(self) -> list[str]:
-        """The outputs the client asked for; empty when it named none (the real server
-        then lists every output of the model)."""
+        """The outputs the client asked for; every output of the model when it named none
+        (as the server does: ``TritonDouble.execute`` fills them in from the config)."""
         self._usable("requested_output_names")
         return list(self._requested_output_names)
 
@@ -357,51 +391,81 @@ class InferenceRequest:
         return asyncio.get_running_loop().run_in_executor(None, self.exec, decoupled)
 
 
-class Metric:
-    """Hold one metric of a MetricFamily, as pb_utils.Metric.
+KIND_NAMES = ("COUNTER", "GAUGE", "HISTOGRAM")
+_FAMILY_DELETED = ("Invalid metric operation as the corresponding 'MetricFamily' has been "
+                   "deleted. The 'MetricFamily' object should be deleted AFTER its "
+                   "corresponding 'Metric' objects have been deleted.")
 
-    ``value()`` for counters and gauges; a histogram keeps its observations
-    (``observations``) and ``value()`` is their count."""
+
+class Metric:
+    """Hold one metric of a MetricFamily, as pb_utils.Metric, with the stub's rules
+    (measured on 2.51): a counter takes ``increment``, a gauge ``increment`` and ``set``, a
+    histogram ``observe``; another operation raises TritonModelException with the
+    backend's message. Two mistakes kill tritonserver 2.51 (measured): a negative increment
+    of a counter, and (by the timing of the collection) an operation once its
+    MetricFamily object was collected; the double refuses both with AssertionError. ``value()`` for counters and gauges; a histogram keeps
+    its observations (``observations``) and ``value()`` is their count."""
 
     def __init__(self, family: "MetricFamily", labels: dict, buckets: list | None):
-        self.family, self.labels, self.buckets = family, dict(labels), buckets
+        self._family = weakref.ref(family)
+        self.name, self.kind, self._double = family.name, family.kind, family._double
+        self._instance = family._instance
+        self.labels, self.buckets = dict(labels), buckets
         self._value = 0.0
         self.observations: list[float] = []
 
+    def _operate(self, verb: str, operation: str, allowed: tuple[int, ...]) -> None:
+        _round_trip(self._double, "metric")
+        if self._family() is None:  # refused, or fatal to tritonserver, by timing (measured)
+            raise AssertionError(f"{self.name}: {verb} of a metric whose MetricFamily object "
+                                 f"was collected: Triton 2.51 answers '{_FAMILY_DELETED}', or "
+                                 "dies of it; keep the family while its metrics are used")
+        if self.kind not in allowed:
+            raise TritonModelException(
+                f"Failed to {verb} metric value: Failed to process the request for model "
+                f"'{self._instance}', message: TRITONSERVER_METRIC_KIND_{KIND_NAMES[self.kind]} "
+                f"does not support {operation}")
+
     def increment(self, value: float) -> None:
-        """Add ``value`` to a counter; TritonError for another kind or a negative value."""
-        _round_trip(self.family._double, "metric")
-        if self.family.kind != MetricFamily.COUNTER:
-            raise TritonError(f"{self.family.name}: increment on a non-counter")
-        if value < 0:
-            raise TritonError(f"{self.family.name}: counters only go up, got {value}")
-        self._value += value
+        """Add ``value`` to a counter or a gauge."""
+        self._operate("increment", "Increment", (MetricFamily.COUNTER, MetricFamily.GAUGE))
+        if self.kind == MetricFamily.COUNTER and value < 0:
+            raise AssertionError(f"{self.name}: increment({value}) of a counter: Triton 2.51 "
+                                 "dies of it (measured); a counter only goes up")
+        self._value += float(value)
 
     def set(self, value: float) -> None:
-        """Set a gauge; TritonError for another kind."""
-        _round_trip(self.family._double, "metric")
-        if self.family.kind != MetricFamily.GAUGE:
-            raise TritonError(f"{self.family.name}: set on a non-gauge")
-        self._value = value
+        """Set a gauge."""
+        self._operate("set", "Set", (MetricFamily.GAUGE,))
+        self._value = float(value)
 
     def observe(self, value: float) -> None:
-        """Record an observation of a histogram; TritonError for another kind."""
-        _round_trip(self.family._double, "metric")
-        if self.family.kind != MetricFamily.HISTOGRAM:
-            raise TritonError(f"{self.family.name}: observe on a non-histogram")
+        """Record an observation of a histogram."""
+        self._operate("observe", "Observe", (MetricFamily.HISTOGRAM,))
         self.observations.append(value)
 
     def value(self) -> float:
         """The counter's or gauge's value, or a histogram's number of observations."""
-        if self.family.kind == MetricFamily.HISTOGRAM:
+        if self.kind == MetricFamily.HISTOGRAM:
             return float(len(self.observations))
         return self._value
 
 
-class MetricFamily:
-    """Register a metric family by name in the double's ``metrics``, as pb_utils.MetricFamily.
+class Registered:
+    """What a double keeps of a metric family, past the family object's life: its name,
+    kind and metrics by labels (``TritonDouble.metrics``)."""
 
-    A Metric with the same labels is the same metric, as in the server."""
+    COUNTER, GAUGE, HISTOGRAM = range(3)
+
+    def __init__(self, name: str, kind: int):
+        self.name, self.kind = name, kind
+        self.metrics: dict[tuple, Metric] = {}
+
+
+class MetricFamily:
+    """Make metrics of one family, as pb_utils.MetricFamily; registered by name in the
+    double's ``metrics``. A Metric with the same labels is the same metric, as in the
+    server. Keep the family object: its metrics refuse every operation once it is gone."""
 
     COUNTER, GAUGE, HISTOGRAM = range(3)
     _double: "TritonDouble | None" = None
@@ -410,12 +474,10 @@ class MetricFamily:
         if kind not in (self.COUNTER, self.GAUGE, self.HISTOGRAM):
             raise TritonError(f"unknown metric kind {kind}")
         self.name, self.description, self.kind = name, description, kind
-        self.metrics: dict[tuple, Metric] = {}
-        if self._double is not None:
-            existing = self._double.metrics.get(name)
-            if existing is not None:
-                self.metrics = existing.metrics  # same name: same metrics
-            self._double.metrics[name] = self
+        self._instance = self._double._current_instance if self._double is not None else ""
+        registered = (self._double.metrics.setdefault(name, Registered(name, kind))
+                      if self._double is not None else Registered(name, kind))
+        self.metrics = registered.metrics  # same name: same metrics
 
     def Metric(self, labels: dict | None = None, buckets: list | None = None) -> Metric:
         """The family's metric with these labels (made on first use); buckets for histograms."""
@@ -423,25 +485,54 @@ class MetricFamily:
             raise TritonError(f"{self.name}: buckets are required for, and only for, "
                               "histograms")
         key = tuple(sorted((labels or {}).items()))
-        if key not in self.metrics:
+        if key not in self.metrics or self.metrics[key]._family() is None:
             self.metrics[key] = Metric(self, labels or {}, buckets)
         return self.metrics[key]
 
 
-class Logger:
-    """Log as pb_utils.Logger: every message lands in ``Logger.messages`` as (level, text)."""
+class LogLevel(enum.Enum):
+    """pb_utils.Logger.LogLevel (pb_stub.cc): the levels Logger.log takes."""
 
-    messages: list[tuple[str, str]] = []
+    INFO = 0
+    WARNING = 1
+    ERROR = 2
+    VERBOSE = 3
+
+
+class Logger:
+    """Log as pb_utils.Logger: ``log(message, level=Logger.LogLevel.INFO)`` and the
+    shorthands ``log_info``, ``log_warn``, ``log_error``, ``log_verbose``. Each double
+    installs a Logger of its own: its messages land in ``messages`` as (LogLevel, text)
+    (``TritonDouble.logged``). A level that is not a LogLevel is refused with TypeError,
+    as the stub's binding refuses it."""
+
+    LogLevel = LogLevel
+    messages: list[tuple[LogLevel, str]] = []  # the module's own, outside any double
 
     @classmethod
-    def log(cls, msg, level: str = "info") -> None:
-        """Keep ``msg`` at ``level`` (info, warn, error or verbose), as pb_utils.Logger.log."""
-        cls.messages.append((level, msg))
+    def log(cls, message: str, level: LogLevel = LogLevel.INFO) -> None:
+        """Keep ``message`` at ``level``."""
+        if not isinstance(message, str) or not isinstance(level, LogLevel):
+            raise TypeError(f"log(): incompatible function arguments; expected (message: str, "
+                            f"level: LogLevel), got ({type(message).__name__}, "
+                            f"{type(level).__name__})")
+        cls.messages.append((level, message))
 
+    @classmethod
+    def log_info(cls, message: str) -> None:
+        cls.log(message, LogLevel.INFO)
 
-# pb_utils.Logger's shorthands, one per level: log_info, log_warn, log_error, log_verbose.
-for _level in ("info", "warn", "error", "verbose"):
-    setattr(Logger, f"log_{_level}", classmethod(lambda cls, msg, level=_level: cls.log(msg, level)))
+    @classmethod
+    def log_warn(cls, message: str) -> None:
+        cls.log(message, LogLevel.WARNING)
+
+    @classmethod
+    def log_error(cls, message: str) -> None:
+        cls.log(message, LogLevel.ERROR)
+
+    @classmethod
+    def log_verbose(cls, message: str) -> None:
+        cls.log(message, LogLevel.VERBOSE)
 
 
 def get_input_tensor_by_name(request: InferenceRequest, name: str) -> Tensor | None:

@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import sys
+import sysconfig
 import threading
 import time
 import traceback
@@ -20,7 +21,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from bls.testing import api
 from bls.testing.api import (TRITONSERVER_RESPONSE_COMPLETE_FINAL, InferenceRequest,
-                             InferenceResponse, Logger, TritonError, TritonModelException,
+                             InferenceResponse, TritonError, TritonModelException,
                              using_decoupled_model_transaction_policy)
 
 MODULE_NAME = "triton_python_backend_utils"
@@ -36,6 +37,16 @@ MODULE_NAMES = [
     "TRITONSERVER_MEMORY_CPU", "TRITONSERVER_MEMORY_CPU_PINNED", "TRITONSERVER_MEMORY_GPU",
     "TRITONSERVER_RESPONSE_COMPLETE_FINAL",
 ]
+
+
+def stub_error_text(error: BaseException) -> str:
+    """An exception as the stub reports one that escaped ``execute`` (pybind11's text):
+    "<Type>: <message>", then "At:" and the model's frames, deepest first."""
+    skipped = (str(Path(__file__).parent), sysconfig.get_paths()["stdlib"])
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if not f.filename.startswith(skipped)]
+    where = "".join(f"  {f.filename}({f.lineno}): {f.name}\n" for f in reversed(frames))
+    return f"{type(error).__name__}: {error}" + (f"\n\nAt:\n{where}" if where else "")
 
 
 def model_config_dict(config_path: Path) -> dict:
@@ -65,7 +76,8 @@ class TritonDouble:
                  executor_threads: int | None = None):
         self.models: dict[str, ModelCallable] = dict(models or {})
         self.calls: list[InferenceRequest] = []
-        self.metrics: dict[str, api.MetricFamily] = {}
+        self.metrics: dict[str, api.Registered] = {}  # metric families by name
+        self._current_instance = ""  # the instance initialize or execute runs for
         # (kind, thread name) of every call that is a blocking IPC round trip to the
         # backend in the real stub: send, is_cancelled, exec, metric.
         self.round_trips: list[tuple[str, str]] = []
@@ -86,7 +98,13 @@ class TritonDouble:
         module.InferenceRequest = type("InferenceRequest", (InferenceRequest,),
                                        {"_double": self})
         module.MetricFamily = type("MetricFamily", (api.MetricFamily,), {"_double": self})
+        module.Logger = type("Logger", (api.Logger,), {"messages": []})  # this double's own
         return module
+
+    @property
+    def logged(self) -> list[tuple[api.LogLevel, str]]:
+        """What the models logged through this double's Logger: (LogLevel, message)."""
+        return self.module.Logger.messages
 
     @contextmanager
     def installed(self):
@@ -145,6 +163,7 @@ class TritonDouble:
             ``model``.
         """
         self._configs[id(model)] = (model, config)
+        self._current_instance = self._instance_name(config)
         if hasattr(model, "initialize"):
             previous, self._phase = self._phase, "initialize"
             try:
@@ -189,8 +208,11 @@ class TritonDouble:
         if self._phase == "finalize":
             raise RuntimeError(f"double.execute({name}) after double.finalize: the stub "
                                "has stopped its event loop and executes nothing more")
+        outputs = [o["name"] for o in model_config.get("output", [])]
         for request in requests:
             request.sender.decoupled = decoupled
+            if not request._requested_output_names:  # none named: the server lists all
+                request._requested_output_names = list(outputs)
         future = None
         try:
             result = model.execute(requests)
@@ -205,10 +227,10 @@ class TritonDouble:
             if future is not None and not future.done():  # the stub would wait forever
                 raise AssertionError(f"{name}: async execute still running after "
                                      f"{timeout} s") from None
-            error = f"{type(e).__name__}: {e}"
+            error = stub_error_text(e)
         self.release(requests)
         if error is not None:
-            Logger.log_error(error)
+            self.module.Logger.log_error(error)
             if not decoupled and any(r.sender.closed for r in requests):
                 raise AssertionError(
                     f"{name}: execute raised ({error}) after a request of its batch had sent "
@@ -267,14 +289,17 @@ class TritonDouble:
         """Make a request as ``execute`` receives it.
 
         Args:
-            inputs: arrays by input name (text arrays become BYTES).
+            inputs: arrays by input name, as they reach the model: copies, BYTES
+                elements as bytes (text in UTF-8).
             parameters: the request's parameters.
             request_id: the request's id.
-            requested_output_names: the outputs the client asked for (None: it named none).
+            requested_output_names: the outputs the client asked for (None: it named none,
+                and ``execute`` fills in every output of the model, as the server does).
         """
         return self.module.InferenceRequest(
-            inputs=[api.Tensor(k, v) for k, v in inputs.items()], parameters=parameters,
-            request_id=request_id, requested_output_names=requested_output_names)
+            request_id, inputs=[api.Tensor(k, api.wire_copy(v)) for k, v in inputs.items()],
+            requested_output_names=list(requested_output_names or []), model_name="",
+            parameters=parameters)
 
     @staticmethod
     def cancel(request: InferenceRequest) -> None:
@@ -330,7 +355,9 @@ class TritonDouble:
 
     @staticmethod
     def _instance_name(config: dict) -> str:
-        return f"{config['name']}_0_0"  # Triton's name for the first instance
+        """Triton's name for the first instance: <model>_0_0 when the config has instance
+        groups, <model>_0 when it has none (measured on 2.51)."""
+        return f"{config['name']}_0_0" if config.get("instance_group") else f"{config['name']}_0"
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         """The stub's loop, made on first use: run_forever in a daemon thread."""
@@ -385,7 +412,8 @@ class TritonDouble:
         logged, as the stub does, and the requests it left open stay open."""
         self.release(requests)
         if not future.cancelled() and future.exception() is not None:
-            Logger.log_error("".join(traceback.format_exception(future.exception())))
+            self.module.Logger.log_error(
+                "".join(traceback.format_exception(future.exception())))
 
     def _send_failure(self, response: InferenceResponse | None, flags: int
                       ) -> Exception | None:
@@ -408,9 +436,10 @@ class TritonDouble:
         try:
             route = self.models.get(request.model_name)
             if route is None:
-                raise LookupError("Failed for execute the inference request. Model "
+                raise LookupError(f"Model {request.model_name} - Error when running inference: "
+                                  "Failed for execute the inference request. Model "
                                   f"'{request.model_name}' is not ready.")
-            outputs = route({t.name(): t.as_numpy() for t in request._inputs},
+            outputs = route({t.name(): api.wire_copy(t.as_numpy()) for t in request._inputs},
                             request._parameters)
         except Exception as e:
             outputs = e
@@ -442,4 +471,4 @@ class TritonDouble:
         if missing:
             return InferenceResponse(error=TritonError(
                 f"{request.model_name} has no outputs {missing}", TritonError.INVALID_ARG))
-        return InferenceResponse([api.Tensor(n, outputs[n]) for n in names])
+        return InferenceResponse([api.Tensor(n, api.wire_copy(outputs[n])) for n in names])
