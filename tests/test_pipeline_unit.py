@@ -360,9 +360,11 @@ def test_finalize_leaves_nothing_unanswered_and_a_late_call_sends_nothing(double
     assert response.error().code() == TritonError.UNAVAILABLE  # the timeout
     double.finalize(model)  # BLS is refused from now on, as in the stub
     assert double.metric(REQUESTS_METRIC, outcome="timeout") == 1  # flushed by finalize
-    gate.open()  # the call that was in mask_rcnn ends
-    time.sleep(0.3)
-    assert len(held.sender.responses) == 1 and model.handler.held() == 0
+    assert model.handler._slots == 1  # the call still holds its slot
+    gate.open()  # the call that was in mask_rcnn ends: its slot goes, nothing is answered
+    wait_for(lambda: model.handler._slots == 0)
+    assert [double.metric(REQUESTS_METRIC, outcome=o) for o in ("timeout", "ok")] == [1, 0]
+    assert len(held.sender.responses) == 1
 
 
 # --------------------------------------------------------------------------- parameters
