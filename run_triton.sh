@@ -23,7 +23,7 @@
 #              repository (--execution-env, docs/deploy.md).
 #   auto       (default) container if a Docker engine answers and a GPU is visible, else embedded.
 #
-# Servers bind 127.0.0.1 unless --address says otherwise (see README, "Ports").
+# Servers bind 127.0.0.1 unless --address says otherwise (see docs/reliability.md, "Security").
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -4,7 +4,7 @@ pipeline_bls within 3 % of the bare model); 2. the mask postprocess against the 
 synthetic detections with 28x28 masks pasted and encoded in process, the seed's per-mask PIL loop
 (the baseline) against encode_rle, what pipeline_bls answers (goal >= 10x at 1920x1080), and
 against our dense masks. Answer bytes per mask format: python -m benchmarks.formats. Commands
-and figures: README, "Measured", and docs/benchmarks.md."""
+and figures: docs/measurements.md and docs/benchmarks.md."""
 
 from functools import partial
 

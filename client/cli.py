@@ -7,7 +7,7 @@ python -m client probe: client/probe.py.)
 
 Requests go out through tritonclient's asyncio clients (http.aio / grpc.aio), at most
 --concurrency at a time. A request answered UNAVAILABLE (a model not ready, a server
-stopping, a timeout; README "Error codes"), INTERNAL "Stub process ... is not healthy."
+stopping, a timeout; docs/contract.md "Error codes"), INTERNAL "Stub process ... is not healthy."
 (a stub died or is being reloaded) or refused by a closed connection is retried,
 --retries times at most, after 0.25 s, 0.5 s, 1 s, ... (at most 4 s, with jitter). A
 failed image is reported with the server's message and counted; the run goes on, and
@@ -202,7 +202,7 @@ def retryable(error: Exception) -> bool:
     That is UNAVAILABLE (gRPC status, or HTTP 503 as Triton maps it), the backend's own
     INTERNAL "Stub process '...' is not healthy." (a stub died with the request in it, or
     the request reached it while it is reloaded: Triton 2.51 says nothing more
-    retryable), and connections refused or dropped (README, "Error codes").
+    retryable), and connections refused or dropped (docs/contract.md, "Error codes").
     """
     from tritonclient.utils import InferenceServerException
 
@@ -222,7 +222,7 @@ async def infer_one(client, module, model: ServedModel, data: bytes,
     """Send one request, retried as ``retry`` says while its error is ``retryable``.
 
     Each try waits at most ``timeout_s`` (a request the server lost, e.g. with a killed
-    pipeline_bls process, is never answered: README, "Reliability"); a timeout is not
+    stuck model call, is never answered: docs/reliability.md); a timeout is not
     retried.
 
     Args:

@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {repo / MODEL_NAME / '1' / 'model.pt'} (torch {meta.torch_version})")
     print(f"repository ready: {repo}")
     print(f"note: NVIDIA's Triton container loads this file with its own libtorch, which must "
-          f"be torch {meta.torch_version} or newer (see README, 'Container mode').")
+          f"be torch {meta.torch_version} or newer (see docs/serving.md, 'Torch version rule').")
     return 0
 
 

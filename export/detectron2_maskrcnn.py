@@ -45,7 +45,7 @@ METHODS = {"trace": "traced", "script": "scripted"}
 # Instances fields the export may meet, for scripting_with_instances (detectron2's list).
 SCRIPT_FIELDS_NAMES = ("proposal_boxes", "objectness_logits", "pred_boxes", "scores",
                        "pred_classes", "pred_masks")
-# Torch inside NVIDIA's tritonserver container (README, "Torch version rule"): the
+# Torch inside NVIDIA's tritonserver container (docs/serving.md, "Torch version rule"): the
 # libtorch that loads model.pt in container mode must be at least the export's torch.
 CONTAINER_TORCH = {"24.12": "2.6.0"}
 DEFAULT_CONTAINER = "24.12"

@@ -7,7 +7,8 @@ processes every ``interval`` seconds (0.25) and, when one has died:
 
 - reloads its model in place: a load of the model with its own config as an override
   (the model-repository API, restricted to a header only run_triton.sh and this process
-  know: TRITON_ADMIN_HEADER / TRITON_ADMIN_KEY, so clients still cannot load or unload).
+  know: TRITON_ADMIN_HEADER / TRITON_ADMIN_KEY, so clients still cannot load or unload),
+  its parameter ``watchdog_reload`` counting the reloads so that each config differs.
   Triton builds the new instance while the model keeps its name, then swaps (measured
   on 2.51: about 1.5 s); requests meanwhile get the backend's own INTERNAL "Stub process
   ... is not healthy." within a second. An unload and load, as before, answered
@@ -39,6 +40,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from bls.contract.parameters import WATCHDOG_RELOAD
 from server.processes import stub_regions, stubs
 
 DEATHS_SEEN = 10
@@ -51,15 +53,27 @@ def _request(url: str, header: str, key: str, timeout: float, body: bytes | None
         return reply.read()
 
 
-def reload(base_url: str, model: str, header: str, key: str, timeout: float = 600) -> None:
+def reload(base_url: str, model: str, header: str, key: str, timeout: float = 600) -> int:
     """Load ``model`` again with its own config, which makes Triton reload it in place.
+
+    The config's parameter ``watchdog_reload`` (a deployment key every model of the
+    project passes over, bls/contract/parameters.py) counts the reloads: a load whose
+    config equals the loaded one does nothing (measured: the second reload of a model
+    left its dead stubs dead), so each reload's config differs from the last.
+
+    Returns:
+        The reload's count.
 
     Raises:
         urllib.error.URLError: the server refused or did not answer.
     """
-    config = _request(f"{base_url}/v2/models/{model}/config", header, key, timeout)
-    body = json.dumps({"parameters": {"config": config.decode()}}).encode()
+    config = json.loads(_request(f"{base_url}/v2/models/{model}/config", header, key, timeout))
+    parameters = config.setdefault("parameters", {})
+    count = int(parameters.get(WATCHDOG_RELOAD, {}).get("string_value") or 0) + 1
+    parameters[WATCHDOG_RELOAD] = {"string_value": str(count)}
+    body = json.dumps({"parameters": {"config": json.dumps(config)}}).encode()
     _request(f"{base_url}/v2/repository/models/{model}/load", header, key, timeout, body)
+    return count
 
 
 def alive(pid: int) -> bool:
@@ -136,7 +150,7 @@ class Watchdog:
         start = time.monotonic()
         try:
             reload(self.base_url, model, self.header, self.key)
-        except (urllib.error.URLError, OSError) as e:
+        except (urllib.error.URLError, OSError, ValueError) as e:
             log(f"reloading model '{model}' failed: {e}; will retry")
             self.deaths -= len(gone)
             return False

@@ -1,7 +1,7 @@
 """Bad input, faults and stops on the real embedded server: every kind of input gets an
 answer or a clear INVALID_ARG naming it, in one batch; tensor-level mistakes are refused
 by name; a killed mask_rcnn or monitoring process, a raising mask_rcnn and a cancelled
-request are survived (see README, "Reliability"; stops: test_stops_server.py)."""
+request are survived (see docs/reliability.md; stops: test_stops_server.py)."""
 
 import io
 import json

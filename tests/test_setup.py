@@ -5,9 +5,13 @@ refused with a message saying what to do. (`--which` prints the choice and stops
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SETUP = ROOT / "envs" / "setup.sh"
@@ -55,3 +59,50 @@ def test_a_named_python_is_used_and_an_unsupported_one_refused(tmp_path):
 def test_the_suite_runs_on_a_python_setup_would_choose():
     done = which([Path(sys.executable).parent], sys.executable)
     assert done.returncode == 0 and done.stdout.split()[1] == THIS
+
+
+PROMISED = ("3.10", "3.11", "3.12")  # the README's promise; envs/setup.sh SUPPORTED
+
+
+def interpreters() -> dict[str, Path]:
+    """A Python of each promised version on this machine: pyenv's (by full path: its
+    shims do not run unless selected) or on PATH."""
+    found = {}
+    for version in PROMISED:
+        candidates = sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python"))
+        on_path = shutil.which(f"python{version}")
+        for python in candidates + ([Path(on_path)] if on_path else []):
+            done = subprocess.run([str(python), "-c", "import sys; print(sys.version[:4])"],
+                                  capture_output=True, text=True)
+            if done.returncode == 0 and done.stdout.startswith(version):
+                found[version] = python
+                break
+    return found
+
+
+def test_setup_supports_exactly_the_promised_versions():
+    supported = re.search(r"^SUPPORTED=\((.*)\)$", SETUP.read_text(), re.M)[1].split()
+    assert sorted(supported) == sorted(PROMISED)
+    import pytriton
+
+    stubs = Path(pytriton.__file__).parent / "tritonserver" / "python_backend_stubs"
+    for version in PROMISED:  # the embedded server has a Python backend stub for each
+        assert (stubs / version / "triton_python_backend_stub").is_file(), version
+
+
+@pytest.mark.skipif(os.environ.get("CI", "").lower() not in ("true", "1"),
+                    reason="reaches PyPI: runs under CI (CI=true)")
+@pytest.mark.parametrize("version", PROMISED)
+def test_requirements_resolve_on_every_promised_python(version, tmp_path):
+    """pip resolves requirements.txt, with its markers, on each promised Python: the
+    README's promise, checked where CI runs (nothing is installed)."""
+    python = interpreters().get(version)
+    assert python, f"CI: no Python {version} on this machine to check the promise with"
+    venv = tmp_path / "venv"
+    subprocess.run([str(python), "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = [str(venv / "bin" / "python"), "-m", "pip"]
+    subprocess.run(pip + ["install", "--quiet", "--upgrade", "pip"], check=True, timeout=300)
+    done = subprocess.run(pip + ["install", "--dry-run", "--quiet", "-r",
+                                 str(ROOT / "requirements.txt")],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]

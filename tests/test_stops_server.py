@@ -1,7 +1,7 @@
 """Drained stops on the real embedded server: pipeline_bls unloaded, reloaded, and the
 server stopped by SIGTERM, each with requests in flight. Every request gets its answer or
 an explicit UNAVAILABLE; none is left to its client's deadline. What every client saw,
-and how long the stop took, is printed (README, "Reliability")."""
+and how long the stop took, is printed (docs/reliability.md)."""
 
 import json
 import os

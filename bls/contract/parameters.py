@@ -30,8 +30,11 @@ Parser = Callable[[Any], Any]
 
 # Keys that Triton's Python backend or this project's deployment tooling set on any Python
 # model: the execution environment (Triton), the Python it was built for (export, read by
-# run_triton.sh) and the backend's own input placement switch.
-DEPLOYMENT_KEYS = ("EXECUTION_ENV_PATH", "execution_env_python", "FORCE_CPU_ONLY_INPUT_TENSORS")
+# run_triton.sh), the backend's own input placement switch, and the watchdog's count of
+# in-place reloads (server/watchdog.py: a load with an unchanged config does nothing).
+WATCHDOG_RELOAD = "watchdog_reload"
+DEPLOYMENT_KEYS = ("EXECUTION_ENV_PATH", "execution_env_python", "FORCE_CPU_ONLY_INPUT_TENSORS",
+                   WATCHDOG_RELOAD)
 
 
 def _bound(lo, hi) -> str:
