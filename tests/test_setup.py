@@ -90,8 +90,7 @@ def test_setup_supports_exactly_the_promised_versions():
         assert (stubs / version / "triton_python_backend_stub").is_file(), version
 
 
-@pytest.mark.skipif(os.environ.get("CI", "").lower() not in ("true", "1"),
-                    reason="reaches PyPI: runs under CI (CI=true)")
+@pytest.mark.ci  # reaches PyPI
 @pytest.mark.parametrize("version", PROMISED)
 def test_requirements_resolve_on_every_promised_python(version, tmp_path):
     """pip resolves requirements.txt, with its markers, on each promised Python: the
