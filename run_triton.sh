@@ -10,6 +10,7 @@
 # Container options: --image (default: the release matching the export's torch and the
 # execution environment's Python, envs/triton-containers.tsv), --gpus all|0|0,1 (indices),
 # --shm-size (default: sized for dense answers of --answer-image WxH, 1920x1080).
+# --exit-timeout SECONDS (default 30): how long a stop waits for requests in flight.
 # Modes
 #   embedded   the tritonserver binary and Python backend inside the PyPI wheel
 #              nvidia-pytriton (server 2.51), run from the project's venv so the Python
@@ -37,6 +38,9 @@ METRICS_PORT=8002
 # the interpreter envs/setup.sh builds the venv from (make test PYTHON=python3.12).
 SERVING_PYTHON="$ROOT/.venv/bin/python"
 READY_TIMEOUT=600
+# tritonserver's --exit-timeout-secs. It is also waited out in full after a failed reload
+# (Triton 2.51 keeps the failed version UNLOADING: docs/triton-2.51.md).
+EXIT_TIMEOUT=30
 LOG_VERBOSE=0
 MODEL_CONTROL=none
 # Embedded: reload a Python model whose stub process died (server/watchdog.py). It needs
@@ -70,6 +74,7 @@ while [[ $# -gt 0 ]]; do
     --metrics-port) METRICS_PORT="$2"; shift 2 ;;
     --python) SERVING_PYTHON="$2"; shift 2 ;;
     --ready-timeout) READY_TIMEOUT="$2"; shift 2 ;;
+    --exit-timeout) EXIT_TIMEOUT="$2"; shift 2 ;;
     --log-verbose) LOG_VERBOSE="$2"; shift 2 ;;
     --model-control-mode) MODEL_CONTROL="$2"; shift 2 ;;
     --image) CONTAINER_IMAGE="$2"; shift 2 ;;
@@ -101,7 +106,7 @@ fi
 
 SERVER_ARGS=(
   --model-control-mode="$MODEL_CONTROL"
-  --exit-timeout-secs=30
+  --exit-timeout-secs="$EXIT_TIMEOUT"
   --log-verbose="$LOG_VERBOSE"
   --backend-config="python,shm-default-byte-size=$SHM_DEFAULT"
   --backend-config="python,shm-growth-byte-size=$SHM_GROWTH"
@@ -123,24 +128,27 @@ stop() {
     (( deaths == 10 )) || deaths=0  # server/watchdog.py DEATHS_SEEN: a stub died
   fi
   if [[ -n "$CONTAINER_NAME" ]]; then
-    docker stop -t 30 "$CONTAINER_NAME" >/dev/null 2>&1 || true
+    docker stop -t "$EXIT_TIMEOUT" "$CONTAINER_NAME" >/dev/null 2>&1 || true
   fi
   if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
     echo "run_triton.sh: stopping tritonserver (pid $SERVER_PID)" >&2
     kill -TERM "$SERVER_PID" 2>/dev/null || true
-    if (( deaths )); then
-      # Triton 2.51 keeps the instance of a stub that died with requests in it (their
-      # clients were answered) until it exits, and its exit timeout would wait 30 s for
-      # it. Once no live stub is left, every model has drained and unloaded: 3 s more
-      # for tritonserver to close, then it is stopped.
+    if [[ "$MODE" == embedded ]]; then
+      # Once no live stub is left (every model here is a Python one), every model has
+      # drained and unloaded. Triton 2.51 may still wait out its exit timeout: for the
+      # instance of a stub that died with requests in it (their clients were answered),
+      # and for a version whose reload failed (it stays UNLOADING). 3 s more for
+      # tritonserver to close, then it is stopped.
       while kill -0 "$SERVER_PID" 2>/dev/null \
             && ps -o stat= --ppid "$SERVER_PID" 2>/dev/null | grep -qv '^Z'; do
         sleep 0.2
       done
       for _ in $(seq 15); do kill -0 "$SERVER_PID" 2>/dev/null && sleep 0.2; done
       if kill -0 "$SERVER_PID" 2>/dev/null; then
+        local why="a failed reload's version"
+        (( deaths )) && why="the instance of a stub that died"
         echo "run_triton.sh: every model has unloaded; stopping tritonserver, which still" \
-             "waits for the instance of a stub that died" >&2
+             "waits for $why" >&2
         kill -KILL "$SERVER_PID" 2>/dev/null || true
       fi
     fi

@@ -272,3 +272,21 @@ def test_forwarded_headers_and_reserved_keys_pass_misspelt_parameters_do_not(ser
          "Inference-Header-Content-Length": str(len(header))})
     with urllib.request.urlopen(request, timeout=120) as reply:
         assert reply.status == 200 and b'"scores"' in reply.read()
+
+
+# --------------------------------------------------------------------------- 8: a stop after a failed reload
+def test_a_stop_after_a_failed_reload_does_not_wait_out_the_exit_timeout(server):
+    """Triton 2.51 never lets go of a version whose reload failed (after a later load it
+    is listed UNLOADING), and a stop waited out the 30 s exit timeout for it (measured). run_triton.sh stops tritonserver once no
+    stub is left. Last in this module: it stops the module's server."""
+    with httpclient.InferenceServerClient(server.http_url) as admin:  # closed: a stop
+        config = admin.get_model_config(PIPELINE_NAME)        # waits for open connections
+        config["parameters"]["no_such_parameter"] = {"string_value": "1"}
+        refused(lambda: admin.load_model(PIPELINE_NAME, config=json.dumps(config)))
+        assert admin.is_model_ready(PIPELINE_NAME)  # the loaded version still serves
+    started = time.monotonic()
+    server.stop(timeout=120)
+    took = time.monotonic() - started
+    assert took < 20, f"the stop took {took:.1f} s:\n{server.log_text()[-3000:]}"
+    assert "stopping tritonserver, which still waits for a failed reload's version" \
+        in server.log_text()

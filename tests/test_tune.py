@@ -87,10 +87,10 @@ def test_inter_op_threads_only_where_read(repo):
 
 def test_pipeline_bls_batching_and_workers(repo):
     result = tune(repo, PIPELINE_NAME, TuneOptions(
-        instances=2, max_queue_delay_us=5000, preferred_batch_sizes=(4, 2), max_batch_size=4,
+        instances=3, max_queue_delay_us=5000, preferred_batch_sizes=(4, 2), max_batch_size=4,
         worker_threads=3, max_in_flight_requests=6))
     config = parse(repo / PIPELINE_NAME / "config.pbtxt")
-    assert config.instance_group[0].count == 2 and config.max_batch_size == 4
+    assert config.instance_group[0].count == 3 and config.max_batch_size == 4
     assert config.dynamic_batching.max_queue_delay_microseconds == 5000
     assert list(config.dynamic_batching.preferred_batch_size) == [2, 4]
     assert config.parameters["worker_threads"].string_value == "3"
@@ -118,7 +118,8 @@ def test_header_and_comments_kept_and_marked(repo):
 
 def test_nothing_changes_when_already_so(repo):
     before = snapshot(repo)
-    result = tune(repo, PIPELINE_NAME, TuneOptions(instances=1))
+    shipped = parse(repo / PIPELINE_NAME / "config.pbtxt").instance_group[0].count
+    result = tune(repo, PIPELINE_NAME, TuneOptions(instances=shipped))
     assert result.changes == [] and result.written == []
     assert snapshot(repo) == before
 
@@ -207,10 +208,10 @@ def test_refuses_a_config_with_several_instance_groups(repo):
 # --------------------------------------------------------------------------- CLI
 def test_cli_prints_old_to_new_and_refuses_with_status_2(repo, capsys):
     rc = export_main(["tune", "--repository", str(repo), "--model", PIPELINE_NAME,
-                      "--instances", "2", "--preferred-batch-sizes", "2,4"])
+                      "--instances", "3", "--preferred-batch-sizes", "2,4"])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "pipeline_bls/config.pbtxt: instance_group: 1x KIND_CPU -> 2x KIND_CPU" in out
+    assert "pipeline_bls/config.pbtxt: instance_group: 2x KIND_CPU -> 3x KIND_CPU" in out
     assert ("pipeline_bls/config.pbtxt: dynamic_batching: {max_queue_delay_us 0} -> "
             "{max_queue_delay_us 0, preferred [2, 4]}") in out
     rc = export_main(["tune", "--repository", str(repo), "--model", MODEL_NAME,

@@ -30,8 +30,7 @@ class TritonPythonModel:
             self.device = torch.device("cuda", int(args["model_instance_device_id"]))
         else:
             self.device = torch.device("cpu")
-        # The libtorch backend's default file name (default_model_filename is this
-        # backend's own model.py here).
+        # model_file: the libtorch backend's default name (default_model_filename is model.py)
         path = os.path.join(args["model_repository"], args["model_version"],
                             params["model_file"])
         # Exported files are saved in eval mode; no .eval() here: a detectron2 scripted
@@ -46,10 +45,8 @@ class TritonPythonModel:
         for request in requests:
             try:
                 image = pb_utils.get_input_tensor_by_name(request, self.input_name)
-                # DLPack both ways, tensors rather than capsules: python_backend then
-                # orders the streams (pb_tensor.cc FromDLPack), so nothing is read on the
-                # GPU before its producer wrote it. The input is read where Triton put
-                # it, without a copy.
+                # DLPack both ways, tensors (not capsules): python_backend then orders the
+                # streams (pb_tensor.cc FromDLPack). The input is read in place.
                 with torch.inference_mode(), torch.autocast(
                         self.device.type, self.autocast, enabled=self.autocast is not None):
                     outputs = self.model(torch.from_dlpack(image).to(self.device))
