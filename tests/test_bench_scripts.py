@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.pipeline import BARE, PATHS
 from bls.contract.tensors import ENSEMBLE_NAME, PIPELINE_NAME
@@ -26,6 +27,7 @@ def run(tmp_path, module: str, *args: str) -> tuple[str, dict]:
     return done.stdout, json.loads(out.read_text())
 
 
+@pytest.mark.ci  # a slow smoke run: CI only (tests/conftest.py)
 def test_pipeline_benchmark_smoke_run(exported, tmp_path):
     stdout, report = run(tmp_path, "benchmarks.pipeline", "--repository",
                          str(exported.repository), "--iterations", "2", "--warmup", "0",
@@ -44,6 +46,7 @@ def test_pipeline_benchmark_smoke_run(exported, tmp_path):
     assert "goal: rle" in stdout
 
 
+@pytest.mark.ci  # a slow smoke run: CI only (tests/conftest.py)
 def test_monitoring_benchmark_smoke_run(exported, tmp_path):
     stdout, report = run(tmp_path, "benchmarks.monitoring", "--repository",
                          str(exported.repository), "--iterations", "2", "--warmup", "1",
@@ -55,3 +58,26 @@ def test_monitoring_benchmark_smoke_run(exported, tmp_path):
     concurrent = report["concurrent"]
     assert concurrent["monitored"]["n"] == concurrent["unmonitored"]["n"] == 2
     assert "monitoring recorded" in stdout and "goal:" in stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible here")
+def test_gpu_check_without_a_gpu_says_so_and_exits_0():
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "gpu_check: no CUDA device is visible" in done.stdout + done.stderr
+
+
+@pytest.mark.ci  # a slow smoke run: CI only (tests/conftest.py)
+def test_gpu_check_smoke_run_on_the_cpu(exported, tmp_path):
+    """make gpu-check's steps with --allow-cpu: served answers against the in-process
+    references, both paths, and the throughput table; no GPU figure."""
+    stdout, report = run(tmp_path, "benchmarks.gpu_check", "--allow-cpu", "--skip-tests",
+                         "--repository", str(exported.repository), "--generated", "2",
+                         "--requests", "2", "--concurrency", "1", "--precisions", "fp32")
+    assert [c["ok"] for c in report["checks"]] == [True, True], report["checks"]
+    for path in ("parity device=cpu", "parity host path"):
+        assert report[path]["images"] == 2 and report[path]["mask_iou"] >= 0.99, report[path]
+    assert {(t["model"], t["errors"]) for t in report["throughput"]} == {
+        (PIPELINE_NAME, 0), ("mask_rcnn", 0)}
+    assert "GPU check on the CPU (--allow-cpu: no GPU figures)" in stdout

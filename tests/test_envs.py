@@ -243,6 +243,7 @@ def test_embedded_server_serves_pipeline_bls_from_the_env_directory(
 
 
 @pytest.mark.server
+@pytest.mark.ci  # a slow smoke run: CI only (tests/conftest.py)
 def test_embedded_server_unpacks_the_env_archive(exported, env_dir, reference, images, tmp_path):
     archive = env_dir.with_name(env_dir.name + ".tar.gz")
     repo = assemble(exported.model_file, tmp_path / "repo", execution_env=archive)

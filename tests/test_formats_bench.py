@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.server
+@pytest.mark.ci  # a slow smoke run: CI only (tests/conftest.py)
 def test_formats_smoke_run(exported, tmp_path):
     out = tmp_path / "formats.json"
     done = subprocess.run([sys.executable, "-m", "benchmarks.formats", "--repository",

@@ -63,6 +63,7 @@ def test_an_answer_that_differs_in_any_output_is_a_mismatch(field, value):
 
 
 @pytest.mark.server
+@pytest.mark.ci  # a slow smoke run: CI only (tests/conftest.py)
 def test_load_script_runs_both_protocols_without_failures(tmp_path, capsys):
     out = tmp_path / "load.json"
     rc = load.main(["--requests", "40", "--concurrency", "4", "--warmup", "8",

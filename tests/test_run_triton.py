@@ -3,6 +3,7 @@ clean stop (model control off, nothing left running in its process group)."""
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -110,8 +111,12 @@ def test_start_refuses_model_control_and_stops_cleanly(exported, tmp_path):
     assert "Found 0 live models" in log
 
 
-def test_a_server_that_died_under_its_user_keeps_its_log(exported):
-    with TritonServer(exported.repository) as server:
+def test_a_server_that_died_under_its_user_keeps_its_log(tmp_path):
+    # Any repository does: one toy model starts in seconds.
+    repository = tmp_path / "repository"
+    shutil.copytree(Path(__file__).parent / "conformance" / "models" / "outputs_echo",
+                    repository / "outputs_echo")
+    with TritonServer(repository) as server:
         assert not server.exited
         os.killpg(os.getpgid(server.pid), signal.SIGKILL)  # dies, as by the OOM killer
         server.process.wait()
@@ -120,6 +125,6 @@ def test_a_server_that_died_under_its_user_keeps_its_log(exported):
         assert "run_triton.sh: ready" in server.log_path.read_text()  # kept, to tell why
     finally:
         server.log_path.unlink(missing_ok=True)
-    with TritonServer(exported.repository) as stopped:  # stopped by its user: removed
+    with TritonServer(repository) as stopped:  # stopped by its user: removed
         pass
     assert not stopped.log_path.exists()

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.server
+@pytest.mark.ci  # a slow smoke run: CI only (tests/conftest.py)
 def test_stages_smoke_run(exported, tmp_path):
     out = tmp_path / "stages.json"
     command = [sys.executable, "-m", "benchmarks.stages", "--repository",

@@ -70,6 +70,7 @@ def test_ideal_throughput_is_bounded_by_cores_and_the_stand_in():
 
 
 @pytest.mark.server
+@pytest.mark.ci  # a slow smoke run: CI only (tests/conftest.py)
 def test_stand_in_sweep_smoke_run_and_tune_from_it(exported, tmp_path):
     out = tmp_path / "sweep"
     command = [sys.executable, "-m", "benchmarks.sweep", "--stand-in", "0,40",

@@ -55,6 +55,7 @@ def test_recommendation_is_the_best_bls_throughput_within_the_budget():
 
 
 @pytest.mark.server
+@pytest.mark.ci  # a slow smoke run: CI only (tests/conftest.py)
 def test_sweep_smoke_run(exported, tmp_path):
     out = tmp_path / "sweep"
     command = [sys.executable, "-m", "benchmarks.sweep", "--repository", str(exported.repository),
