@@ -77,7 +77,6 @@ class TritonDouble:
         self.models: dict[str, ModelCallable] = dict(models or {})
         self.calls: list[InferenceRequest] = []
         self.metrics: dict[str, api.Registered] = {}  # metric families by name
-        self._current_instance = ""  # the instance initialize or execute runs for
         # (kind, thread name) of every call that is a blocking IPC round trip to the
         # backend in the real stub: send, is_cancelled, exec, metric.
         self.round_trips: list[tuple[str, str]] = []
@@ -163,7 +162,6 @@ class TritonDouble:
             ``model``.
         """
         self._configs[id(model)] = (model, config)
-        self._current_instance = self._instance_name(config)
         if hasattr(model, "initialize"):
             previous, self._phase = self._phase, "initialize"
             try:
