@@ -228,6 +228,7 @@ def serve_and_compare(repository, reference, images, tmp_path, protocols=("http"
 
 
 @pytest.mark.server
+@pytest.mark.ci  # a slow smoke run: CI only (tests/conftest.py)
 def test_embedded_server_serves_pipeline_bls_from_the_env_directory(
         exported, env_dir, reference, images, tmp_path):
     repo = assemble(exported.model_file, tmp_path / "repo", execution_env=env_dir)

@@ -252,29 +252,20 @@ def test_killed_monitoring_changes_no_answer(supervised, reference, images):
                                      parameters={"score_threshold": 0.0}), expected)
 
 
-def test_raising_mask_rcnn_is_an_internal_error_naming_it(exported, reference, images, tmp_path):
+def test_raising_mask_rcnn_is_an_internal_error_naming_it(exported, images, tmp_path):
     repository = assemble(exported.model_file, tmp_path / "repository")
     runner = repository / MODEL_NAME / "1" / "model.py"
-    real = runner.read_text()
-    data = images["scene.jpg"]
+    runner.write_text(runner.read_text().replace(
+        "def execute(self, requests):",
+        "def execute(self, requests):\n        raise RuntimeError('injected fault')\n", 1))
     with TritonServer(repository, extra_args=("--model-control-mode", "explicit")) as server, \
             httpclient.InferenceServerClient(server.http_url) as admin, \
             grpcclient.InferenceServerClient(server.grpc_url) as client:
         for model in (MODEL_NAME, PIPELINE_NAME):
             admin.load_model(model)
-        runner.write_text(real.replace("def execute(self, requests):",
-                                       "def execute(self, requests):\n"
-                                       "        raise RuntimeError('injected fault')\n", 1))
-        admin.unload_model(MODEL_NAME)
-        admin.load_model(MODEL_NAME)
         with pytest.raises(InferenceServerException) as info:
-            client.infer(PIPELINE_NAME, [image_tensor(data)])
+            client.infer(PIPELINE_NAME, [image_tensor(images["scene.jpg"])])
         assert info.value.status() == "StatusCode.INTERNAL"
         assert info.value.message().startswith("pipeline_bls: mask_rcnn failed: ")
         assert "injected fault" in info.value.message()
-        runner.write_text(real)
-        admin.unload_model(MODEL_NAME)
-        admin.load_model(MODEL_NAME)
-        assert_same(client.infer(PIPELINE_NAME, [image_tensor(data)],
-                                 parameters={"score_threshold": 0.0}),
-                    reference(data, RequestOptions(0.0)))
+        # (Recovery once mask_rcnn is back: the killed-mask_rcnn test above.)
