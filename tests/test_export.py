@@ -129,6 +129,7 @@ def test_mismatching_export_is_refused_and_nothing_written(exported, tmp_path):
     assert boxes in report and "max |diff| 0.5" in report and "MISMATCH" in report
 
 
+@pytest.mark.ci  # a slow smoke run of the CLI (its logic: the tests above): CI only
 def test_export_cli_on_a_fresh_process_says_which_weights(tmp_path):
     """The real command line, in its own interpreter, with sockets to anything but
     loopback refused: nothing may be downloaded."""
