@@ -362,16 +362,19 @@ def recommend(points: list, budget_ms: float | None) -> tuple[Point | None, str]
 
 
 def path_times(point: Point) -> list[float]:
-    """Per image, server side, ms: entry queue, Python, mask_rcnn queue and compute, their sum
-    (pipeline_bls's from its own metrics: Triton's statistics end when its execute returns)."""
+    """Per image, server side, ms: entry queue, Python, mask_rcnn queue and compute, and the
+    time in the server. pipeline_bls's Python work comes from its own metrics (Triton's
+    statistics do not split its execute); its execute returns with its batch's answers, so
+    Triton's queue + compute for it is the whole time in the server, the wait for the
+    slowest request of its batch included."""
     b = point.breakdown
     rcnn = b.get(MODEL_NAME, {"queue_ms": 0.0, "compute_ms": 0.0})
     entry = python = 0.0
     if point.target == "bls":
         stages, bls = b[STAGES_KEY], b[PIPELINE_NAME]
-        entry = bls["queue_ms"] + bls["compute_ms"]
         python = stages["prepare_ms"] + stages["finish_ms"]
-        return [entry, python, rcnn["queue_ms"], rcnn["compute_ms"], entry + stages["total_ms"]]
+        return [bls["queue_ms"], python, rcnn["queue_ms"], rcnn["compute_ms"],
+                bls["queue_ms"] + bls["compute_ms"]]
     if point.target == "ensemble":
         pre, post = b[PREPROCESS_NAME], b[POSTPROCESS_NAME]
         entry, python = pre["queue_ms"] + post["queue_ms"], pre["compute_ms"] + post["compute_ms"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.sweep import Point, SweepConfig, parse_config, recommend
+from benchmarks.sweep import STAGES_KEY, Point, SweepConfig, parse_config, path_times, recommend
 from export.tune import TuneOptions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +52,21 @@ def test_recommendation_is_the_best_bls_throughput_within_the_budget():
     assert (best.config, best.concurrency) == ("a", 4)
     best, reason = recommend(points, 500)
     assert best is None and "lowest p99 is 900 ms" in reason
+
+
+def test_where_the_time_goes_counts_pipeline_bls_once():
+    """pipeline_bls's execute lasts until its batch is answered: Triton's compute for it
+    already holds its stages and the model call (summing them again counted it twice)."""
+    bls = point("a", "bls", 1, 60.0, 20)
+    bls.breakdown = {"pipeline_bls": {"queue_ms": 0.5, "compute_ms": 14.0},
+                     STAGES_KEY: {"prepare_ms": 9.0, "finish_ms": 2.0, "total_ms": 13.5},
+                     "mask_rcnn": {"queue_ms": 0.2, "compute_ms": 1.0}}
+    assert path_times(bls) == [0.5, 11.0, 0.2, 1.0, 14.5]
+    ensemble = point("a", "ensemble", 1, 60.0, 20)
+    ensemble.breakdown = {"preprocess": {"queue_ms": 0.1, "compute_ms": 9.0},
+                          "postprocess": {"queue_ms": 0.2, "compute_ms": 2.0},
+                          "mask_rcnn": {"queue_ms": 0.2, "compute_ms": 1.0}}
+    assert path_times(ensemble) == pytest.approx([0.3, 11.0, 0.2, 1.0, 12.5])
 
 
 @pytest.mark.server
