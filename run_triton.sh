@@ -38,8 +38,8 @@ METRICS_PORT=8002
 # the interpreter envs/setup.sh builds the venv from (make test PYTHON=python3.12).
 SERVING_PYTHON="$ROOT/.venv/bin/python"
 READY_TIMEOUT=600
-# tritonserver's --exit-timeout-secs. It is also waited out in full after a failed reload
-# (Triton 2.51 keeps the failed version UNLOADING: docs/triton-2.51.md).
+# tritonserver's --exit-timeout-secs. Triton 2.51 waits all of it after a failed reload or
+# a stub's death; in embedded mode stop() does not (docs/triton-2.51.md).
 EXIT_TIMEOUT=30
 LOG_VERBOSE=0
 MODEL_CONTROL=none
