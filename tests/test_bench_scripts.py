@@ -81,3 +81,19 @@ def test_gpu_check_smoke_run_on_the_cpu(exported, tmp_path):
     assert {(t["model"], t["errors"]) for t in report["throughput"]} == {
         (PIPELINE_NAME, 0), ("mask_rcnn", 0)}
     assert "GPU check on the CPU (--allow-cpu: no GPU figures)" in stdout
+
+
+@pytest.mark.ci  # a slow smoke run: CI only (tests/conftest.py)
+def test_chaos_smoke_run(tmp_path):
+    """benchmarks.chaos at its tiniest: every kind sent and ended as it should through a
+    stub kill and a hung monitoring, and every verdict computed from the run."""
+    stdout, report = run(tmp_path, "benchmarks.chaos", "--requests", "140", "--kills-at", "40",
+                         "--rss-from", "100", "--hang-events", "2", "--hang-s", "2")
+    from benchmarks.chaos import KINDS
+    assert set(report["ended"]) == set(KINDS)
+    assert all(sum(o.values()) == 20 for o in report["ended"].values()), report["ended"]
+    assert [k["after"] for k in report["kills"]] == [40] and report["kills"][0]["back_s"] < 30
+    checks = report["verdicts"]
+    assert checks["_wrong"] == {kind: {} for kind in KINDS}, checks
+    assert checks["no try waits for its client's deadline"] and checks["no NOT_FOUND"]
+    assert "kill after answer 40 (2 stubs)" in stdout

@@ -232,6 +232,7 @@ def test_pipeline_bls_on_the_cpu_device_through_the_double(torchscript, exported
 
 
 @pytest.mark.server
+@pytest.mark.ci  # a served smoke run (also gpu_check --allow-cpu's): CI only
 def test_pipeline_bls_on_the_cpu_device_served(exported, torchscript, images, tmp_path):
     from export.repository import assemble
     from server.launcher import TritonServer

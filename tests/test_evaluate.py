@@ -92,6 +92,7 @@ def test_the_ground_truth_itself_scores_100_and_perturbations_score_what_they_sh
 
 
 @pytest.mark.server
+@pytest.mark.ci  # a served smoke run: CI only
 def test_evaluate_served_against_the_references_own_answers_scores_100(server, exported,
                                                                       tmp_path):
     """Ground truth made of the eager reference's own answers on generated scenes: the

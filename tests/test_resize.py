@@ -118,6 +118,7 @@ def test_pipeline_bls_resizes_with_torch_when_configured(exported, torchscript):
 
 
 @pytest.mark.server
+@pytest.mark.ci  # a served smoke run of the opt-in resize: CI only
 def test_served_resize_torch_in_pipeline_bls_and_the_ensemble(exported, torchscript, tmp_path):
     from export.repository import assemble
     from server.launcher import TritonServer
