@@ -27,12 +27,13 @@ import tritonclient.http.aio as http_aio
 from tritonclient.utils import InferenceServerException
 
 from benchmarks import harness as h
+from benchmarks.soak import tritonserver_memory
 from bls.contract.tensors import MONITORING_NAME, PIPELINE_NAME
 from bls.monitoring.policy import POLICY_PARAMETER
 from client.cli import retryable
 from export import standin
 from export.repository import parameters_override
-from server.processes import proc_kb, shm_regions, shm_usage, stub_regions, stubs
+from server.processes import shm_regions, shm_usage, stub_regions, stubs
 
 # kind -> (protocol, image, request parameters, how a try of it should end)
 KINDS = {
@@ -143,9 +144,7 @@ async def load(server, images: dict, args) -> dict:
 def memory(server) -> dict:
     """tritonserver's RSS, anonymous (its heap) and shared (the stubs' regions it maps)
     memory, and the server's /dev/shm regions."""
-    status = proc_kb(server.tritonserver_pid, "status")
-    return {"rss": status["VmRSS"], "anon": status["RssAnon"], "shmem": status["RssShmem"],
-            "shm": shm_usage(server.pid)}
+    return tritonserver_memory(server) | {"shm": shm_usage(server.pid)}
 
 
 def verdicts(report: dict) -> dict:

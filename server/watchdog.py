@@ -24,8 +24,9 @@ The requests that were in the stub when it died are answered by the backend itse
 orchestrator.py). The dead stub stays a zombie child of tritonserver, which only
 tritonserver can reap (it does when the server exits).
 
-Exit status: 0, or DEATHS_SEEN (10) when a stub died while it watched; run_triton.sh then
-stops the server without waiting out its exit timeout for the dead instance.
+Exit status: 0, or DEATHS_SEEN (10) when a stub died while it watched; run_triton.sh's
+stop then says that a dead stub's instance is what tritonserver still waited for (its
+stop, in embedded mode, never waits out the exit timeout, dead stub or not).
 """
 
 from __future__ import annotations
